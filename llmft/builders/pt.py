@@ -1,0 +1,14 @@
+"""pt: continued pre-training — next-token loss on every token of packed text blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmft.builders.trainer import next_token_trainer
+from llmft.registry import register_builder
+from llmft.run_context import RunContext
+
+
+@register_builder("pt", modes=("full", "lora"))
+def build_pt(ctx: RunContext) -> Any:
+    return next_token_trainer(ctx, "pt")

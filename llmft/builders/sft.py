@@ -1,0 +1,21 @@
+"""sft: supervised fine-tuning on conversations, loss on assistant replies (see data.mask_prompt)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmft.builders.trainer import next_token_trainer
+from llmft.data.tokenize import turn_end_problem
+from llmft.registry import register_builder
+from llmft.run_context import RunContext
+
+log = logging.getLogger("llmft")
+
+
+@register_builder("sft", modes=("full", "lora"))
+def build_sft(ctx: RunContext) -> Any:
+    problem = turn_end_problem(ctx.tokenizer)
+    if problem:
+        log.warning("WARNING: %s", problem)
+    return next_token_trainer(ctx, "sft")

@@ -1,0 +1,81 @@
+"""Shared by the builders: recipe -> TrainingArguments, and a HF Trainer with llmft's
+collator and callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmft.config.recipe import Recipe
+from llmft.run_context import RunContext
+
+
+def training_arguments(recipe: Recipe, precision: str, output_dir: Path) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = recipe.training
+    evaluates = recipe.evaluates
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps or t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=t.eval_strategy if evaluates else "no",
+        eval_steps=(t.eval_steps or t.logging_steps) if evaluates else None,
+        report_to="none",  # tensorboard is attached explicitly, writing to <output>/logs
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) -> Any:
+    from transformers import Trainer
+
+    from llmft.callbacks import callbacks_for
+    from llmft.data.collate import PadCollator
+
+    recipe = ctx.recipe
+    model = ctx.model
+    return Trainer(
+        model=model,
+        args=training_arguments(recipe, ctx.precision, ctx.output_dir),
+        data_collator=PadCollator(pad_id=ctx.tokenizer.pad_token_id),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if recipe.evaluates else None,
+        processing_class=ctx.tokenizer,
+        callbacks=callbacks_for(recipe, ctx.output_dir, vocab_size=model.config.vocab_size),
+    )
+
+
+def next_token_trainer(ctx: RunContext, stage: str) -> Any:
+    """Read and tokenize the train/eval splits for `stage` (before loading the model, so data
+    errors surface fast), then build the Trainer."""
+    from llmft.data.dataset import load_split
+
+    train, _ = load_split(stage, ctx.recipe.data, "train", ctx.tokenizer)
+    evaluation = load_split(stage, ctx.recipe.data, "eval", ctx.tokenizer)
+    return make_trainer(ctx, train, evaluation[0] if evaluation else None)

@@ -1,0 +1,54 @@
+"""Trainer callbacks llmft always attaches: the random-init loss alarm and TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from llmft.config.recipe import Recipe
+
+log = logging.getLogger("llmft")
+
+
+def random_init_suspected(loss: float, vocab_size: int, tolerance: float = 0.10) -> bool:
+    """A randomly initialised LM predicts ~uniformly: its loss is ~ln(vocab)."""
+    uniform = math.log(vocab_size)
+    return abs(loss - uniform) <= tolerance * uniform
+
+
+class RandomInitAlarm(TrainerCallback):
+    """After the first logged loss, warn loudly if it looks like an untrained model's."""
+
+    def __init__(self, vocab_size: int, model_path: str):
+        self.vocab_size = vocab_size
+        self.model_path = model_path
+        self.checked = False
+        self.fired = False
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if self.checked or not logs or "loss" not in logs:
+            return
+        self.checked = True
+        loss = float(logs["loss"])
+        if random_init_suspected(loss, self.vocab_size):
+            self.fired = True
+            bar = "!" * 78
+            log.warning(
+                "\n%s\nFIRST LOSS %.3f IS WITHIN 10%% OF ln(vocab)=%.3f: the model behaves as if randomly "
+                "initialised.\nmodel.path=%s claims to be pretrained; check that it is the checkpoint you meant.\n%s",
+                bar, loss, math.log(self.vocab_size), self.model_path, bar,
+            )
+
+
+def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
+    callbacks: list[Any] = [RandomInitAlarm(vocab_size, recipe.model.path)]
+    if "tensorboard" in recipe.training.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(output_dir / "logs"))))
+    return callbacks

@@ -1,0 +1,153 @@
+"""Command line: parse arguments, call library functions, print, exit.
+
+Exit codes: 0 ok, 2 user error (recipe, data, paths, machine), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from llmft import __version__
+from llmft.errors import UserError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(format="[llmft] %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
+    quiet = logging.INFO if verbose else logging.ERROR
+    for noisy in ("bitsandbytes", "DeepSpeed", "transformers", "peft", "accelerate", "torch", "datasets", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(quiet)
+    if verbose:
+        return
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # e.g. the GGUF de-quantization bar
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # peft looks for the base model's config.json to see if the vocabulary changed; a GGUF
+    # directory has none, and llmft never resizes without saying so.
+    warnings.filterwarnings("ignore", message="Could not find a config file")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmft.config import load_recipe
+    from llmft.run import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    print(f"trained: {result.output_dir}" + (f" (loss {losses[0]:.4f} -> {losses[-1]:.4f})" if losses else ""))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from llmft.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    ft = recipe.finetune
+    detail = f" (rank {ft.rank}, alpha {ft.alpha:g})" if hasattr(ft, "rank") else ""
+    t = recipe.training
+    print(f"{args.recipe}: OK")
+    print(f"  stage {recipe.stage.name}, finetune {ft.mode}{detail}")
+    print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
+    print(f"  data  {len(recipe.data.train)} train / {len(recipe.data.eval)} eval file(s), max_length {recipe.data.max_length}")
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    print(f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}")
+    print(f"  output {recipe.output.dir}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from llmft.registry import MODES, STAGES, available
+
+    pairs = set(available())
+    print("stage  " + "  ".join(f"{m:<5}" for m in MODES))
+    for stage in STAGES:
+        print(f"{stage:<6} " + "  ".join(f"{'yes' if (stage, m) in pairs else '-':<5}" for m in MODES))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from llmft.config.recipe import Recipe
+    from llmft.docs import config_reference
+
+    if args.format == "markdown":
+        print(config_reference(), end="")
+    else:
+        print(json.dumps(Recipe.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from llmft.chat import ChatSession, interactive, resolve_source, source_from_recipe
+
+    if bool(args.model) == bool(args.recipe):
+        raise UserError("chat: give exactly one of --model DIR and --recipe RECIPE")
+    if args.recipe:
+        from llmft.config import load_recipe
+
+        source = source_from_recipe(load_recipe(args.recipe))
+    else:
+        source = resolve_source(args.model, args.gguf_file)
+    session = ChatSession(source, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.prompt is not None:
+        print(session.reply(args.prompt))
+    else:
+        interactive(session)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmft", description="Fine-tune LLMs from one recipe file.")
+    parser.add_argument("--version", action="version", version=f"llmft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def recipe_command(name: str, fn: Callable, help_text: str) -> None:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("recipe", help="recipe file (.yaml/.yml/.json)")
+        p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. training.learning_rate=1e-4")
+        p.set_defaults(fn=fn)
+
+    recipe_command("train", cmd_train, "train from a recipe")
+    recipe_command("validate", cmd_validate, "check a recipe and print a summary")
+    sub.add_parser("list", help="the stage x finetune-mode matrix").set_defaults(fn=cmd_list)
+    schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
+    schema.add_argument("--format", choices=("json", "markdown"), default="json")
+    schema.set_defaults(fn=cmd_schema)
+    chat = sub.add_parser("chat", help="chat with a trained run or a model")
+    chat.add_argument("--model", help="run output dir, adapter dir, model dir or hub id")
+    chat.add_argument("--recipe", help="chat with this recipe's base model instead")
+    chat.add_argument("--gguf-file", help="GGUF file inside --model")
+    chat.add_argument("--prompt", help="answer this one prompt and exit")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.set_defaults(fn=cmd_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug in llmft or a library: show everything
+        traceback.print_exc()
+        print("internal error (not a problem with your recipe); please report it with the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,45 @@
+"""`finetune:` — which parameters train. A tagged union on `mode`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from llmft.config.base import Section
+
+
+class FullFinetune(Section):
+    mode: Literal["full"] = Field(description="Train every parameter of the model.")
+
+
+class LoraFinetune(Section):
+    mode: Literal["lora"] = Field(description="Train low-rank adapters on frozen weights.")
+    rank: int = Field(default=8, gt=0, description="LoRA rank r.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        default="all-linear",
+        description="Module names to adapt (e.g. `[q_proj, v_proj]`), or `all-linear` for "
+        "every linear layer except the output head.",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter, e.g. "
+        "`[embed_tokens, lm_head]` after extending the vocabulary.",
+    )
+    adapter_path: str | None = Field(
+        default=None,
+        description="Continue training an existing adapter directory. Its own rank, alpha and "
+        "targets apply; setting different ones here is an error.",
+    )
+
+
+class QLoraFinetune(LoraFinetune):
+    mode: Literal["qlora"] = Field(  # type: ignore[assignment]
+        description="LoRA on a base model quantized with bitsandbytes."
+    )
+    bits: Literal[4, 8] = Field(default=4, description="Quantization width of the frozen base.")
+
+
+Finetune = Annotated[Union[FullFinetune, LoraFinetune, QLoraFinetune], Field(discriminator="mode")]

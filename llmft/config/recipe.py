@@ -1,0 +1,78 @@
+"""The whole recipe, and the rules that span more than one section."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from llmft.config.base import Section
+from llmft.config.data import DataConfig
+from llmft.config.distributed import DistributedConfig
+from llmft.config.finetune import Finetune
+from llmft.config.model import ModelConfig
+from llmft.config.output import OutputConfig
+from llmft.config.stage import Stage
+from llmft.config.training import TrainingConfig
+
+#: Data formats each stage can train on ("auto" is checked once the data is read).
+STAGE_FORMATS = {
+    "pt": ("text",),
+    "sft": ("alpaca", "messages"),
+    "rm": (),
+    "dpo": (),
+    "ppo": (),
+}
+
+
+class CrossSectionError(ValueError):
+    """Several problems, each tied to a dotted path; the loader reports them one by one."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(description="Pretrained weights and tokenizer.")
+    data: DataConfig = Field(description="Training and evaluation data.")
+    finetune: Finetune = Field(description="Which parameters train: full, lora or qlora.")
+    stage: Stage = Field(description="Training objective: pt, sft, rm, dpo or ppo.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and cadence.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Processes and sharding."
+    )
+    output: OutputConfig = Field(description="Where results go.")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Recipe":
+        problems = cross_section_problems(self)
+        if problems:
+            raise CrossSectionError(problems)
+        return self
+
+    @property
+    def evaluates(self) -> bool:
+        """True when the run evaluates: eval data exists and the strategy is not `no`."""
+        return bool(self.data.eval) and self.training.eval_strategy != "no"
+
+
+def cross_section_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    from llmft import registry
+
+    problems: list[tuple[str, str]] = []
+    stage, mode = recipe.stage.name, recipe.finetune.mode
+    if not registry.is_available(stage, mode):
+        problems.append(("stage.name", registry.unsupported_message(stage, mode)))
+    allowed = STAGE_FORMATS[stage]
+    for split in ("train", "eval"):
+        for i, spec in enumerate(getattr(recipe.data, split)):
+            if spec.format != "auto" and spec.format not in allowed:
+                expected = " or ".join(repr(f) for f in allowed) or "(none available yet)"
+                problems.append(
+                    (f"data.{split}.{i}.format", f"stage {stage!r} trains on {expected} data (got {spec.format!r})")
+                )
+    if "eval_strategy" in recipe.training.model_fields_set and recipe.training.eval_strategy != "no":
+        if not recipe.data.eval:
+            problems.append(
+                ("training.eval_strategy", f"is {recipe.training.eval_strategy!r} but data.eval is empty; add data.eval or set 'no'")
+            )
+    return problems

@@ -1,0 +1,1 @@
+"""Data: read files, normalise records, render templates, tokenize with label masks, collate."""

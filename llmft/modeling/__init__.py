@@ -1,0 +1,1 @@
+"""Loading models and tokenizers, the load guard, and adapters."""

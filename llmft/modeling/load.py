@@ -1,0 +1,177 @@
+"""Load the tokenizer and the pretrained model named by `model:`, refusing silent failures.
+
+A wrong path must never give a randomly initialised model: missing or newly initialised
+weights stop the run and are named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmft.config.model import ModelConfig
+from llmft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _looks_local(path: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else that does not exist is a wrong local path."""
+    return path.startswith(("/", "./", "../", "~", ".")) or path.count("/") > 1 or "\\" in path
+
+
+def check_model_path(cfg: ModelConfig) -> None:
+    """Fail early, with the key and the fix, on paths that cannot hold the model."""
+    path = Path(os.path.expanduser(cfg.path))
+    if not path.exists():
+        if _looks_local(cfg.path):
+            raise UserError(f"model.path: directory not found: {cfg.path}")
+        return  # a hub id; transformers reports whether it can be fetched
+    if not path.is_dir():
+        raise UserError(f"model.path: {cfg.path} is a file; give the directory that holds it" + (
+            " and its name as model.gguf_file" if path.suffix == ".gguf" else ""))
+    if cfg.gguf_file:
+        if not (path / cfg.gguf_file).is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            raise UserError(
+                f"model.gguf_file: {cfg.gguf_file} not found in {cfg.path}"
+                + (f"; GGUF files there: {', '.join(found)}" if found else "; the directory has no .gguf file")
+            )
+        return
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise UserError(
+            f"model.path: {cfg.path} holds a LoRA adapter, not a model; set model.path to its base "
+            "model and finetune.adapter_path to this directory"
+        )
+    if not (path / "config.json").is_file():
+        raise UserError(f"model.path: {cfg.path} has no config.json; is it a model directory?")
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not list(path.glob("model-*.safetensors")):
+        raise UserError(f"model.path: {cfg.path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or cfg.path
+    key = "model.tokenizer" if cfg.tokenizer else "model.path"
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file and not cfg.tokenizer:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(source), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{key}: cannot load a tokenizer from {source}: {_short(exc)}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{key}: {source} gives a slow (Python) tokenizer; llmft needs a fast one for exact label masks")
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def arrange_pad_token(tokenizer: Any) -> str:
+    """Give the tokenizer a pad token distinct from EOS, so EOS is never treated as padding.
+
+    Returns a sentence saying what was done. Prefers tokens the vocabulary already has, so the
+    embedding matrix keeps its size.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return f"pad token: {tokenizer.pad_token!r} (the tokenizer's own)"
+    template = getattr(tokenizer, "chat_template", None) or ""
+    candidates = [tokenizer.unk_token] + list(getattr(tokenizer, "additional_special_tokens", None) or [])
+    for token in candidates:
+        if token and token not in (eos, tokenizer.bos_token) and token not in template:
+            tokenizer.pad_token = token
+            return f"pad token: {token!r} (was {'EOS' if eos else 'unset'}; EOS stays supervised)"
+    tokenizer.add_special_tokens({"pad_token": "<|llmft_pad|>"})
+    return "pad token: added '<|llmft_pad|>' (the vocabulary had no free special token); embeddings resized"
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None) -> Any:
+    """Load the pretrained causal LM; refuse to go on if any weight was not in the checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(cfg)
+    check_attention(cfg)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": cfg.attn_implementation,
+        "trust_remote_code": cfg.trust_remote_code,
+        "output_loading_info": True,
+    }
+    if cfg.gguf_file:
+        kwargs.update(gguf_kwargs(cfg.gguf_file))
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path: cannot load a model from {cfg.path}: {_short(exc)}") from None
+    guard_loading_info(cfg.path, info)
+    if cfg.gguf_file:
+        detach_gguf_quantizer(model)
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def gguf_kwargs(gguf_file: str) -> dict[str, Any]:
+    """Ask transformers to unpack every GGUF weight into a dense, trainable tensor."""
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF
+        return kwargs
+    kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
+    return kwargs
+
+
+def detach_gguf_quantizer(model: Any) -> None:
+    """After a dequantizing GGUF load the weights are plain tensors; drop the GGUF quantizer so
+    the model trains and saves like any other (transformers refuses both while it is attached)."""
+    packed = [name for name, module in model.named_modules() if "Gguf" in type(module).__name__]
+    if packed:
+        raise UserError(f"model.gguf_file: some weights stayed GGUF-packed ({', '.join(packed[:3])}); they cannot train")
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def guard_loading_info(path: str, info: dict[str, Any]) -> None:
+    """Refuse weights that were missing from the checkpoint (they would be random)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or []))
+    if missing or mismatched:
+        shown = missing[:8] + mismatched[:8]
+        more = len(missing) + len(mismatched) - len(shown)
+        raise UserError(
+            f"model.path: {path} does not hold every weight of the model "
+            f"({len(missing)} missing, {len(mismatched)} with the wrong shape); they would be randomly "
+            f"initialised, so training will not start. First ones: {', '.join(shown)}"
+            + (f" and {more} more" if more > 0 else "")
+            + ". Check that model.path points at the right checkpoint."
+        )
+
+
+def check_attention(cfg: ModelConfig) -> None:
+    if cfg.attn_implementation != "flash_attention_2":
+        return
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on this machine")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise UserError(
+            "model.attn_implementation: flash_attention_2 needs the flash-attn package "
+            "(pip install 'llmft[gpu]'); or use sdpa"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,37 @@
+"""What a finished run leaves in `output.dir` (the layout users know from MedicalGPT):
+adapter or model safetensors, tokenizer with its chat template, checkpoint-N/, trainer_state.json,
+train_results.json, eval_results.json, logs/ and recipe.resolved.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmft.config.recipe import Recipe
+
+RESOLVED_RECIPE = "recipe.resolved.yaml"
+
+
+def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
+    """Every key with its effective value, interpolations resolved: the run's exact recipe."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / RESOLVED_RECIPE
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    return path
+
+
+def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
+    """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
+    trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside
+    # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
+    (Path(trainer.args.output_dir) / "training_args.bin").unlink(missing_ok=True)
+    trainer.save_state()
+    metrics = dict(train_result.metrics)
+    trainer.save_metrics("train", metrics, combined=False)
+    if evaluates:
+        eval_metrics = trainer.evaluate()
+        trainer.save_metrics("eval", eval_metrics, combined=False)
+        metrics.update(eval_metrics)
+    return metrics

@@ -1,0 +1,46 @@
+"""What a builder gets: the recipe, the tokenizer, and the model, loaded when first asked for."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmft.config.recipe import Recipe
+
+log = logging.getLogger("llmft")
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    tokenizer: Any
+    precision: str  # bf16 | fp16 | fp32, resolved for this machine
+    output_dir: Path
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The pretrained model with the finetune mode applied. Loaded on first use, so a
+        builder can read and check its data before paying for the model load."""
+        if self._model is None:
+            from llmft.modeling.adapters import apply_finetune, count_parameters
+            from llmft.modeling.load import load_model
+            from llmft.modeling.precision import weight_dtype
+
+            recipe = self.recipe
+            dtype = weight_dtype(recipe.model, recipe.finetune, self.precision)
+            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer))
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+            if model.generation_config is not None:
+                model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+            model = apply_finetune(model, recipe.finetune)
+            trainable, total = count_parameters(model)
+            log.info(
+                "model: %s (%s weights), finetune %s: %s trainable of %s parameters (%.2f%%)",
+                recipe.model.path, str(dtype).removeprefix("torch."), recipe.finetune.mode,
+                f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1),
+            )
+            self._model = model
+        return self._model

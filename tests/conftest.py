@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tokenizer, save_tiny_model  # noqa: E402
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello! How are you today?"}, {"role": "assistant", "content": "I am fine, thank you."}],
+    [
+        {"role": "system", "content": "You are a poet."},
+        {"role": "user", "content": "Write a short poem about the sea."},
+        {"role": "assistant", "content": "The sea is wide and blue."},
+    ],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Translate to French: good morning"},
+        {"role": "assistant", "content": "bonjour"},
+    ],
+    [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am a helpful assistant."}],
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def sft_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "sft.jsonl", [{"messages": m} for m in CONVERSATIONS])
+
+
+@pytest.fixture
+def alpaca_file(tmp_path: Path) -> Path:
+    rows = [
+        {"instruction": "What is the capital of France?", "input": "", "output": "Paris."},
+        {"instruction": "Translate to French:", "input": "good morning", "output": "bonjour", "system": "You translate."},
+        {"instruction": "Who are you?", "output": "I am a helpful assistant.", "history": [["Hello!", "Hello! How are you today?"]]},
+    ]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture
+def pt_file(tmp_path: Path) -> Path:
+    from tiny import CORPUS
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(CORPUS * 3) + "\n")
+    return path
+
+
+def make_recipe(model_dir: Path, train: Path, out: Path, stage: str = "sft", mode: str = "lora", **sections) -> dict:
+    """A minimal recipe dict for the tiny model; sections override/extend the defaults."""
+    recipe = {
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(train), "max_length": 64},
+        "finetune": {"mode": mode, **({"rank": 4, "alpha": 8, "dropout": 0.0} if mode == "lora" else {})},
+        "stage": {"name": stage},
+        "training": {
+            "max_steps": 3,
+            "micro_batch_size": 2,
+            "learning_rate": 1e-2,
+            "precision": "fp32",
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+        },
+        "output": {"dir": str(out)},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return recipe
