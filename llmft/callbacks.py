@@ -44,8 +44,27 @@ class RandomInitAlarm(TrainerCallback):
             )
 
 
+class LogLines(TrainerCallback):
+    """One readable line per log event (replaces the Trainer's dict printing)."""
+
+    ORDER = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        keys = [k for k in self.ORDER if k in logs] + sorted(k for k in logs if k not in self.ORDER)
+        fields = " ".join(f"{k}={_fmt(logs[k])}" for k in keys)
+        log.info("step %d/%d %s", state.global_step, state.max_steps, fields)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
-    callbacks: list[Any] = [RandomInitAlarm(vocab_size, recipe.model.path)]
+    callbacks: list[Any] = [RandomInitAlarm(vocab_size, recipe.model.path), LogLines()]
     if "tensorboard" in recipe.training.report_to:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback

@@ -17,6 +17,7 @@ class RunResult:
     output_dir: Path
     metrics: dict[str, Any]
     log_history: list[dict[str, Any]]
+    model: Any  # the trained model (a peft model for adapter modes), for callers that use it next
 
 
 def prepare(recipe: Recipe) -> Any:
@@ -52,4 +53,4 @@ def train(recipe: Recipe) -> RunResult:
     result = trainer.train()
     metrics = save_final(trainer, result, recipe.evaluates)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-    return RunResult(ctx.output_dir, metrics, list(trainer.state.log_history))
+    return RunResult(ctx.output_dir, metrics, list(trainer.state.log_history), trainer.model)

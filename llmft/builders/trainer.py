@@ -58,9 +58,11 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) 
     from llmft.callbacks import callbacks_for
     from llmft.data.collate import PadCollator
 
+    from transformers.trainer_callback import PrinterCallback
+
     recipe = ctx.recipe
     model = ctx.model
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=training_arguments(recipe, ctx.precision, ctx.output_dir),
         data_collator=PadCollator(pad_id=ctx.tokenizer.pad_token_id),
@@ -69,6 +71,8 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) 
         processing_class=ctx.tokenizer,
         callbacks=callbacks_for(recipe, ctx.output_dir, vocab_size=model.config.vocab_size),
     )
+    trainer.remove_callback(PrinterCallback)  # llmft's LogLines prints instead
+    return trainer
 
 
 def next_token_trainer(ctx: RunContext, stage: str) -> Any:

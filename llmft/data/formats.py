@@ -113,6 +113,9 @@ def _messages(record: RawRecord) -> Conversation:
         clean.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in clean):
         raise BadRecord("no assistant message: nothing to train on")
+    if clean[0]["role"] == "assistant":
+        # the prompt before a first reply cannot be told apart from it, so it would be trained on
+        raise BadRecord("messages[0].role should be system or user: a conversation cannot open with the assistant")
     return Conversation(tuple(clean), record.where)
 
 

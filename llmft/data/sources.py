@@ -28,6 +28,8 @@ def read_records(path: str, key: str) -> list[RawRecord]:
     if file.suffix not in SUFFIXES:
         raise UserError(f"{key}: {path}: unsupported file type {file.suffix or '(none)'!r}; use {', '.join(SUFFIXES)}")
     text = _read_text(file, key)
+    if not text.strip():
+        raise UserError(f"{key}: {path} is empty")
     reader = {".json": _read_json, ".jsonl": _read_jsonl, ".txt": _read_txt}[file.suffix]
     records = reader(text, str(file))
     if not records:
@@ -57,7 +59,7 @@ def _read_json(text: str, name: str) -> list[RawRecord]:
 
 def _read_jsonl(text: str, name: str) -> list[RawRecord]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -71,6 +73,12 @@ def _read_txt(text: str, name: str) -> list[RawRecord]:
     """One document per non-empty line."""
     return [
         RawRecord({"text": line}, f"{name}:{number}")
-        for number, line in enumerate(text.splitlines(), start=1)
+        for number, line in enumerate(_lines(text), start=1)
         if line.strip()
     ]
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at newlines only: `str.splitlines` also splits at U+2028, U+0085 and others,
+    which JSON strings may hold unescaped (and editors don't count as lines)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]

@@ -141,13 +141,20 @@ def build_pt_blocks(tokenizer: Any, texts: Sequence[Text], max_length: int) -> t
     return examples, report
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of every special token: the named ones (bos, eos, ...) and special added tokens such as
+    Llama 3's <|eot_id|>, which `all_special_ids` leaves out unless the tokenizer names them."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
+
+
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Token ids that end an assistant turn under the installed template (for stopping and checks)."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
     example = encode_conversation(tokenizer, probe, mask_prompt=True)
     supervised = [t for t in example.labels if t != IGNORE]
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    if supervised and supervised[-1] in set(tokenizer.all_special_ids):
+    if supervised and supervised[-1] in special_ids(tokenizer):
         ids.add(supervised[-1])
     return sorted(ids)
 
@@ -157,7 +164,7 @@ def turn_end_problem(tokenizer: Any) -> str | None:
     never learn to stop); None when it does."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
     supervised = [t for t in encode_conversation(tokenizer, probe, mask_prompt=True).labels if t != IGNORE]
-    if supervised and supervised[-1] in set(tokenizer.all_special_ids):
+    if supervised and supervised[-1] in special_ids(tokenizer):
         return None
     return (
         "the chat template closes assistant turns without a special end-of-turn token, so the model "

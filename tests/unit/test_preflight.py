@@ -1,0 +1,52 @@
+"""Machine checks fail before anything loads, naming the recipe key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_recipe
+
+from llmft.config import validate_recipe
+from llmft.errors import UserError
+from llmft.modeling.precision import resolve_precision
+from llmft.preflight import preflight
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+
+
+def _recipe(tiny_model_dir, sft_file, tmp_path, **sections):
+    return validate_recipe(make_recipe(tiny_model_dir, sft_file, tmp_path / "out", **sections))
+
+
+@no_cuda
+def test_fp16_on_cpu_is_refused(tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"precision": "fp16"})
+    with pytest.raises(UserError, match="training.precision: fp16 needs a CUDA GPU"):
+        resolve_precision(recipe.training)
+
+
+def test_auto_precision_says_why(tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"precision": "auto"})
+    precision, why = resolve_precision(recipe.training)
+    assert precision in ("bf16", "fp32") and why.startswith("auto")
+
+
+@no_cuda
+@pytest.mark.parametrize("optimizer", ["paged_adamw_32bit", "adamw_bnb_8bit"])
+def test_bitsandbytes_optimizers_need_cuda(optimizer, tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"optimizer": optimizer})
+    with pytest.raises(UserError, match=f"training.optimizer: {optimizer} .*needs a CUDA GPU"):
+        preflight(recipe)
+
+
+@no_cuda
+def test_flash_attention_needs_cuda(tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, model={"attn_implementation": "flash_attention_2"})
+    with pytest.raises(UserError, match="model.attn_implementation: flash_attention_2 needs a CUDA GPU"):
+        preflight(recipe)
+
+
+def test_missing_data_file_is_named(tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, data={"train": ["missing.jsonl", str(sft_file)]})
+    with pytest.raises(UserError, match="data.train.0.path: file not found: missing.jsonl"):
+        preflight(recipe)
