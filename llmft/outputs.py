@@ -18,7 +18,10 @@ def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
     """Every key with its effective value, interpolations resolved: the run's exact recipe."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RESOLVED_RECIPE
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    data = recipe.model_dump(mode="json")
+    if not recipe.evaluates:
+        data["training"]["eval_strategy"] = "no"  # what the run did; keeps the file valid to load back
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -93,3 +93,26 @@ def make_recipe(model_dir: Path, train: Path, out: Path, stage: str = "sft", mod
     for name, values in sections.items():
         recipe.setdefault(name, {}).update(values)
     return recipe
+
+
+MINIMAL_RECIPE = {
+    "model": {"path": "some/model"},
+    "data": {"train": "train.jsonl"},
+    "finetune": {"mode": "lora"},
+    "stage": {"name": "sft"},
+    "output": {"dir": "out"},
+}
+
+
+def minimal_recipe(**sections: dict | None) -> dict:
+    """A minimal valid recipe (no files needed to validate it); each keyword updates a section,
+    or removes it when None."""
+    import copy
+
+    raw = copy.deepcopy(MINIMAL_RECIPE)
+    for name, values in sections.items():
+        if values is None:
+            raw.pop(name, None)
+        else:
+            raw.setdefault(name, {}).update(values)
+    return raw

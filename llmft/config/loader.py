@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,7 +53,8 @@ def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str
     except Exception as exc:  # YAML/JSON syntax errors come in many types
         raise UserError(f"{path}: cannot parse: {exc}") from None
     if not OmegaConf.is_dict(cfg):
-        raise UserError(f"{path}: a recipe is a mapping of sections (model, data, ...), not a {type(cfg).__name__}")
+        kind = "list" if OmegaConf.is_list(cfg) else type(cfg).__name__
+        raise UserError(f"{path}: a recipe is a mapping of sections (model, data, ...), not a {kind}")
     overrides = list(overrides)
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
@@ -74,15 +76,39 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 
 def format_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
+    problems: list[str | tuple] = []
+    unions: dict[tuple, list[tuple[dict[str, Any], list[str | int], type[BaseModel] | None]]] = {}
     for err in exc.errors():
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, CrossSectionError):
             problems.extend(f"{p}: {m}" for p, m in cause.problems)
             continue
-        path, model = _clean_loc(err["loc"], raw)
-        problems.append(_describe(err, path, model))
-    return problems
+        path, model, union_at = _clean_loc(err["loc"], raw)
+        if union_at is None:
+            problems.append(_describe(err, path, model))
+            continue
+        key = tuple(path[:union_at])  # one error per union member: gather them, report once
+        if key not in unions:
+            unions[key] = []
+            problems.append(key)
+        unions[key].append((err, path, model))
+    out: list[str] = []
+    for problem in problems:
+        out.extend([problem] if isinstance(problem, str) else _describe_union(problem, unions[problem]))
+    return out
+
+
+def _describe_union(key: tuple, members: list) -> list[str]:
+    """A value no member of a union accepts. Members that got past the union's own level (the
+    value had their shape) explain it best; otherwise one problem lists what each would take."""
+    deeper = [m for m in members if len(m[1]) > len(key)]
+    if deeper:
+        return [_describe(*m) for m in deeper]
+    errs = [m[0] for m in members]
+    expected = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
+    literal = next((e for e in errs if e["type"] == "literal_error"), None)  # keeps its did-you-mean
+    merged = {**(literal or errs[0]), "msg": f"Input should be {expected}"}
+    return [_describe(merged, list(key), members[0][2])]
 
 
 def _describe(err: dict[str, Any], path: list[str | int], model: type[BaseModel] | None) -> str:
@@ -100,21 +126,32 @@ def _describe(err: dict[str, Any], path: list[str | int], model: type[BaseModel]
         ctx = err.get("ctx") or {}
         tag = ctx.get("discriminator", "").strip("'")
         expected = ctx.get("expected_tags", "")
-        if kind == "union_tag_not_found":
-            return f"{dotted}.{tag}: required key is missing; one of {expected}"
+        if kind == "union_tag_not_found":  # pydantic gives no expected tags here
+            choices = _tag_choices(model, path[-1] if path else None, tag)
+            return f"{dotted}.{tag}: required key is missing" + (f"; one of {choices}" if choices else "")
         got = ctx.get("tag")
         choices = [t.strip().strip("'") for t in expected.split(",")]
         close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{dotted}.{tag}: should be one of {expected} (got {got!r}){hint}"
     message = err["msg"].removeprefix("Value error, ")
+    hint = ""
     if kind == "literal_error":
         close = difflib.get_close_matches(str(value), _literal_choices(err), n=1, cutoff=0.5)
         if close:
-            message += f"; did you mean {close[0]!r}?"
+            hint = f"; did you mean {close[0]!r}?"
     if isinstance(value, (dict, list)) and kind not in ("list_type", "dict_type"):
-        return f"{dotted}: {message}"
-    return f"{dotted}: {message} (got {value!r})"
+        return f"{dotted}: {message}{hint}"
+    return f"{dotted}: {message} (got {value!r}){hint}"
+
+
+def _tag_choices(model: type[BaseModel] | None, key: str | int | None, tag: str) -> str:
+    """The tag values of the union at `model.key`, as pydantic lists them (`'full', 'lora'`)."""
+    field = model.model_fields.get(key) if model is not None and isinstance(key, str) else None
+    if field is None:
+        return ""
+    members = [cls for cls in model_classes(field.annotation) if tag in cls.model_fields]
+    return ", ".join(repr(typing.get_args(cls.model_fields[tag].annotation)[0]) for cls in members)
 
 
 def _literal_choices(err: dict[str, Any]) -> list[str]:
@@ -122,13 +159,15 @@ def _literal_choices(err: dict[str, Any]) -> list[str]:
     return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
 
 
-def _clean_loc(loc: tuple, raw: Any) -> tuple[list[str | int], type[BaseModel] | None]:
-    """Drop union tags from pydantic's location; also return the model owning the last key."""
+def _clean_loc(loc: tuple, raw: Any) -> tuple[list[str | int], type[BaseModel] | None, int | None]:
+    """Drop union tags from pydantic's location; also return the model owning the last key and,
+    when a union member's tag was dropped, the length of the path to that union."""
     path: list[str | int] = []
     current: type[BaseModel] | None = Recipe
     owner: type[BaseModel] | None = None
     node: Any = raw
     expect_tag = False
+    union_at: int | None = None
     for part in loc:
         if isinstance(part, int):
             path.append(part)
@@ -139,15 +178,28 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple[list[str | int], type[BaseModel] |
             owner = current
             node = node.get(part) if isinstance(node, dict) else None
             annotation = current.model_fields[part].annotation
-            expect_tag = len(list(model_classes(annotation))) > 1
+            expect_tag = _is_union(annotation)
             current = _pick_model(annotation, node)
             continue
         if expect_tag:  # pydantic puts the union member's tag in the location: skip it
             expect_tag = False
+            union_at = len(path)
             continue
         path.append(part)
         owner, current = current, None
-    return path, owner
+    return path, owner, union_at
+
+
+def _is_union(annotation: Any) -> bool:
+    """A union of two or more non-None types (inside list/Annotated), whose errors pydantic
+    locates under a per-member tag. `X | None` alone is not one."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return len([a for a in args if a is not type(None)]) > 1 or any(_is_union(a) for a in args)
+    if origin in (list, typing.Annotated):
+        return _is_union(args[0]) if args else False
+    return False
 
 
 def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:

@@ -1,0 +1,237 @@
+"""The command line: exit codes (0 ok, 2 user error, 1 internal error) and what it prints.
+Everything runs in-process through `llmft.cli.main`, except one subprocess smoke test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmft.cli import EXIT_INTERNAL, EXIT_OK, EXIT_USER, main
+from llmft.docs import config_reference
+
+SECTIONS = {"model", "data", "finetune", "stage", "training", "distributed", "output"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_process_state():
+    """`main` configures logging (root handler on the captured stderr) and sets env defaults:
+    undo that so later tests are not affected."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    environ = dict(os.environ)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl)
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def good_recipe(tmp_path: Path, **sections) -> dict:
+    recipe = {
+        "model": {"path": "some/model"},
+        "data": {"train": str(tmp_path / "train.jsonl"), "max_length": 64},
+        "finetune": {"mode": "lora", "rank": 4, "alpha": 8},
+        "stage": {"name": "sft"},
+        "training": {"max_steps": 3, "micro_batch_size": 2, "learning_rate": 1e-3, "report_to": []},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return recipe
+
+
+def write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def bad_recipe(tmp_path: Path) -> Path:
+    recipe = good_recipe(tmp_path)
+    recipe["traning"] = {"epochs": 1}
+    recipe["finetune"]["rnak"] = 8
+    return write(tmp_path / "bad.yaml", recipe)
+
+
+# --- validate ------------------------------------------------------------------------------
+
+
+def test_validate_good_recipe(tmp_path, capsys):
+    path = write(tmp_path / "good.yaml", good_recipe(tmp_path))
+    assert main(["validate", str(path)]) == EXIT_OK
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: OK"
+    assert "  stage sft, finetune lora (rank 4, alpha 8)" in lines
+    assert "  model some/model" in lines
+    assert "  data  1 train / 0 eval file(s), max_length 64" in lines
+    assert "  train 3 steps, batch 2x1, lr 0.001 cosine, adamw_torch, precision auto" in lines
+    assert f"  output {tmp_path / 'out'}" in lines
+    assert "error" not in err
+
+
+def test_validate_full_finetune_summary(tmp_path, capsys):
+    recipe = good_recipe(tmp_path, stage={"name": "pt"}, training={"max_steps": None, "epochs": 2})
+    recipe["finetune"] = {"mode": "full"}
+    path = write(tmp_path / "pt.yaml", recipe)
+    assert main(["validate", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "  stage pt, finetune full\n" in out
+    assert "  train 2 epochs," in out
+
+
+def test_validate_with_overrides(tmp_path, capsys):
+    path = write(tmp_path / "good.yaml", good_recipe(tmp_path))
+    assert main(["validate", str(path), "training.learning_rate=1.0e-4", "finetune.rank=16"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "lr 0.0001 cosine" in out
+    assert "(rank 16, alpha 8)" in out
+
+
+def test_validate_bad_override(tmp_path, capsys):
+    path = write(tmp_path / "good.yaml", good_recipe(tmp_path))
+    assert main(["validate", str(path), "training.learning_rate"]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert "key.path=value" in err and "'training.learning_rate'" in err
+    assert "Traceback" not in err
+
+
+def test_validate_bad_recipe(bad_recipe, capsys):
+    assert main(["validate", str(bad_recipe)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error: {bad_recipe}: 2 problems\n")
+    assert "  - traning: unknown key; did you mean 'training'?\n" in err
+    assert "  - finetune.rnak: unknown key; did you mean 'rank'?\n" in err
+    assert "Traceback" not in err
+
+
+def test_validate_missing_file(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert main(["validate", str(missing)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert err == f"error: recipe file not found: {missing}\n"
+
+
+def test_validate_yaml_syntax_error(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    assert main(["validate", str(path)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert f"error: {path}: cannot parse" in err
+    assert "Traceback" not in err
+
+
+def test_internal_error_exit_code_and_traceback(tmp_path, capsys, monkeypatch):
+    import llmft.config
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(llmft.config, "load_recipe", broken)
+    assert main(["validate", str(tmp_path / "x.yaml")]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: boom" in err
+    assert "internal error" in err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- list / schema -------------------------------------------------------------------------
+
+
+def test_list(capsys):
+    assert main(["list"]) == EXIT_OK
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows == [
+        ["stage", "full", "lora", "qlora"],
+        ["pt", "yes", "yes", "-"],
+        ["sft", "yes", "yes", "-"],
+        ["rm", "-", "-", "-"],
+        ["dpo", "-", "-", "-"],
+        ["ppo", "-", "-", "-"],
+    ]
+
+
+def test_schema_json(capsys):
+    assert main(["schema"]) == EXIT_OK
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == SECTIONS
+    assert set(schema["required"]) == {"model", "data", "finetune", "stage", "output"}
+    assert schema["additionalProperties"] is False
+
+
+def test_schema_json_explicit_format(capsys):
+    assert main(["schema", "--format", "json"]) == EXIT_OK
+    assert set(json.loads(capsys.readouterr().out)["properties"]) == SECTIONS
+
+
+def test_schema_markdown(capsys):
+    assert main(["schema", "--format", "markdown"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == config_reference()
+    assert out.startswith("# Recipe reference\n")
+    for section in SECTIONS:
+        assert f"## `{section}`" in out
+
+
+# --- train: preflight failures (nothing is loaded) -----------------------------------------
+
+
+def test_train_missing_data_file(tmp_path, capsys, tiny_model_dir):
+    recipe = good_recipe(tmp_path, model={"path": str(tiny_model_dir)})
+    path = write(tmp_path / "r.yaml", recipe)
+    assert main(["train", str(path)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert f"data.train.0.path: file not found: {tmp_path / 'train.jsonl'}" in err
+    assert "Traceback" not in err
+    assert "trained:" not in out
+    assert not (tmp_path / "out").exists()  # preflight writes nothing
+
+
+def test_train_missing_local_model_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    recipe = good_recipe(tmp_path, model={"path": "./does/not/exist"})
+    path = write(tmp_path / "r.yaml", recipe)
+    assert main(["train", str(path)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert "model.path: directory not found: ./does/not/exist" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- one real process ----------------------------------------------------------------------
+
+
+def test_python_dash_m_validate_bad_recipe(bad_recipe):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmft", "validate", str(bad_recipe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=bad_recipe.parent,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "traning: unknown key; did you mean 'training'?" in proc.stderr
+    assert "finetune.rnak: unknown key; did you mean 'rank'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -1,0 +1,137 @@
+"""(stage, mode) -> builder registry: the supported matrix, and registration mistakes."""
+
+from __future__ import annotations
+
+
+import pytest
+from conftest import minimal_recipe
+
+from llmft import registry
+from llmft.config import validate_recipe
+from llmft.errors import RecipeError
+from llmft.registry import MODES, STAGES, RegistryError, available, get_builder, is_available, register_builder
+
+SUPPORTED = [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora")]
+PAIRS = "pt/full, pt/lora, sft/full, sft/lora"
+
+
+@pytest.fixture
+def clean_registry():
+    """Registrations made in a test are removed afterwards (built-ins loaded first)."""
+    registry.available()  # import the built-in builders before taking the snapshot
+    saved = dict(registry._BUILDERS)
+    yield
+    registry._BUILDERS.clear()
+    registry._BUILDERS.update(saved)
+
+
+def builder(ctx):  # a stand-in; never called
+    raise AssertionError("not called")
+
+
+def other_builder(ctx):
+    raise AssertionError("not called")
+
+
+def test_supported_matrix_is_pinned():
+    assert available() == SUPPORTED
+
+
+def test_is_available_matches_matrix():
+    for stage in STAGES:
+        for mode in MODES:
+            assert is_available(stage, mode) is ((stage, mode) in SUPPORTED), (stage, mode)
+
+
+def test_schema_knows_every_stage_and_mode():
+    assert STAGES == ("pt", "sft", "rm", "dpo", "ppo")
+    assert MODES == ("full", "lora", "qlora")
+
+
+def test_builtin_builders():
+    from llmft.builders.pt import build_pt
+    from llmft.builders.sft import build_sft
+
+    assert get_builder("pt", "full") is get_builder("pt", "lora") is build_pt
+    assert get_builder("sft", "full") is get_builder("sft", "lora") is build_sft
+
+
+@pytest.mark.parametrize("stage,mode", [("dpo", "lora"), ("sft", "qlora"), ("rm", "full"), ("nope", "lora")])
+def test_get_builder_unknown_pair(stage, mode):
+    with pytest.raises(RegistryError) as info:
+        get_builder(stage, mode)
+    message = str(info.value)
+    assert message == (
+        f"stage {stage!r} with finetune mode {mode!r} is not available; available stage/mode pairs: {PAIRS}"
+    )
+
+
+def test_register_and_get(clean_registry):
+    returned = register_builder("dpo", modes=("lora", "qlora"))(builder)
+    assert returned is builder
+    assert get_builder("dpo", "lora") is builder
+    assert get_builder("dpo", "qlora") is builder
+    assert available() == [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora"), ("dpo", "lora"), ("dpo", "qlora")]
+
+
+def test_available_in_schema_order(clean_registry):
+    register_builder("ppo", modes=("full",))(builder)
+    register_builder("rm", modes=("qlora", "full"))(other_builder)
+    assert available() == SUPPORTED + [("rm", "full"), ("rm", "qlora"), ("ppo", "full")]
+
+
+def test_register_twice_raises(clean_registry):
+    register_builder("rm", modes=("full",))(builder)
+    with pytest.raises(RegistryError) as info:
+        register_builder("rm", modes=("full",))(other_builder)
+    message = str(info.value)
+    assert "(rm, full) registered twice" in message
+    assert f"{__name__}.builder" in message and f"{__name__}.other_builder" in message
+    assert get_builder("rm", "full") is builder
+
+
+def test_register_over_builtin_raises(clean_registry):
+    with pytest.raises(RegistryError, match=r"\(sft, lora\) registered twice.*build_sft"):
+        register_builder("sft", modes=("lora",))(builder)
+
+
+def test_failed_registration_registers_nothing(clean_registry):
+    # qlora is free, lora is taken: the whole registration fails, qlora stays unregistered
+    with pytest.raises(RegistryError, match="registered twice"):
+        register_builder("pt", modes=("qlora", "lora"))(builder)
+    assert not is_available("pt", "qlora")
+    with pytest.raises(RegistryError, match="unknown mode 'bogus'"):
+        register_builder("rm", modes=("full", "bogus"))(builder)
+    assert not is_available("rm", "full")
+    assert available() == SUPPORTED
+
+
+def test_register_unknown_stage(clean_registry):
+    with pytest.raises(RegistryError) as info:
+        register_builder("kto", modes=("lora",))(builder)
+    assert "unknown stage 'kto'" in str(info.value)
+    assert all(s in str(info.value) for s in STAGES)
+    assert available() == SUPPORTED
+
+
+def test_register_unknown_mode(clean_registry):
+    with pytest.raises(RegistryError) as info:
+        register_builder("dpo", modes=("dora",))(builder)
+    assert "unknown mode 'dora'" in str(info.value)
+    assert all(m in str(info.value) for m in MODES)
+    assert available() == SUPPORTED
+
+
+def test_recipe_validation_consults_registry(clean_registry):
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(minimal_recipe(stage={"name": "dpo"}))
+    assert info.value.problems[0].startswith("stage.name: stage 'dpo' with finetune mode 'lora' is not available")
+    register_builder("dpo", modes=("lora",))(builder)
+    assert validate_recipe(minimal_recipe(stage={"name": "dpo"})).stage.name == "dpo"
+    with pytest.raises(RecipeError, match="available stage/mode pairs: pt/full, pt/lora, sft/full, sft/lora, dpo/lora"):
+        validate_recipe(minimal_recipe(stage={"name": "dpo"}, finetune={"mode": "full"}))
+
+
+def test_fixture_left_registry_clean():
+    # runs after the tests above in file order: nothing they registered is left behind
+    assert available() == SUPPORTED
