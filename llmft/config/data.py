@@ -4,21 +4,54 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmft.config.base import Section
 
-DataFormat = Literal["auto", "alpaca", "messages", "text"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "csv", "text", "preference", "kto"]
+TemplateName = Literal[
+    "chatml", "qwen", "llama2", "llama3", "mistral", "vicuna", "alpaca", "baichuan2", "chatglm3", "phi3", "gemma", "default",
+]
 
 
 class DatasetSpec(Section):
-    path: str = Field(description="A .json (array), .jsonl or .txt file.")
+    path: str = Field(
+        description="A .json (array), .jsonl, .csv or .txt file; a directory (every such file in it, "
+        "sorted by name); or a directory written by `datasets.Dataset.save_to_disk`."
+    )
     format: DataFormat = Field(
         default="auto",
-        description="Record layout: `alpaca` (instruction/input/output), `messages` "
-        "(OpenAI role/content), `text` (pre-training). `auto` detects it from the first "
-        "record and reports what it found.",
+        description="Record layout: `alpaca` (instruction/input/output), `sharegpt` (conversations of "
+        "from/value, optional tools), `messages` (OpenAI role/content), `csv` (human/assistant "
+        "columns), `text` (pre-training), `preference` (chosen/rejected), `kto` (completion + boolean "
+        "label). `auto` detects it from the first record and reports what it found.",
     )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename fields before reading the format: `{llmft_field: your_column}`, e.g. "
+        "`{instruction: question, output: answer}`.",
+    )
+    samples: int | None = Field(
+        default=None,
+        gt=0,
+        description="Use exactly this many records: a seeded random subset if the source has more, "
+        "whole repeats plus a seeded subset if it has fewer.",
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="Mixing weight: use weight x the source's records (2 = twice, 0.5 = a seeded half). "
+        "Not together with `samples`.",
+    )
+    text_unit: Literal["line", "file"] = Field(
+        default="line", description="`.txt` files: one document per non-empty line, or the whole file as one."
+    )
+
+    @model_validator(mode="after")
+    def _samples_or_weight(self) -> "DatasetSpec":
+        if self.samples is not None and self.weight is not None:
+            raise ValueError("set samples or weight, not both")
+        return self
 
 
 def _as_list(value: object) -> object:
@@ -33,27 +66,99 @@ def _as_list(value: object) -> object:
 class DataConfig(Section):
     train: list[DatasetSpec] = Field(
         min_length=1,
-        description="Training datasets: a path, or a list of paths or `{path, format}` entries.",
+        description="Training datasets: a path, or a list of paths or `{path, format, ...}` entries.",
     )
     eval: list[DatasetSpec] = Field(
         default_factory=list,
         description="Evaluation datasets, in the same form as `train`.",
     )
+    eval_split: float | int | None = Field(
+        default=None,
+        gt=0,
+        description="Hold out part of the training records for evaluation instead: a fraction "
+        "(0 < x < 1) or a count, chosen with `training.seed`. Not together with `eval`.",
+    )
+    max_train_samples: int | None = Field(
+        default=None, gt=0, description="Use at most this many training examples (after the split)."
+    )
+    max_eval_samples: int | None = Field(default=None, gt=0, description="Use at most this many eval examples.")
     max_length: int = Field(
         default=1024,
         gt=1,
-        description="Longest sequence in tokens. SFT records beyond it are truncated on the "
-        "right (reported); PT text is cut into blocks of this length.",
+        description="Longest sequence in tokens. SFT records beyond it follow `truncation`; PT text is "
+        "cut into blocks of this length; packed sequences are this long.",
     )
     mask_prompt: bool = Field(
         default=True,
         description="SFT: train only on assistant tokens (with each turn's end-of-turn token). "
-        "False trains on every token of the rendered conversation.",
+        "False trains on every token of the rendered conversation (same as `train_on: all`).",
     )
-    template: Literal["chatml", "llama3", "alpaca"] | None = Field(
+    train_on: Literal["all_turns", "last_turn", "all"] = Field(
+        default="all_turns",
+        description="SFT: supervise every assistant turn, only the last one, or every token. A message "
+        "with `\"loss\": false` is never supervised.",
+    )
+    truncation: Literal["truncate_right", "truncate_left", "drop"] = Field(
+        default="truncate_right",
+        description="SFT records longer than `max_length`: keep the start, keep the end, or drop the "
+        "record. Counted either way; a record left with no supervised token is dropped.",
+    )
+    on_bad_record: Literal["error", "skip"] = Field(
+        default="error",
+        description="A record that does not fit its format: stop with every problem listed, or skip it "
+        "(the count and the first examples are reported).",
+    )
+    template: TemplateName | None = Field(
         default=None,
-        description="Chat template to render SFT conversations with. Empty: the tokenizer's "
-        "own `chat_template`. The template used is saved with the output.",
+        description="Chat template to render conversations with. Empty: the tokenizer's own "
+        "`chat_template`. The template used is saved with the output.",
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack several examples into each `max_length` sequence. Examples never attend to "
+        "each other (positions restart per example), so the loss equals the unpacked loss.",
+    )
+    group_by_length: bool = Field(
+        default=False,
+        description="Batch examples of similar length together to waste less padding (when not packing).",
+    )
+    num_proc: int = Field(default=1, gt=0, description="Processes that tokenize in parallel.")
+    cache: bool = Field(
+        default=True,
+        description="Reuse tokenized data from an earlier run when nothing that affects it changed "
+        "(data file contents, tokenizer, template, options, llmft version).",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where tokenized data is cached. Default: `$XDG_CACHE_HOME/llmft` (~/.cache/llmft).",
     )
 
-    _coerce_train = field_validator("train", "eval", mode="before")(_as_list)
+    _coerce_lists = field_validator("train", "eval", mode="before")(_as_list)
+
+    @field_validator("eval_split")
+    @classmethod
+    def _fraction_or_count(cls, value: float | int | None) -> float | int | None:
+        if isinstance(value, float) and not value.is_integer() and value >= 1:
+            raise ValueError("a fraction is below 1; a count is a whole number")
+        if isinstance(value, float) and value >= 1:
+            return int(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        if self.eval_split is not None and self.eval:
+            raise ValueError("set eval or eval_split, not both")
+        if not self.mask_prompt and "train_on" in self.model_fields_set and self.train_on != "all":
+            raise ValueError("mask_prompt: false trains on every token; remove train_on or set it to 'all'")
+        if self.packing and self.group_by_length:
+            raise ValueError("packing and group_by_length exclude each other; packing wastes no padding")
+        return self
+
+    @property
+    def supervision(self) -> str:
+        """What SFT supervises: `all_turns`, `last_turn` or `all`."""
+        return "all" if not self.mask_prompt else self.train_on
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval) or self.eval_split is not None

@@ -14,12 +14,13 @@ from llmft.config.stage import Stage
 from llmft.config.training import TrainingConfig
 
 #: Data formats each stage can train on ("auto" is checked once the data is read).
+CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv")
 STAGE_FORMATS = {
     "pt": ("text",),
-    "sft": ("alpaca", "messages"),
-    "rm": (),
-    "dpo": (),
-    "ppo": (),
+    "sft": CONVERSATION_FORMATS,
+    "rm": ("preference",),
+    "dpo": ("preference",),
+    "ppo": CONVERSATION_FORMATS,
 }
 
 
@@ -52,7 +53,7 @@ class Recipe(Section):
     @property
     def evaluates(self) -> bool:
         """True when the run evaluates: eval data exists and the strategy is not `no`."""
-        return bool(self.data.eval) and self.training.eval_strategy != "no"
+        return self.data.has_eval and self.training.eval_strategy != "no"
 
 
 def cross_section_problems(recipe: Recipe) -> list[tuple[str, str]]:
@@ -71,8 +72,8 @@ def cross_section_problems(recipe: Recipe) -> list[tuple[str, str]]:
                     (f"data.{split}.{i}.format", f"stage {stage!r} trains on {expected} data (got {spec.format!r})")
                 )
     if "eval_strategy" in recipe.training.model_fields_set and recipe.training.eval_strategy != "no":
-        if not recipe.data.eval:
+        if not recipe.data.has_eval:
             problems.append(
-                ("training.eval_strategy", f"is {recipe.training.eval_strategy!r} but data.eval is empty; add data.eval or set 'no'")
+                ("training.eval_strategy", f"is {recipe.training.eval_strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'")
             )
     return problems

@@ -132,10 +132,10 @@ def test_problem_form_dotted_path_problem_got_value(write):
 
 
 def test_list_index_in_dotted_path(write):
-    raw = recipe(data={"train": ["a.jsonl", {"path": "b.jsonl", "format": "csv"}]})
+    raw = recipe(data={"train": ["a.jsonl", {"path": "b.jsonl", "format": "yaml"}]})
     (problem,) = load_problems(write(raw))
     assert problem.startswith("data.train.1.format: Input should be ")
-    assert problem.endswith("(got 'csv')")
+    assert problem.endswith("(got 'yaml')")
 
 
 # --- overrides -----------------------------------------------------------------------------
@@ -336,7 +336,12 @@ def test_registered_pairs_validate(write, stage, mode):
 
 @pytest.mark.parametrize(
     "stage,fmt,allowed",
-    [("sft", "text", "'alpaca' or 'messages'"), ("pt", "alpaca", "'text'"), ("pt", "messages", "'text'")],
+    [
+        ("sft", "text", "'alpaca' or 'sharegpt' or 'messages' or 'csv'"),
+        ("sft", "preference", "'alpaca' or 'sharegpt' or 'messages' or 'csv'"),
+        ("pt", "alpaca", "'text'"),
+        ("pt", "messages", "'text'"),
+    ],
 )
 def test_data_format_must_suit_stage(write, stage, fmt, allowed):
     raw = recipe(stage={"name": stage}, data={"train": [{"path": "a", "format": fmt}]})
@@ -346,7 +351,7 @@ def test_data_format_must_suit_stage(write, stage, fmt, allowed):
 def test_eval_data_format_checked_too(write):
     raw = recipe(data={"eval": ["ok.jsonl", {"path": "e.txt", "format": "text"}]})
     assert load_problems(write(raw)) == [
-        "data.eval.1.format: stage 'sft' trains on 'alpaca' or 'messages' data (got 'text')"
+        "data.eval.1.format: stage 'sft' trains on 'alpaca' or 'sharegpt' or 'messages' or 'csv' data (got 'text')"
     ]
 
 
@@ -359,7 +364,7 @@ def test_data_format_suits_stage(write, stage, fmt):
 @pytest.mark.parametrize("strategy", ["steps", "epoch"])
 def test_explicit_eval_strategy_needs_eval_data(write, strategy):
     assert load_problems(write(recipe(training={"eval_strategy": strategy}))) == [
-        f"training.eval_strategy: is {strategy!r} but data.eval is empty; add data.eval or set 'no'"
+        f"training.eval_strategy: is {strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'"
     ]
 
 
@@ -388,7 +393,7 @@ def test_cross_section_problems_reported_together(write):
     problems = load_problems(write(raw))
     assert [p.split(": ", 1)[0] for p in problems] == ["stage.name", "data.train.0.format", "training.eval_strategy"]
     assert PAIRS in problems[0]
-    assert "(none available yet)" in problems[1]
+    assert "stage 'dpo' trains on 'preference' data (got 'text')" in problems[1]
 
 
 def test_validate_recipe_source_default():

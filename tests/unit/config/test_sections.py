@@ -306,7 +306,7 @@ def test_data_train_spec_unknown_key():
 
 def test_data_train_bad_format_in_second_entry():
     problem = only_problem(recipe(data={"train": ["a.jsonl", {"path": "b", "format": "alpacca"}]}))
-    assert problem.startswith("data.train.1.format: Input should be 'auto', 'alpaca', 'messages' or 'text'")
+    assert problem.startswith("data.train.1.format: Input should be 'auto', 'alpaca', 'sharegpt', 'messages', 'csv'")
     assert problem.endswith("(got 'alpacca'); did you mean 'alpaca'?")
 
 
@@ -503,7 +503,9 @@ def test_defaults_appear_in_dump():
         "modules_to_save": [],
         "adapter_path": None,
     }
-    assert dumped["data"]["train"] == [{"path": "train.jsonl", "format": "auto"}]
+    assert dumped["data"]["train"] == [
+        {"path": "train.jsonl", "format": "auto", "columns": {}, "samples": None, "weight": None, "text_unit": "line"}
+    ]
     assert dumped["distributed"] == {"num_processes": 1, "zero_stage": 0}
 
 
