@@ -66,6 +66,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prepared_data(args: argparse.Namespace) -> tuple:
+    from llmft.config import load_recipe
+    from llmft.data.dataset import prepare_data
+    from llmft.run import prepare_tokenizer
+
+    recipe = load_recipe(args.recipe, args.overrides, require_builder=False)
+    tokenizer = prepare_tokenizer(recipe)
+    return prepare_data(recipe.stage.name, recipe.data, tokenizer, recipe.training.seed), tokenizer, recipe
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from llmft.data.stats import describe
+
+    prepared, tokenizer, _ = _prepared_data(args)
+    print(describe(prepared, tokenizer, color=sys.stdout.isatty(), example_index=args.example))
+    return EXIT_OK
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from llmft.data.cache import cache_root
+
+    prepared, _, recipe = _prepared_data(args)
+    if not recipe.data.cache:
+        raise UserError("data.cache: is false, so preprocess has nothing to write; set it to true")
+    origin = "already cached" if prepared.from_cache else f"tokenized in {prepared.seconds:.2f} s"
+    print(f"{cache_root(recipe.data) / prepared.key}: {origin}; {len(prepared.train)} train"
+          + (f" / {len(prepared.eval)} eval" if prepared.eval else "") + " examples")
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from llmft.registry import MODES, STAGES, available
 
@@ -120,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_command("train", cmd_train, "train from a recipe")
     recipe_command("validate", cmd_validate, "check a recipe and print a summary")
+    recipe_command("preprocess", cmd_preprocess, "tokenize the recipe's data into the cache, without training")
+    recipe_command("data", cmd_data, "show what the recipe trains on: counts, lengths, a marked example")
+    sub.choices["data"].add_argument("--example", type=int, default=0, help="which training example to show")
     sub.add_parser("list", help="the stage x finetune-mode matrix").set_defaults(fn=cmd_list)
     schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
     schema.add_argument("--format", choices=("json", "markdown"), default="json")

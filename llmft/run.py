@@ -20,12 +20,22 @@ class RunResult:
     model: Any  # the trained model (a peft model for adapter modes), for callers that use it next
 
 
+def prepare_tokenizer(recipe: Recipe) -> Any:
+    """The tokenizer with the run's chat template and a pad token distinct from EOS."""
+    from llmft.data.templates import install_template
+    from llmft.modeling.load import arrange_pad_token, load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model)
+    if recipe.stage.name != "pt":
+        log.info(install_template(tokenizer, recipe.data.template))
+    log.info(arrange_pad_token(tokenizer))
+    return tokenizer
+
+
 def prepare(recipe: Recipe) -> Any:
     """Checks, precision, tokenizer and template: everything before the builder runs."""
     from transformers import set_seed
 
-    from llmft.data.templates import install_template
-    from llmft.modeling.load import arrange_pad_token, load_tokenizer
     from llmft.modeling.precision import resolve_precision
     from llmft.preflight import preflight
     from llmft.run_context import RunContext
@@ -34,10 +44,7 @@ def prepare(recipe: Recipe) -> Any:
     precision, why = resolve_precision(recipe.training)
     log.info("precision: %s (%s)", precision, why)
     set_seed(recipe.training.seed)
-    tokenizer = load_tokenizer(recipe.model)
-    if recipe.stage.name != "pt":
-        log.info(install_template(tokenizer, recipe.data.template))
-    log.info(arrange_pad_token(tokenizer))
+    tokenizer = prepare_tokenizer(recipe)
     return RunContext(recipe=recipe, tokenizer=tokenizer, precision=precision, output_dir=output_dir)
 
 

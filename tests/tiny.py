@@ -62,6 +62,7 @@ def build_model(vocab_size: int, seed: int = 0):
         tie_word_embeddings=False,
         eos_token_id=None,
         bos_token_id=None,
+        initializer_range=0.2,  # larger than usual, so predictions depend visibly on the context
     )
     return LlamaForCausalLM(config)
 

@@ -3,11 +3,14 @@ collator and callbacks."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from llmft.config.recipe import Recipe
 from llmft.run_context import RunContext
+
+log = logging.getLogger("llmft")
 
 
 def training_arguments(recipe: Recipe, precision: str, output_dir: Path) -> Any:
@@ -47,16 +50,16 @@ def training_arguments(recipe: Recipe, precision: str, output_dir: Path) -> Any:
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if recipe.data.group_by_length else "random",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
 
 
-def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) -> Any:
+def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any) -> Any:
     from transformers import Trainer
 
     from llmft.callbacks import callbacks_for
-    from llmft.data.collate import PadCollator
 
     from transformers.trainer_callback import PrinterCallback
 
@@ -65,7 +68,7 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) 
     trainer = Trainer(
         model=model,
         args=training_arguments(recipe, ctx.precision, ctx.output_dir),
-        data_collator=PadCollator(pad_id=ctx.tokenizer.pad_token_id),
+        data_collator=collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if recipe.evaluates else None,
         processing_class=ctx.tokenizer,
@@ -76,10 +79,23 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None) 
 
 
 def next_token_trainer(ctx: RunContext, stage: str) -> Any:
-    """Read and tokenize the train/eval splits for `stage` (before loading the model, so data
-    errors surface fast), then build the Trainer."""
-    from llmft.data.dataset import load_split
+    """Prepare the train/eval examples for `stage` (before loading the model, so data errors
+    surface fast), pack them if asked, then build the Trainer."""
+    from llmft.data.collate import PackedCollator, PadCollator
+    from llmft.data.dataset import ExampleDataset, log_prepared, prepare_data
+    from llmft.data.packing import pack
 
-    train, _ = load_split(stage, ctx.recipe.data, "train", ctx.tokenizer)
-    evaluation = load_split(stage, ctx.recipe.data, "eval", ctx.tokenizer)
-    return make_trainer(ctx, train, evaluation[0] if evaluation else None)
+    data = ctx.recipe.data
+    prepared = prepare_data(stage, data, ctx.tokenizer, ctx.recipe.training.seed)
+    log_prepared(prepared)
+    train, evaluation = prepared.train, prepared.eval
+    pad_id = ctx.tokenizer.pad_token_id
+    if data.packing:
+        rows = pack(train, data.max_length)
+        log.info("packing: %d examples -> %d rows of <= %d tokens (%.0f%% filled)", len(train), len(rows),
+                 data.max_length, 100 * sum(len(r.input_ids) for r in rows) / (len(rows) * data.max_length))
+        train, evaluation = rows, pack(evaluation, data.max_length) if evaluation else None
+        collator: Any = PackedCollator(pad_id)
+    else:
+        collator = PadCollator(pad_id)
+    return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator)

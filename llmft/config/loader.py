@@ -35,10 +35,10 @@ def _package_dir(name: str) -> str:
 OmegaConf.register_resolver("pkg", _package_dir, replace=True)
 
 
-def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (), require_builder: bool = True) -> Recipe:
     """Read, merge overrides into, resolve and validate a recipe file."""
     raw = load_raw(path, overrides)
-    return validate_recipe(raw, source=str(path))
+    return validate_recipe(raw, source=str(path), require_builder=require_builder)
 
 
 def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -68,9 +68,11 @@ def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str
     return typing.cast(dict, data)
 
 
-def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>", require_builder: bool = True) -> Recipe:
+    """Validate a recipe dict. `require_builder=False` accepts (stage, mode) pairs that have no
+    trainer yet: for commands that only read the data."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, context={"require_builder": require_builder})
     except ValidationError as exc:
         raise RecipeError(source, format_errors(exc, raw)) from None
 

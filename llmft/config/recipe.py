@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from llmft.config.base import Section
 from llmft.config.data import DataConfig
@@ -44,8 +44,9 @@ class Recipe(Section):
     output: OutputConfig = Field(description="Where results go.")
 
     @model_validator(mode="after")
-    def _cross_section(self) -> "Recipe":
-        problems = cross_section_problems(self)
+    def _cross_section(self, info: ValidationInfo) -> "Recipe":
+        require_builder = (info.context or {}).get("require_builder", True)
+        problems = cross_section_problems(self, require_builder)
         if problems:
             raise CrossSectionError(problems)
         return self
@@ -56,12 +57,12 @@ class Recipe(Section):
         return self.data.has_eval and self.training.eval_strategy != "no"
 
 
-def cross_section_problems(recipe: Recipe) -> list[tuple[str, str]]:
+def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list[tuple[str, str]]:
     from llmft import registry
 
     problems: list[tuple[str, str]] = []
     stage, mode = recipe.stage.name, recipe.finetune.mode
-    if not registry.is_available(stage, mode):
+    if require_builder and not registry.is_available(stage, mode):
         problems.append(("stage.name", registry.unsupported_message(stage, mode)))
     allowed = STAGE_FORMATS[stage]
     for split in ("train", "eval"):

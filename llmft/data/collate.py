@@ -1,4 +1,4 @@
-"""Batch examples: pad on the right; padding is never attended to and never supervised."""
+"""Batch examples: pad on the right; padding is never attended to by real tokens and never supervised."""
 
 from __future__ import annotations
 
@@ -10,22 +10,49 @@ import torch
 from llmft.data.tokenize import IGNORE
 
 
+def _width(batch: Sequence[dict[str, Any]], multiple: int) -> int:
+    longest = max(len(item["input_ids"]) for item in batch)
+    return -(-longest // multiple) * multiple if multiple > 1 else longest
+
+
+def _stack(batch: Sequence[dict[str, Any]], key: str, width: int, fill: int) -> torch.Tensor:
+    out = torch.full((len(batch), width), fill, dtype=torch.long)
+    for row, item in enumerate(batch):
+        out[row, : len(item[key])] = torch.tensor(item[key], dtype=torch.long)
+    return out
+
+
 @dataclass(frozen=True)
 class PadCollator:
     pad_id: int
     pad_to_multiple_of: int = 8
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in batch)
-        multiple = self.pad_to_multiple_of
-        width = -(-longest // multiple) * multiple if multiple > 1 else longest
-        n = len(batch)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
+        width = _width(batch, self.pad_to_multiple_of)
+        lengths = torch.tensor([len(item["input_ids"]) for item in batch])
+        return {
+            "input_ids": _stack(batch, "input_ids", width, self.pad_id),
+            "labels": _stack(batch, "labels", width, IGNORE),
+            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+        }
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Batches of packed rows: no attention mask, so transformers derives per-example attention
+    from `position_ids`; the right padding forms its own block (positions from 0, label -100)."""
+
+    pad_id: int
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = _width(batch, self.pad_to_multiple_of)
+        positions = _stack(batch, "position_ids", width, 0)
         for row, item in enumerate(batch):
             length = len(item["input_ids"])
-            input_ids[row, :length] = torch.tensor(item["input_ids"])
-            labels[row, :length] = torch.tensor(item["labels"])
-            attention[row, :length] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+            positions[row, length:] = torch.arange(width - length)
+        return {
+            "input_ids": _stack(batch, "input_ids", width, self.pad_id),
+            "labels": _stack(batch, "labels", width, IGNORE),
+            "position_ids": positions,
+        }

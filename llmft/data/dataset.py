@@ -1,55 +1,171 @@
-"""Turn `data:` into tokenized train/eval datasets for one stage."""
+"""`data:` -> tokenized train/eval examples for a stage: read every source, normalise, resample,
+split, tokenize (or reuse the cache), and report what happened to every record."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
 
 import torch
 
 from llmft.config.data import DataConfig, DatasetSpec
 from llmft.config.recipe import STAGE_FORMATS
+from llmft.data import cache
 from llmft.data.formats import detect_format, normalise
-from llmft.data.sources import read_records
+from llmft.data.sources import read_source
 from llmft.data.tokenize import DataReport, Example, build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("llmft")
+
+
+@dataclass
+class SourceReport:
+    key: str
+    path: str
+    format: str
+    detected: bool
+    records: int
+    skipped: int  # bad records skipped under on_bad_record: skip
+    used: int  # after samples / weight
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        how = "detected" if self.detected else "given"
+        parts = [f"{self.key}: {self.path} ({self.format}, {how}): {self.records} records"]
+        if self.skipped:
+            parts.append(f"{self.skipped} bad skipped (e.g. {'; '.join(self.skipped_examples[:2])})")
+        if self.used != self.records - self.skipped:
+            parts.append(f"{self.used} used after samples/weight")
+        return ", ".join(parts)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example] | None
+    reports: dict[str, DataReport]
+    sources: list[SourceReport]
+    key: str
+    from_cache: bool
+    seconds: float
 
 
 class ExampleDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[Example]):
+    def __init__(self, examples: Sequence[Example]):
         self.examples = examples
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        example = self.examples[index]
-        return {"input_ids": example.input_ids, "labels": example.labels}
+        return vars(self.examples[index])
 
 
-def load_split(stage: str, data: DataConfig, split: str, tokenizer: Any) -> tuple[ExampleDataset, DataReport] | None:
-    specs: list[DatasetSpec] = getattr(data, split)
-    if not specs:
-        return None
+def read_split(stage: str, specs: Sequence[DatasetSpec], split: str, data: DataConfig, seed: int) -> tuple[list[Any], list[SourceReport]]:
     items: list[Any] = []
+    reports = []
     for i, spec in enumerate(specs):
         key = f"data.{split}.{i}"
-        records = read_records(spec.path, f"{key}.path")
-        fmt = spec.format
-        if fmt == "auto":
-            fmt = detect_format(records[0])
-            log.info("%s: %s detected as %s format", key, spec.path, fmt)
+        records = read_source(spec, key)
+        fmt, detected = spec.format, spec.format == "auto"
+        if detected:  # from the first record that read cleanly
+            fmt = detect_format(next((r for r in records if r.problem is None), records[0]))
         if fmt not in STAGE_FORMATS[stage]:
             expected = " or ".join(STAGE_FORMATS[stage])
             raise UserError(f"{key}: {spec.path} is {fmt} data, but stage {stage!r} trains on {expected} data")
-        items.extend(normalise(records, fmt))
-    if stage == "pt":
-        examples, report = build_pt_blocks(tokenizer, items, data.max_length)
-    else:
-        examples, report = build_sft_examples(tokenizer, items, data.max_length, data.mask_prompt)
-    log.info(report.summary(f"data.{split}"))
-    if not examples:
-        raise UserError(f"data.{split}: no usable examples remain. {report.summary('data.' + split)}")
-    return ExampleDataset(examples), report
+        good, bad = normalise(records, fmt, data.on_bad_record)
+        used = resample(good, spec, random.Random(f"{seed}:{key}"))
+        reports.append(SourceReport(key, spec.path, fmt, detected, len(records), bad.count, len(used), list(bad.examples)))
+        items.extend(used)
+    return items, reports
+
+
+def resample(items: list[Any], spec: DatasetSpec, rng: random.Random) -> list[Any]:
+    """`samples` / `weight`: whole repeats plus a seeded subset (kept in source order)."""
+    if not items or (spec.samples is None and spec.weight is None):
+        return items
+    target = spec.samples if spec.samples is not None else round(len(items) * spec.weight)
+    whole, rest = divmod(target, len(items))
+    chosen = sorted(rng.sample(range(len(items)), rest))
+    return items * whole + [items[i] for i in chosen]
+
+
+def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[list[Any], list[Any]]:
+    count = eval_split if isinstance(eval_split, int) else round(len(items) * eval_split)
+    if not 0 < count < len(items):
+        raise UserError(f"data.eval_split: {eval_split} leaves {len(items) - count} training and {count} eval records; both must be > 0")
+    held = set(random.Random(seed).sample(range(len(items)), count))
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Example], DataReport]:
+    if stage == "pt":  # one batched call; the fast tokenizer spreads it over threads itself
+        return build_pt_blocks(tokenizer, items, data.max_length)
+    if data.num_proc == 1 or len(items) < 2 * data.num_proc:
+        return _sft_chunk(tokenizer, items, data)
+    # rendering chat templates is Python-bound: split the records into contiguous chunks
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    size = -(-len(items) // data.num_proc)
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    with ProcessPoolExecutor(max_workers=data.num_proc) as pool:
+        results = list(pool.map(partial(_sft_chunk, tokenizer, data=data), chunks))
+    examples = [e for chunk_examples, _ in results for e in chunk_examples]
+    report = results[0][1]
+    for _, other in results[1:]:
+        report = report.merge(other)
+    return examples, report
+
+
+def _sft_chunk(tokenizer: Any, items: Sequence[Any], data: DataConfig) -> tuple[list[Example], DataReport]:
+    return build_sft_examples(tokenizer, items, data.max_length, data.supervision, data.truncation)
+
+
+def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> PreparedData:
+    """Tokenized examples for the train and eval splits, from the cache when it is current."""
+    started = time.perf_counter()
+    key = cache.fingerprint(stage, data, tokenizer, seed)
+    root = cache.cache_root(data)
+    if data.cache and (hit := cache.load(root, key)) is not None:
+        splits, meta = hit
+        reports = {name: DataReport(**r) for name, r in meta["reports"].items()}
+        sources = [SourceReport(**s) for s in meta["sources"]]
+        return PreparedData(splits["train"], splits.get("eval"), reports, sources, key, True, time.perf_counter() - started)
+
+    train_items, sources = read_split(stage, data.train, "train", data, seed)
+    eval_items = None
+    if data.eval:
+        eval_items, eval_sources = read_split(stage, data.eval, "eval", data, seed)
+        sources += eval_sources
+    elif data.eval_split is not None:
+        train_items, eval_items = split_off(train_items, data.eval_split, seed)
+    train_items = train_items[: data.max_train_samples] if data.max_train_samples else train_items
+    if eval_items is not None and data.max_eval_samples:
+        eval_items = eval_items[: data.max_eval_samples]
+
+    splits: dict[str, list[Example]] = {}
+    reports: dict[str, DataReport] = {}
+    for name, items in (("train", train_items), ("eval", eval_items)):
+        if items is None:
+            continue
+        splits[name], reports[name] = tokenize(stage, items, data, tokenizer)
+        if not splits[name]:
+            raise UserError(f"data.{name}: no usable examples remain. {reports[name].summary('data.' + name)}")
+    if data.cache:
+        meta = {"reports": {n: asdict(r) for n, r in reports.items()}, "sources": [asdict(s) for s in sources]}
+        cache.save(root, key, splits, meta)
+    return PreparedData(splits["train"], splits.get("eval"), reports, sources, key, False, time.perf_counter() - started)
+
+
+def log_prepared(prepared: PreparedData) -> None:
+    for source in prepared.sources:
+        log.info(source.line())
+    for name, report in prepared.reports.items():
+        log.info(report.summary(f"data.{name}"))
+    origin = f"cache {prepared.key[:12]}" if prepared.from_cache else "tokenized"
+    log.info("data: %s in %.2f s", origin, prepared.seconds)

@@ -1,27 +1,81 @@
-"""Normalise raw records into the two shapes training uses: conversations and texts."""
+"""Normalise raw records into the shapes training uses.
+
+SFT formats (alpaca, messages, sharegpt, csv) become `Conversation`s, `text` becomes `Text`,
+`preference` becomes `Pair`s and `kto` becomes `Completion`s. A message is
+`{"role": system|user|assistant|tool, "content": str}` plus `"loss": bool` when the input had one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+#: ShareGPT `from` tags and the role each becomes (a function call is the assistant's turn).
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
+}
 MAX_REPORTED = 5
+
+Message = dict[str, Any]
+Messages = tuple[Message, ...]
 
 
 @dataclass(frozen=True)
 class Conversation:
-    messages: tuple[dict[str, str], ...]
+    messages: Messages
     where: str
+    tools: str | None = None  # a JSON array of tool definitions
 
 
 @dataclass(frozen=True)
 class Text:
     text: str
     where: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair: `prompt` ends with a user message; `chosen`/`rejected` are the replies."""
+
+    prompt: Messages
+    chosen: Messages
+    rejected: Messages
+    where: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A KTO example: a prompt, one reply, and whether the reply is desirable."""
+
+    prompt: Messages
+    completion: Messages
+    label: bool
+    where: str
+
+
+@dataclass
+class BadRecords:
+    """Records that did not fit their format: how many, and the first few problems with locations."""
+
+    fmt: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, problem: str) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_REPORTED:
+            self.examples.append(problem)
+
+    def report(self) -> str:
+        shown = "\n".join(f"  - {p}" for p in self.examples)
+        more = f"\n  ... and {self.count - len(self.examples)} more" if self.count > len(self.examples) else ""
+        return f"{self.count} bad {self.fmt} record(s):\n{shown}{more}"
 
 
 class BadRecord(ValueError):
@@ -31,34 +85,61 @@ class BadRecord(ValueError):
 def detect_format(record: RawRecord) -> str:
     value = record.value
     if isinstance(value, dict):
-        if "messages" in value:
+        keys = set(value)
+        if {"chosen", "rejected"} <= keys or {"response_chosen", "response_rejected"} <= keys:
+            return "preference"
+        if "label" in keys and keys & {"messages", "conversations", "completion"}:
+            return "kto"
+        if "messages" in keys:
             return "messages"
-        if "instruction" in value and "output" in value:
+        if "conversations" in keys:
+            return "sharegpt"
+        if "instruction" in keys and "output" in keys:
             return "alpaca"
-        if "text" in value:
+        if "human" in keys and "assistant" in keys:
+            return "csv"
+        if "text" in keys:
             return "text"
-    keys = ", ".join(sorted(value)) if isinstance(value, dict) else type(value).__name__
+    keys_seen = ", ".join(sorted(map(str, value))) if isinstance(value, dict) else type(value).__name__
     raise UserError(
-        f"{record.where}: cannot detect the data format from keys ({keys}); expected "
-        "instruction/output (alpaca), messages, or text. Set the dataset's `format`."
+        f"{record.where}: cannot detect the data format from keys ({keys_seen}); expected "
+        "instruction/output (alpaca), messages, conversations (sharegpt), human/assistant (csv), "
+        "text, chosen/rejected (preference), or label with messages or completion (kto). "
+        "Set the dataset's `format`, or rename fields with `columns`."
     )
 
 
-def normalise(records: list[RawRecord], fmt: str) -> list[Conversation] | list[Text]:
-    """Convert every record; report every bad record (up to a few) at once."""
-    convert = {"alpaca": _alpaca, "messages": _messages, "text": _text}[fmt]
+def normalise(
+    records: list[RawRecord], fmt: str, on_bad_record: Literal["error", "skip"] = "error"
+) -> tuple[list[Any], BadRecords]:
+    """Convert every record. `error`: raise listing every bad record (the first few shown);
+    `skip`: leave them out and return them counted."""
+    if fmt not in CONVERTERS:
+        raise UserError(f"unknown data format {fmt!r}; use one of {', '.join(CONVERTERS)}")
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record is 'error' or 'skip' (got {on_bad_record!r})")
+    convert = CONVERTERS[fmt]
     out: list[Any] = []
-    problems: list[str] = []
+    bad = BadRecords(fmt)
     for record in records:
         try:
+            if record.problem:
+                raise BadRecord(record.problem)
             out.append(convert(record))
         except BadRecord as exc:
-            problems.append(f"{record.where}: {exc}")
-    if problems:
-        shown = "\n".join(f"  - {p}" for p in problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise UserError(f"{len(problems)} bad {fmt} record(s):\n{shown}{more}")
-    return out
+            bad.add(f"{record.where}: {exc}")
+    if bad.count and on_bad_record == "error":
+        raise UserError(bad.report())
+    return out, bad
+
+
+# --- fields and messages -----------------------------------------------------------------
+
+
+def _require_dict(record: RawRecord) -> dict[str, Any]:
+    if not isinstance(record.value, dict):
+        raise BadRecord(f"a record is a JSON object (got {type(record.value).__name__})")
+    return record.value
 
 
 def _field(value: dict[str, Any], name: str, required: bool = True) -> str:
@@ -71,24 +152,105 @@ def _field(value: dict[str, Any], name: str, required: bool = True) -> str:
     return value[name]
 
 
-def _require_dict(record: RawRecord) -> dict[str, Any]:
-    if not isinstance(record.value, dict):
-        raise BadRecord(f"a record is a JSON object (got {type(record.value).__name__})")
-    return record.value
+def _message(raw: Any, path: str, style: str) -> Message:
+    """One message; `style` is `openai` (role/content), `sharegpt` (from/value) or `either`."""
+    if style == "either" and isinstance(raw, dict) and "role" not in raw and "from" in raw:
+        style = "sharegpt"
+    if style == "sharegpt":
+        if not isinstance(raw, dict):
+            raise BadRecord(f"{path} should be an object with from and value")
+        tag, content = raw.get("from"), raw.get("value")
+        if tag not in SHAREGPT_ROLES:
+            raise BadRecord(f"{path}.from should be one of {', '.join(SHAREGPT_ROLES)} (got {tag!r})")
+        if not isinstance(content, str):
+            raise BadRecord(f"{path}.value should be a string (got {type(content).__name__})")
+        if tag == "function_call":
+            _parse_json(content, f"{path}.value (a function_call)")
+        message = {"role": SHAREGPT_ROLES[tag], "content": content}
+    else:
+        if not isinstance(raw, dict):
+            raise BadRecord(f"{path} should be an object with role and content")
+        role, content = raw.get("role"), raw.get("content")
+        if role not in ROLES:
+            raise BadRecord(f"{path}.role should be one of {', '.join(ROLES)} (got {role!r})")
+        if not isinstance(content, str):
+            raise BadRecord(f"{path}.content should be a string (got {type(content).__name__})")
+        message = {"role": role, "content": content}
+    loss = raw.get("loss")
+    if loss is not None:  # absent (or null, as Arrow stores a missing key) means the default
+        if not isinstance(loss, bool):
+            raise BadRecord(f"{path}.loss should be true or false (got {type(loss).__name__})")
+        message["loss"] = loss
+    return message
+
+
+def _message_list(raw: Any, name: str, style: str) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise BadRecord(f"field {name!r} should be a non-empty list")
+    return [_message(m, f"{name}[{i}]", style) for i, m in enumerate(raw)]
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+
+
+def _tools(value: dict[str, Any]) -> str | None:
+    """`tools` as a JSON string or a list (or one object) -> a JSON array string; empty -> None."""
+    tools = value.get("tools")
+    if tools is None or (isinstance(tools, str) and not tools.strip()):
+        return None
+    if isinstance(tools, str):
+        tools = _parse_json(tools, "field 'tools'")
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise BadRecord(f"field 'tools' should be a list of tool definitions (got {type(tools).__name__})")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRecord(f"tools[{i}] should be an object (a tool definition), got {type(tool).__name__}")
+    return json.dumps(tools, ensure_ascii=False) if tools else None
+
+
+def _history(value: dict[str, Any]) -> list[Message]:
+    history = value.get("history") or []
+    if not isinstance(history, list):
+        raise BadRecord("field 'history' should be a list of [user, assistant] pairs")
+    messages: list[Message] = []
+    for i, turn in enumerate(history):
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            raise BadRecord(f"history[{i}] should be a [user, assistant] pair of strings")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    return messages
+
+
+def _with_system(messages: list[Message], system: str, name: str) -> list[Message]:
+    if not system:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        raise BadRecord(f"both field 'system' and a system message at {name}[0]; keep one")
+    return [{"role": "system", "content": system}, *messages]
+
+
+def _check_conversation(messages: list[Message], opening: str) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRecord("no assistant message: nothing to train on")
+    if messages[0]["role"] not in ("system", "user"):
+        # the prompt before a first reply cannot be told apart from it, so it would be trained on
+        raise BadRecord(f"{opening}: a conversation cannot open with the {messages[0]['role']}")
+
+
+# --- SFT and PT formats ------------------------------------------------------------------
 
 
 def _alpaca(record: RawRecord) -> Conversation:
     value = _require_dict(record)
     instruction, extra = _field(value, "instruction"), _field(value, "input", required=False)
     output, system = _field(value, "output"), _field(value, "system", required=False)
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    history = value.get("history") or []
-    if not isinstance(history, list):
-        raise BadRecord("field 'history' should be a list of [user, assistant] pairs")
-    for i, turn in enumerate(history):
-        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-            raise BadRecord(f"history[{i}] should be a [user, assistant] pair of strings")
-        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    messages += _history(value)
     prompt = f"{instruction}\n{extra}" if extra else instruction
     if not prompt.strip() or not output.strip():
         raise BadRecord("empty instruction or output")
@@ -98,25 +260,27 @@ def _alpaca(record: RawRecord) -> Conversation:
 
 def _messages(record: RawRecord) -> Conversation:
     value = _require_dict(record)
-    messages = value.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRecord("field 'messages' should be a non-empty list")
-    clean = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRecord(f"messages[{i}] should be an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise BadRecord(f"messages[{i}].role should be one of {', '.join(ROLES)} (got {role!r})")
-        if not isinstance(content, str):
-            raise BadRecord(f"messages[{i}].content should be a string (got {type(content).__name__})")
-        clean.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in clean):
-        raise BadRecord("no assistant message: nothing to train on")
-    if clean[0]["role"] == "assistant":
-        # the prompt before a first reply cannot be told apart from it, so it would be trained on
-        raise BadRecord("messages[0].role should be system or user: a conversation cannot open with the assistant")
-    return Conversation(tuple(clean), record.where)
+    messages = _message_list(value.get("messages"), "messages", "openai")
+    _check_conversation(messages, "messages[0].role should be system or user")
+    return Conversation(tuple(messages), record.where, _tools(value))
+
+
+def _sharegpt(record: RawRecord) -> Conversation:
+    value = _require_dict(record)
+    messages = _message_list(value.get("conversations"), "conversations", "sharegpt")
+    messages = _with_system(messages, _field(value, "system", required=False), "conversations")
+    _check_conversation(messages, "conversations[0].from should be system or human")
+    return Conversation(tuple(messages), record.where, _tools(value))
+
+
+def _csv(record: RawRecord) -> Conversation:
+    value = _require_dict(record)
+    human, assistant = _field(value, "human"), _field(value, "assistant")
+    system = _field(value, "system", required=False)
+    if not human.strip() or not assistant.strip():
+        raise BadRecord("empty human or assistant")
+    messages = [{"role": "user", "content": human}, {"role": "assistant", "content": assistant}]
+    return Conversation(tuple(_with_system(messages, system, "messages")), record.where)
 
 
 def _text(record: RawRecord) -> Text:
@@ -125,3 +289,141 @@ def _text(record: RawRecord) -> Text:
     if not text.strip():
         raise BadRecord("empty text")
     return Text(text, record.where)
+
+
+# --- preference and KTO ------------------------------------------------------------------
+
+PROMPT_FIELDS = ("prompt", "conversations", "question", "instruction")
+
+
+def _preference(record: RawRecord) -> Pair:
+    value = _require_dict(record)
+    keys = [_alias(value, "chosen", "response_chosen"), _alias(value, "rejected", "response_rejected")]
+    prompt, (chosen, rejected) = _prompt_and_replies(value, keys)
+    if _plain(chosen) == _plain(rejected):
+        raise BadRecord(f"{keys[0]!r} and {keys[1]!r} are the same reply: nothing to prefer")
+    return Pair(tuple(prompt), tuple(chosen), tuple(rejected), record.where)
+
+
+def _kto(record: RawRecord) -> Completion:
+    value = _require_dict(record)
+    label = value.get("label")
+    if label is None:
+        raise BadRecord("missing field 'label'")
+    if not isinstance(label, bool):
+        raise BadRecord(f"field 'label' should be true or false (got {type(label).__name__} {label!r})")
+    if value.get("completion") is not None:
+        prompt, (completion,) = _prompt_and_replies(value, ["completion"])
+        return Completion(tuple(prompt), tuple(completion), label, record.where)
+    key = "messages" if value.get("messages") is not None else "conversations"
+    if value.get(key) is None:
+        raise BadRecord("missing field 'messages' (or 'completion' with a prompt)")
+    messages = _message_list(value[key], key, "either" if key == "messages" else "sharegpt")
+    before, completion = _split_reply(messages, key)
+    prompt = _check_prompt(_with_system(before, _field(value, "system", required=False), key))
+    return Completion(tuple(prompt), tuple(completion), label, record.where)
+
+
+def _alias(value: dict[str, Any], name: str, alias: str) -> str:
+    return alias if name not in value and alias in value else name
+
+
+def _prompt_and_replies(value: dict[str, Any], keys: list[str]) -> tuple[list[Message], list[list[Message]]]:
+    """The prompt (from a prompt field, or the conversation before the replies) and each reply."""
+    split = [_reply(value, key) for key in keys]
+    before = split[0][0]
+    for key, (other, _) in zip(keys[1:], split[1:]):
+        if _plain(other) != _plain(before):
+            raise BadRecord(f"{keys[0]!r} and {key!r} hold different conversations before the reply")
+    system = _field(value, "system", required=False)
+    found = _prompt(value)
+    if found is None:
+        if not before:
+            raise BadRecord(
+                f"no prompt: give one of the fields {', '.join(PROMPT_FIELDS)}, "
+                f"or whole conversations (ending with the reply) in {' and '.join(map(repr, keys))}"
+            )
+        prompt = _with_system(before, system, keys[0])
+    else:
+        prompt = _with_system(found[1], system, found[0])
+        if before and _plain(before) != _plain(prompt):
+            raise BadRecord(f"the conversation before the reply in {keys[0]!r} differs from the prompt")
+    return _check_prompt(prompt), [reply for _, reply in split]
+
+
+def _prompt(value: dict[str, Any]) -> tuple[str, list[Message]] | None:
+    """(prompt field, its messages without `system`), or None when the record has none."""
+    present = [name for name in PROMPT_FIELDS if value.get(name) is not None]
+    if not present:
+        return None
+    if len(present) > 1:
+        raise BadRecord(f"several prompt fields ({', '.join(present)}); keep one")
+    name = present[0]
+    if name == "conversations" or isinstance(value[name], list):
+        if value.get("history"):
+            raise BadRecord(f"field 'history' goes with a string prompt; put the turns in {name!r}")
+        return name, _message_list(value[name], name, "sharegpt" if name == "conversations" else "either")
+    if isinstance(value[name], dict):
+        return name, [_message(value[name], name, "either")]
+    text = _field(value, name)
+    if name == "instruction" and _field(value, "input", required=False):
+        text = f"{text}\n{value['input']}"
+    if not text.strip():
+        raise BadRecord(f"empty {name}")
+    return name, [*_history(value), {"role": "user", "content": text}]
+
+
+def _reply(value: dict[str, Any], key: str) -> tuple[list[Message], list[Message]]:
+    """(conversation before the reply, the reply) of a string, one message, or a list of messages."""
+    raw = value.get(key)
+    if raw is None:
+        raise BadRecord(f"missing field {key!r}")
+    if isinstance(raw, str):
+        if not raw.strip():
+            raise BadRecord(f"empty {key}")
+        return [], [{"role": "assistant", "content": raw}]
+    if isinstance(raw, dict):
+        return _split_reply([_message(raw, key, "either")], key)
+    if isinstance(raw, list):
+        return _split_reply(_message_list(raw, key, "either"), key)
+    raise BadRecord(f"field {key!r} should be a string, a message or a list of messages (got {type(raw).__name__})")
+
+
+def _split_reply(messages: list[Message], key: str) -> tuple[list[Message], list[Message]]:
+    """Split after the last user message: the reply is what the assistant says (and tools return)."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    before, reply = messages[: last_user + 1], messages[last_user + 1 :]
+    if not reply:
+        raise BadRecord(f"{key!r} has no assistant reply after its last user message")
+    if reply[0]["role"] != "assistant" or reply[-1]["role"] != "assistant":
+        roles = ", ".join(m["role"] for m in reply)
+        raise BadRecord(f"the reply in {key!r} should start and end with an assistant message (got {roles})")
+    if any(m["role"] == "system" for m in reply):
+        raise BadRecord(f"the reply in {key!r} holds a system message")
+    if not any(m["content"].strip() for m in reply):
+        raise BadRecord(f"empty {key}")
+    return before, reply
+
+
+def _check_prompt(prompt: list[Message]) -> list[Message]:
+    if not prompt or prompt[-1]["role"] != "user":
+        got = prompt[-1]["role"] if prompt else "nothing"
+        raise BadRecord(f"the prompt should end with a user message (got {got})")
+    if prompt[0]["role"] not in ("system", "user"):
+        raise BadRecord(f"the prompt should open with a system or user message (got {prompt[0]['role']})")
+    return prompt
+
+
+def _plain(messages: list[Message]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in messages]
+
+
+CONVERTERS: dict[str, Callable[[RawRecord], Any]] = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "csv": _csv,
+    "text": _text,
+    "preference": _preference,
+    "kto": _kto,
+}

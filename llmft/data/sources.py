@@ -1,40 +1,144 @@
-"""Read dataset files into raw records, each tagged with where it came from (file:line)."""
+"""Read a dataset source into raw records, each tagged with where it came from.
+
+A source is a file (.json array, .jsonl, .csv with a header row, .txt), a directory of such files,
+or a directory written by `datasets.Dataset.save_to_disk`. Locations are `file:line` for
+line-based files and `file record N` / `dir record N` for JSON arrays and saved datasets.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
+from llmft.config.data import DatasetSpec
 from llmft.errors import UserError
 
-SUFFIXES = (".json", ".jsonl", ".txt")
+SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
+#: Files `save_to_disk` writes; any of them marks a directory as a saved dataset.
+SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+TextUnit = Literal["line", "file"]
 
 
 @dataclass(frozen=True)
 class RawRecord:
     value: Any
-    where: str  # "file:line" for line-based files, "file record N" for JSON arrays
+    where: str  # "file:line" for line-based files, "file record N" for JSON arrays and saved datasets
+    problem: str | None = None  # set when the record is already known to be bad (e.g. a mapped column is missing)
+
+
+def read_source(spec: DatasetSpec, key: str) -> list[RawRecord]:
+    """Every record of one `data.train`/`data.eval` entry, with `spec.columns` applied.
+
+    `key` is the recipe key of the entry (`data.train.0`); errors about the path name `key.path`.
+    """
+    records = _read_path(spec.path, f"{key}.path", spec.text_unit)
+    return apply_columns(records, spec.columns)
 
 
 def read_records(path: str, key: str) -> list[RawRecord]:
-    """Every record of one dataset file. `key` is the recipe key that named it (for errors)."""
-    file = Path(path).expanduser()
-    if not file.exists():
+    """Every record of one file or directory (one document per line for .txt); `key` names the path in errors."""
+    return _read_path(path, key, "line")
+
+
+def apply_columns(records: list[RawRecord], columns: dict[str, str]) -> list[RawRecord]:
+    """Rename `{llmft_field: source_column}`; a record lacking a mapped column gets a `problem`."""
+    if not columns:
+        return records
+    renamed = set(columns.values())
+    out = []
+    for record in records:
+        value = record.value
+        if not isinstance(value, dict):
+            out.append(record)  # the format reports a record that is not an object
+            continue
+        new = {k: v for k, v in value.items() if k not in renamed}
+        missing = []
+        for field, column in columns.items():
+            if column in value:
+                new[field] = value[column]
+            else:
+                missing.append(f"missing column {column!r} (columns maps {field!r} to it)")
+        problem = "; ".join(missing) or record.problem
+        out.append(RawRecord(new, record.where, problem))
+    return out
+
+
+# --- paths -------------------------------------------------------------------------------
+
+
+def _read_path(path: str, key: str, text_unit: TextUnit) -> list[RawRecord]:
+    location = Path(path).expanduser()
+    if not location.exists():
         raise UserError(f"{key}: file not found: {path}")
-    if file.is_dir():
-        raise UserError(f"{key}: {path} is a directory; name a {', '.join(SUFFIXES)} file")
+    if location.is_dir():
+        if any((location / marker).is_file() for marker in SAVED_MARKERS):
+            return _read_saved(location, key)
+        return _read_directory(location, key, text_unit)
+    return _read_file(location, key, text_unit)
+
+
+def _read_directory(directory: Path, key: str, text_unit: TextUnit) -> list[RawRecord]:
+    files = sorted(
+        (p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+    if not files:
+        raise UserError(
+            f"{key}: {directory} is a directory with no {', '.join(SUFFIXES)} files in it "
+            "(nor a dataset written by save_to_disk)"
+        )
+    return [record for file in files for record in _read_file(file, key, text_unit)]
+
+
+def _read_file(file: Path, key: str, text_unit: TextUnit) -> list[RawRecord]:
     if file.suffix not in SUFFIXES:
-        raise UserError(f"{key}: {path}: unsupported file type {file.suffix or '(none)'!r}; use {', '.join(SUFFIXES)}")
+        raise UserError(
+            f"{key}: {file}: unsupported file type {file.suffix or '(none)'!r}; use {', '.join(SUFFIXES)}, "
+            "a directory of them, or a directory written by save_to_disk"
+        )
     text = _read_text(file, key)
     if not text.strip():
-        raise UserError(f"{key}: {path} is empty")
-    reader = {".json": _read_json, ".jsonl": _read_jsonl, ".txt": _read_txt}[file.suffix]
-    records = reader(text, str(file))
+        raise UserError(f"{key}: {file} is empty")
+    readers: dict[str, Callable[[str, str], list[RawRecord]]] = {
+        ".json": _read_json,
+        ".jsonl": _read_jsonl,
+        ".csv": _read_csv,
+        ".txt": _read_txt_file if text_unit == "file" else _read_txt,
+    }
+    records = readers[file.suffix](text, str(file))
     if not records:
-        raise UserError(f"{key}: {path} holds no records")
+        raise UserError(f"{key}: {file} holds no records")
     return records
+
+
+def _read_saved(directory: Path, key: str) -> list[RawRecord]:
+    """A directory written by `Dataset.save_to_disk` (or a one-split `DatasetDict`)."""
+    import datasets  # slow to import; only needed here
+
+    try:
+        loaded = datasets.load_from_disk(str(directory))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
+        raise UserError(f"{key}: {directory}: cannot load the dataset saved there: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if len(splits) != 1:
+            names = ", ".join(splits) or "(none)"
+            raise UserError(
+                f"{key}: {directory} holds a DatasetDict with splits {names}; point the path at one split "
+                f"directory, e.g. {directory / (splits[0] if splits else 'train')}"
+            )
+        loaded = loaded[splits[0]]
+    records = [RawRecord(row, f"{directory} record {i}") for i, row in enumerate(loaded.to_list())]
+    if not records:
+        raise UserError(f"{key}: {directory} holds no records")
+    return records
+
+
+# --- file types --------------------------------------------------------------------------
 
 
 def _read_text(file: Path, key: str) -> str:
@@ -69,6 +173,36 @@ def _read_jsonl(text: str, name: str) -> list[RawRecord]:
     return records
 
 
+def _read_csv(text: str, name: str) -> list[RawRecord]:
+    """A header row, then one record per row (blank rows skipped); every value is a string."""
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) is too small for long documents
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    records = []
+    start = 1
+    try:
+        for row in reader:
+            line, start = start, reader.line_num + 1  # a quoted field may span lines: name the row's first
+            if not row or (len(row) == 1 and not row[0].strip()):  # a blank (or whitespace-only) line
+                continue
+            if header is None:
+                header = [column.strip() for column in row]
+                duplicates = sorted({c for c in header if header.count(c) > 1})
+                if duplicates:
+                    named = ", ".join(map(repr, duplicates))
+                    raise UserError(f"{name}:{line}: the header names column(s) {named} more than once")
+                continue
+            if len(row) != len(header):
+                raise UserError(
+                    f"{name}:{line}: malformed CSV row: {len(row)} field(s), the header has {len(header)}"
+                    " (quote values that contain commas)"
+                )
+            records.append(RawRecord(dict(zip(header, row)), f"{name}:{line}"))
+    except csv.Error as exc:
+        raise UserError(f"{name}:{start}: malformed CSV row: {exc}") from None
+    return records
+
+
 def _read_txt(text: str, name: str) -> list[RawRecord]:
     """One document per non-empty line."""
     return [
@@ -76,6 +210,11 @@ def _read_txt(text: str, name: str) -> list[RawRecord]:
         for number, line in enumerate(_lines(text), start=1)
         if line.strip()
     ]
+
+
+def _read_txt_file(text: str, name: str) -> list[RawRecord]:
+    """The whole file as one document."""
+    return [RawRecord({"text": text}, name)]
 
 
 def _lines(text: str) -> list[str]:

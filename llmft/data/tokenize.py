@@ -1,10 +1,7 @@
 """Token ids and label masks.
 
-SFT: the conversation is rendered once with the tokenizer's chat template; each assistant
-turn's character span is found by rendering the conversation up to that turn (with and without
-the generation prompt); tokens overlapping a span are supervised. So the ids are exactly
-`apply_chat_template(messages)` and the supervised tokens are the assistant replies with their
-end-of-turn token, never the whitespace after it.
+SFT: `render.py` finds the supervised character spans of the rendered conversation; the text is
+tokenized with offsets and every token overlapping a span keeps its label (-100 elsewhere).
 
 PT: texts are tokenized, joined with EOS and cut into blocks of `max_length`.
 """
@@ -16,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from llmft.data.formats import Conversation, Text
-from llmft.errors import UserError
+from llmft.data.render import Span, all_but_unsupervised, parse_tools, reply_spans, supervised_turns
 
 IGNORE = -100
 
@@ -39,6 +36,16 @@ class DataReport:
     supervised_tokens: int = 0
     first_dropped: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.dropped = Counter(self.dropped)  # a plain dict when read back from the cache
+
+    def merge(self, other: "DataReport") -> "DataReport":
+        return DataReport(
+            self.records + other.records, self.kept + other.kept, self.truncated + other.truncated,
+            self.dropped + other.dropped, self.tokens + other.tokens, self.supervised_tokens + other.supervised_tokens,
+            (self.first_dropped + other.first_dropped)[:3],
+        )
+
     def drop(self, reason: str, where: str) -> None:
         self.dropped[reason] += 1
         if len(self.first_dropped) < 3:
@@ -55,39 +62,29 @@ class DataReport:
         return "; ".join(parts)
 
 
-def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character span of each assistant reply (incl. end-of-turn)."""
-    messages = list(messages)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not (text.startswith(through) and through.startswith(before)):
-            raise UserError(
-                "the chat template renders a conversation differently depending on what follows, so "
-                "the assistant tokens cannot be located exactly; set data.template to a named template"
-            )
-        end = len(through.rstrip())
-        spans.append((len(before), end))
-    return text, spans
+def conversation_spans(tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None) -> tuple[str, list[Span]]:
+    """Rendered text and supervised character spans, for `supervision` = all_turns | last_turn | all."""
+    parsed = parse_tools(tools)
+    if supervision == "all":
+        return all_but_unsupervised(tokenizer, messages, parsed)
+    return reply_spans(tokenizer, messages, supervised_turns(messages, supervision), parsed)
+
+
+def label_tokens(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[int]:
+    """Keep the label of every token overlapping a supervised span; -100 elsewhere."""
+    labels = [IGNORE] * len(ids)
+    for t, (start, end) in enumerate(offsets):
+        if end > start and any(start < s_end and end > s_start for s_start, s_end in spans):
+            labels[t] = ids[t]
+    return labels
 
 
 def encode_conversation(
-    tokenizer: Any, messages: Sequence[dict[str, str]], mask_prompt: bool
+    tokenizer: Any, messages: Sequence[dict], supervision: str = "all_turns", tools: str | None = None
 ) -> Example:
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = conversation_spans(tokenizer, messages, supervision, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"]
-    if not mask_prompt:
-        return Example(list(ids), list(ids))
-    labels = [IGNORE] * len(ids)
-    for t, (start, end) in enumerate(encoded["offset_mapping"]):
-        if end > start and any(start < s_end and end > s_start for s_start, s_end in spans):
-            labels[t] = ids[t]
-    return Example(list(ids), labels)
+    return Example(list(encoded["input_ids"]), label_tokens(encoded["input_ids"], encoded["offset_mapping"], spans))
 
 
 def supervised_count(labels: Sequence[int]) -> int:
@@ -95,25 +92,45 @@ def supervised_count(labels: Sequence[int]) -> int:
     return sum(1 for label in labels[1:] if label != IGNORE)
 
 
+def fit_length(example: Example, max_length: int, truncation: str) -> Example | None:
+    """Apply `data.truncation` to an over-long example; None means drop it."""
+    if len(example.input_ids) <= max_length:
+        return example
+    if truncation == "drop":
+        return None
+    cut = slice(-max_length, None) if truncation == "truncate_left" else slice(0, max_length)
+    return Example(example.input_ids[cut], example.labels[cut])
+
+
 def build_sft_examples(
-    tokenizer: Any, conversations: Sequence[Conversation], max_length: int, mask_prompt: bool
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    max_length: int,
+    supervision: str = "all_turns",
+    truncation: str = "truncate_right",
 ) -> tuple[list[Example], DataReport]:
+    """Tokenize conversations (rendering per record, tokenizing in one batch) and apply limits."""
     report = DataReport(records=len(conversations))
+    rendered = [conversation_spans(tokenizer, c.messages, supervision, c.tools) for c in conversations]
+    encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     examples = []
-    for conversation in conversations:
-        example = encode_conversation(tokenizer, conversation.messages, mask_prompt)
+    for conversation, (_, spans), ids, offsets in zip(conversations, rendered, encoded["input_ids"], encoded["offset_mapping"]):
+        example = Example(list(ids), label_tokens(ids, offsets, spans))
         if supervised_count(example.labels) == 0:
             report.drop("no supervised tokens", conversation.where)
             continue
-        if len(example.input_ids) > max_length:
-            example = Example(example.input_ids[:max_length], example.labels[:max_length])
-            if supervised_count(example.labels) == 0:
+        fitted = fit_length(example, max_length, truncation)
+        if fitted is None:
+            report.drop("longer than max_length", conversation.where)
+            continue
+        if fitted is not example:
+            if supervised_count(fitted.labels) == 0:
                 report.drop("reply truncated away by max_length", conversation.where)
                 continue
             report.truncated += 1
-        examples.append(example)
-        report.tokens += len(example.input_ids)
-        report.supervised_tokens += supervised_count(example.labels)
+        examples.append(fitted)
+        report.tokens += len(fitted.input_ids)
+        report.supervised_tokens += supervised_count(fitted.labels)
     report.kept = len(examples)
     return examples, report
 
@@ -126,10 +143,9 @@ def build_pt_blocks(tokenizer: Any, texts: Sequence[Text], max_length: int) -> t
     report = DataReport(records=len(texts))
     stream: list[int] = []
     eos = tokenizer.eos_token_id
-    for item in texts:
-        ids = tokenizer(item.text, add_special_tokens=True)["input_ids"]
+    for ids in tokenizer([item.text for item in texts], add_special_tokens=True)["input_ids"]:
         if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
+            ids = [*ids, eos]
         stream.extend(ids)
     examples = [Example(stream[i : i + max_length], stream[i : i + max_length]) for i in range(0, len(stream), max_length)]
     if examples and len(examples[-1].input_ids) < 2:
@@ -151,7 +167,7 @@ def special_ids(tokenizer: Any) -> set[int]:
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Token ids that end an assistant turn under the installed template (for stopping and checks)."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    example = encode_conversation(tokenizer, probe, mask_prompt=True)
+    example = encode_conversation(tokenizer, probe)
     supervised = [t for t in example.labels if t != IGNORE]
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     if supervised and supervised[-1] in special_ids(tokenizer):
@@ -163,7 +179,7 @@ def turn_end_problem(tokenizer: Any) -> str | None:
     """Say so when a supervised assistant turn does not end in a special token (the model would
     never learn to stop); None when it does."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    supervised = [t for t in encode_conversation(tokenizer, probe, mask_prompt=True).labels if t != IGNORE]
+    supervised = [t for t in encode_conversation(tokenizer, probe).labels if t != IGNORE]
     if supervised and supervised[-1] in special_ids(tokenizer):
         return None
     return (

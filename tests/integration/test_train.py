@@ -30,7 +30,8 @@ def _losses(result) -> list[float]:
 def test_matrix_trains_and_saves(stage, mode, tiny_model_dir, sft_file, pt_file, tmp_path):
     data = pt_file if stage == "pt" else sft_file
     out = tmp_path / "run"
-    recipe = validate_recipe(make_recipe(tiny_model_dir, data, out, stage=stage, mode=mode))
+    # every step sees the whole (tiny) dataset, so losses of successive steps are comparable
+    recipe = validate_recipe(make_recipe(tiny_model_dir, data, out, stage=stage, mode=mode, training={"micro_batch_size": 32}))
     result = train(recipe)
 
     losses = _losses(result)

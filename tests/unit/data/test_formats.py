@@ -22,6 +22,16 @@ def rec(value, where="d.jsonl:1") -> RawRecord:
         ({"instruction": "a", "input": "", "output": "b", "history": []}, "alpaca"),
         ({"text": "x"}, "text"),
         ({"text": "x", "meta": 1}, "text"),
+        ({"text": "x", "label": 3}, "text"),
+        ({"conversations": [], "tools": "[]"}, "sharegpt"),
+        ({"conversations": [], "system": "s"}, "sharegpt"),
+        ({"human": "a", "assistant": "b", "category": "c"}, "csv"),
+        ({"conversations": [], "chosen": {}, "rejected": {}}, "preference"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b"}, "preference"),
+        ({"question": "q", "response_chosen": "a", "response_rejected": "b"}, "preference"),
+        ({"messages": [], "label": True}, "kto"),
+        ({"prompt": "p", "completion": "c", "label": False}, "kto"),
+        ({"conversations": [], "label": True}, "kto"),
     ],
 )
 def test_detect_format(value, fmt):
@@ -34,6 +44,8 @@ def test_detect_format_unknown_keys():
     message = str(info.value)
     assert message.startswith("d.jsonl:4: cannot detect the data format from keys (completion, prompt)")
     assert "alpaca" in message and "messages" in message and "text" in message and "`format`" in message
+    for name in ("sharegpt", "csv", "preference", "kto", "`columns`"):
+        assert name in message
 
 
 def test_detect_format_instruction_without_output():
@@ -50,7 +62,8 @@ def test_detect_format_not_an_object():
 
 
 def alpaca(value, where="d.json record 0") -> Conversation:
-    [conversation] = normalise([rec(value, where)], "alpaca")
+    [conversation], bad = normalise([rec(value, where)], "alpaca")
+    assert bad.count == 0
     return conversation
 
 
@@ -120,14 +133,14 @@ CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel
 
 def test_messages_are_kept_with_only_role_and_content():
     value = {"messages": [{"role": "system", "content": "S", "name": "x"}, *CHAT], "id": 7}
-    [conversation] = normalise([rec(value, "d.jsonl:2")], "messages")
+    [conversation], _ = normalise([rec(value, "d.jsonl:2")], "messages")
     assert conversation == Conversation(({"role": "system", "content": "S"}, *CHAT), "d.jsonl:2")
 
 
 @pytest.mark.parametrize(
     "messages, problem",
     [
-        ([{"role": "human", "content": "Hi"}, CHAT[1]], "messages[0].role should be one of system, user, assistant (got 'human')"),
+        ([{"role": "human", "content": "Hi"}, CHAT[1]], "messages[0].role should be one of system, user, assistant, tool (got 'human')"),
         ([CHAT[0], {"role": "assistant", "content": 5}], "messages[1].content should be a string (got int)"),
         ([CHAT[0], {"role": "assistant"}], "messages[1].content should be a string (got NoneType)"),
         ([CHAT[0], "Hello"], "messages[1] should be an object with role and content"),
@@ -168,7 +181,7 @@ def test_five_bad_records_have_no_more_line():
 
 
 def test_text_records():
-    assert normalise([rec({"text": "a b"}, "c.txt:1"), rec({"text": "c", "x": 1}, "c.txt:3")], "text") == [
+    assert normalise([rec({"text": "a b"}, "c.txt:1"), rec({"text": "c", "x": 1}, "c.txt:3")], "text")[0] == [
         Text("a b", "c.txt:1"),
         Text("c", "c.txt:3"),
     ]
@@ -182,3 +195,212 @@ def test_text_bad_record(value, problem):
     with pytest.raises(UserError) as info:
         normalise([rec(value, "c.txt:2")], "text")
     assert str(info.value) == f"1 bad text record(s):\n  - c.txt:2: {problem}"
+
+
+def test_messages_with_tool_role_and_tools():
+    value = {
+        "messages": [*CHAT, {"role": "tool", "content": "{}"}, {"role": "assistant", "content": "Done"}],
+        "tools": [{"name": "f"}],
+    }
+    [conversation], _ = normalise([rec(value)], "messages")
+    assert conversation.messages[2] == {"role": "tool", "content": "{}"}
+    assert conversation.tools == '[{"name": "f"}]'
+
+
+# --- loss on messages -------------------------------------------------------------------------
+
+
+def test_loss_is_kept_only_when_present():
+    value = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hmm", "loss": False},
+            {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "Hello", "loss": True},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Bye", "loss": None},  # Arrow's null for a missing key
+        ]
+    }
+    [conversation], _ = normalise([rec(value)], "messages")
+    assert conversation.messages == (
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hmm", "loss": False},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Hello", "loss": True},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye"},
+    )
+
+
+@pytest.mark.parametrize("loss", ["false", 0, 1])
+def test_loss_must_be_a_bool(loss):
+    value = {"messages": [CHAT[0], {**CHAT[1], "loss": loss}]}
+    with pytest.raises(UserError) as info:
+        normalise([rec(value, "d.jsonl:3")], "messages")
+    assert f"  - d.jsonl:3: messages[1].loss should be true or false (got {type(loss).__name__})" in str(info.value)
+
+
+def test_loss_on_sharegpt_messages():
+    value = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello", "loss": False}]}
+    [conversation], _ = normalise([rec(value)], "sharegpt")
+    assert conversation.messages[1] == {"role": "assistant", "content": "Hello", "loss": False}
+
+
+# --- sharegpt ---------------------------------------------------------------------------------
+
+CALL = '{"name": "search", "arguments": {"q": "rice"}}'
+TOOLS = '[{"name": "search", "description": "Search", "parameters": {"type": "object"}}]'
+
+
+def sharegpt(value, where="g.json record 0") -> Conversation:
+    [conversation], _ = normalise([rec(value, where)], "sharegpt")
+    return conversation
+
+
+def test_sharegpt_tool_calling_roles():
+    value = {
+        "conversations": [
+            {"from": "human", "value": "Find rice recipes"},
+            {"from": "function_call", "value": CALL},
+            {"from": "observation", "value": '{"recipes": []}'},
+            {"from": "gpt", "value": "None found."},
+            {"from": "user", "value": "Thanks"},
+            {"from": "assistant", "value": "You're welcome."},
+        ],
+        "tools": TOOLS,
+    }
+    assert sharegpt(value) == Conversation(
+        (
+            {"role": "user", "content": "Find rice recipes"},
+            {"role": "assistant", "content": CALL},
+            {"role": "tool", "content": '{"recipes": []}'},
+            {"role": "assistant", "content": "None found."},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "You're welcome."},
+        ),
+        "g.json record 0",
+        '[{"name": "search", "description": "Search", "parameters": {"type": "object"}}]',
+    )
+
+
+def test_sharegpt_system_field_and_system_turn():
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+    expected = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"})
+    assert sharegpt({"conversations": turns, "system": "Be brief."}).messages == expected
+    assert sharegpt({"conversations": [{"from": "system", "value": "Be brief."}, *turns]}).messages == expected
+
+
+@pytest.mark.parametrize(
+    "tools, expected",
+    [
+        (None, None),
+        ("", None),
+        ("[]", None),
+        ([], None),
+        ([{"name": "f"}], '[{"name": "f"}]'),
+        ('{"name": "f"}', '[{"name": "f"}]'),
+        ('[{"name": "ß"}]', '[{"name": "ß"}]'),
+    ],
+)
+def test_sharegpt_tools(tools, expected):
+    value = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "tools": tools}
+    assert sharegpt(value).tools == expected
+
+
+TURNS = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ({"conversations": TURNS, "tools": "[{oops"}, "field 'tools' is not valid JSON: Expecting property name enclosed in double quotes (line 1 column 3)"),
+        ({"conversations": TURNS, "tools": 3}, "field 'tools' should be a list of tool definitions (got int)"),
+        ({"conversations": TURNS, "tools": '"f"'}, "field 'tools' should be a list of tool definitions (got str)"),
+        ({"conversations": TURNS, "tools": ["f"]}, "tools[0] should be an object (a tool definition), got str"),
+        ({"conversations": [TURNS[0], {"from": "bot", "value": "x"}]}, "conversations[1].from should be one of human, user, gpt, assistant, system, function_call, observation, tool (got 'bot')"),
+        ({"conversations": [TURNS[0], {"from": "gpt", "value": None}]}, "conversations[1].value should be a string (got NoneType)"),
+        ({"conversations": [TURNS[0], {"role": "assistant", "content": "x"}]}, "conversations[1].from should be one of"),
+        ({"conversations": [TURNS[0], "Hello"]}, "conversations[1] should be an object with from and value"),
+        ({"conversations": [TURNS[0], {"from": "function_call", "value": "search(rice)"}]}, "conversations[1].value (a function_call) is not valid JSON"),
+        ({"conversations": [TURNS[0]]}, "no assistant message: nothing to train on"),
+        ({"conversations": [TURNS[1], *TURNS]}, "conversations[0].from should be system or human: a conversation cannot open with the assistant"),
+        ({"conversations": [{"from": "observation", "value": "{}"}, *TURNS]}, "conversations[0].from should be system or human: a conversation cannot open with the tool"),
+        ({"conversations": []}, "field 'conversations' should be a non-empty list"),
+        ({"conversations": [{"from": "system", "value": "S"}, *TURNS], "system": "S2"}, "both field 'system' and a system message at conversations[0]; keep one"),
+        ({"conversations": TURNS, "system": 1}, "field 'system' should be a string (got int)"),
+    ],
+)
+def test_sharegpt_bad_record(value, problem):
+    with pytest.raises(UserError) as info:
+        normalise([rec(value, "g.json record 7")], "sharegpt")
+    message = str(info.value)
+    assert message.startswith("1 bad sharegpt record(s):\n")
+    assert f"  - g.json record 7: {problem}" in message
+
+
+# --- csv format -------------------------------------------------------------------------------
+
+
+def test_csv_format():
+    records = [
+        rec({"human": "Hi", "assistant": "Hello", "category": "greeting", "system": ""}, "c.csv:2"),
+        rec({"human": "Hi", "assistant": "Hello", "system": "Be kind."}, "c.csv:3"),
+    ]
+    first, second = normalise(records, "csv")[0]
+    assert first == Conversation(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}), "c.csv:2")
+    assert second.messages[0] == {"role": "system", "content": "Be kind."}
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ({"human": "Hi"}, "missing field 'assistant'"),
+        ({"human": "Hi", "assistant": " "}, "empty human or assistant"),
+        ({"human": 1, "assistant": "x"}, "field 'human' should be a string (got int)"),
+    ],
+)
+def test_csv_format_bad_record(value, problem):
+    with pytest.raises(UserError) as info:
+        normalise([rec(value, "c.csv:4")], "csv")
+    assert str(info.value) == f"1 bad csv record(s):\n  - c.csv:4: {problem}"
+
+
+# --- skip mode, problems from the source --------------------------------------------------------
+
+
+def test_skip_mode_returns_good_records_and_counts_bad_ones():
+    records = [rec({"text": "ok"}, "c.txt:1")] + [rec({"text": " "}, f"c.txt:{n}") for n in range(2, 10)]
+    texts, bad = normalise(records, "text", on_bad_record="skip")
+    assert texts == [Text("ok", "c.txt:1")]
+    assert bad.count == 8 and bad.fmt == "text"
+    assert bad.examples == [f"c.txt:{n}: empty text" for n in range(2, 7)]
+    assert bad.report().splitlines() == ["8 bad text record(s):", *(f"  - c.txt:{n}: empty text" for n in range(2, 7)), "  ... and 3 more"]
+
+
+def test_skip_mode_with_no_bad_records():
+    texts, bad = normalise([rec({"text": "ok"})], "text", on_bad_record="skip")
+    assert len(texts) == 1 and bad.count == 0 and bad.examples == []
+
+
+def test_skip_mode_everything_bad():
+    texts, bad = normalise([rec({"text": ""}), rec("x")], "text", on_bad_record="skip")
+    assert texts == [] and bad.count == 2
+
+
+def test_a_problem_found_by_the_source_is_a_bad_record():
+    records = [
+        rec({"instruction": "q", "output": "a"}, "d.jsonl:1"),
+        RawRecord({"instruction": "q"}, "d.jsonl:2", "missing column 'answer' (columns maps 'output' to it)"),
+    ]
+    with pytest.raises(UserError) as info:
+        normalise(records, "alpaca")
+    assert str(info.value) == "1 bad alpaca record(s):\n  - d.jsonl:2: missing column 'answer' (columns maps 'output' to it)"
+    conversations, bad = normalise(records, "alpaca", on_bad_record="skip")
+    assert len(conversations) == 1 and bad.count == 1
+
+
+def test_unknown_format_and_mode():
+    with pytest.raises(UserError, match="unknown data format 'parquet'"):
+        normalise([rec({"text": "a"})], "parquet")
+    with pytest.raises(ValueError, match="on_bad_record"):
+        normalise([rec({"text": "a"})], "text", on_bad_record="warn")

@@ -76,7 +76,7 @@ def supervised_tokens(tok, labels) -> list[str]:
 
 
 def test_messages_record_golden(tok):
-    example = encode_conversation(tok, WHO, mask_prompt=True)
+    example = encode_conversation(tok, WHO, supervision="all_turns")
     want_ids, want_labels = expected(
         tok,
         [
@@ -101,14 +101,14 @@ def test_docs_data_md_example(tok):
         {"role": "user", "content": "Hello! How are you today?"},
         {"role": "assistant", "content": "I am fine, thank you."},
     ]
-    labels = encode_conversation(tok, messages, mask_prompt=True).labels
+    labels = encode_conversation(tok, messages, supervision="all_turns").labels
     assert supervised_tokens(tok, labels) == [
         "I", " am", " f", "in", "e", ",", " th", "ank", " you", ".", "<|im_end|>",
     ]
 
 
 def test_multi_turn_golden(tok):
-    example = encode_conversation(tok, TWO_TURNS, mask_prompt=True)
+    example = encode_conversation(tok, TWO_TURNS, supervision="all_turns")
     want_ids, want_labels = expected(
         tok,
         [
@@ -125,8 +125,8 @@ def test_multi_turn_golden(tok):
 
 
 def test_alpaca_record_with_input_system_and_history_golden(tok):
-    [conversation] = normalise([RawRecord(ALPACA_RECORD, "a.json record 0")], "alpaca")
-    example = encode_conversation(tok, conversation.messages, mask_prompt=True)
+    [conversation], _ = normalise([RawRecord(ALPACA_RECORD, "a.json record 0")], "alpaca")
+    example = encode_conversation(tok, conversation.messages, supervision="all_turns")
     want_ids, want_labels = expected(
         tok,
         [
@@ -146,7 +146,7 @@ def test_alpaca_template_golden(tok):
     """Under the alpaca template the turn ends with EOS, then '\\n\\n', which is not trained."""
     alpaca_tok = copy.deepcopy(tok)
     install_template(alpaca_tok, "alpaca")
-    example = encode_conversation(alpaca_tok, TWO_TURNS, mask_prompt=True)
+    example = encode_conversation(alpaca_tok, TWO_TURNS, supervision="all_turns")
     want_ids, want_labels = expected(
         tok,
         [
@@ -163,7 +163,7 @@ def test_alpaca_template_golden(tok):
 
 
 def test_mask_prompt_false_trains_every_token(tok):
-    example = encode_conversation(tok, TWO_TURNS, mask_prompt=False)
+    example = encode_conversation(tok, TWO_TURNS, supervision="all")
     want_ids, _ = expected(
         tok,
         [
@@ -183,14 +183,14 @@ def test_mask_prompt_false_trains_every_token(tok):
     [WHO, TWO_TURNS, [{"role": "system", "content": "You are a poet."}, *WHO], TWO_TURNS[:3]],
     ids=["one-turn", "two-turns", "system", "ends-with-user"],
 )
-@pytest.mark.parametrize("mask_prompt", [True, False])
-def test_input_ids_match_apply_chat_template(tok, messages, mask_prompt):
-    assert encode_conversation(tok, messages, mask_prompt).input_ids == template_ids(tok, messages)
+@pytest.mark.parametrize("supervision", ["all_turns", "last_turn", "all"])
+def test_input_ids_match_apply_chat_template(tok, messages, supervision):
+    assert encode_conversation(tok, messages, supervision).input_ids == template_ids(tok, messages)
 
 
 def test_every_assistant_turn_ends_with_supervised_eos(tok):
     messages = [{"role": "system", "content": "You are a poet."}, *TWO_TURNS]
-    example = encode_conversation(tok, messages, mask_prompt=True)
+    example = encode_conversation(tok, messages, supervision="all_turns")
     eos = tok.eos_token_id
     positions = [i for i, t in enumerate(example.input_ids) if t == eos]
     # one <|im_end|> per message: system, user, assistant, user, assistant
@@ -200,7 +200,7 @@ def test_every_assistant_turn_ends_with_supervised_eos(tok):
 
 
 def test_trailing_user_turn_is_not_trained(tok):
-    example = encode_conversation(tok, TWO_TURNS[:3], mask_prompt=True)
+    example = encode_conversation(tok, TWO_TURNS[:3], supervision="all_turns")
     assert tok.decode([t for t in example.labels if t != IGNORE]) == "Paris.<|im_end|>"
 
 
@@ -216,7 +216,7 @@ def conv(messages, where="d.jsonl:1"):
 
 def test_sft_examples_kept_whole_when_they_fit(tok):
     n = len(ids(tok, PROMPT + REPLY + "\n"))
-    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=n, mask_prompt=True)
+    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=n, supervision="all_turns")
     assert [e.input_ids for e in examples] == [ids(tok, PROMPT + REPLY + "\n")]
     assert (report.records, report.kept, report.truncated, sum(report.dropped.values())) == (1, 1, 0, 0)
     assert report.tokens == n
@@ -226,7 +226,7 @@ def test_sft_examples_kept_whole_when_they_fit(tok):
 def test_sft_example_longer_than_max_length_is_truncated_and_counted(tok):
     prompt_len = len(ids(tok, PROMPT))
     max_length = prompt_len + 3  # keeps 'I', ' am', ' a'
-    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=max_length, mask_prompt=True)
+    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=max_length, supervision="all_turns")
     [example] = examples
     assert example.input_ids == ids(tok, PROMPT + REPLY)[:max_length]
     assert example.labels == [IGNORE] * prompt_len + ids(tok, REPLY)[:3]
@@ -241,7 +241,7 @@ def test_sft_reply_wholly_beyond_max_length_is_dropped_with_reason_and_location(
     records = [conv(WHO, "d.jsonl:7"), conv(short, "d.jsonl:8")]
     # the second record fits; the first one's reply starts right after the cut
     assert len(encode_conversation(tok, short, True).input_ids) <= prompt_len
-    examples, report = build_sft_examples(tok, records, max_length=prompt_len, mask_prompt=True)
+    examples, report = build_sft_examples(tok, records, max_length=prompt_len, supervision="all_turns")
     assert len(examples) == 1 and report.kept == 1 and report.records == 2
     assert report.dropped == {"reply truncated away by max_length": 1}
     assert report.first_dropped == ["d.jsonl:7 (reply truncated away by max_length)"]
@@ -251,13 +251,13 @@ def test_sft_reply_wholly_beyond_max_length_is_dropped_with_reason_and_location(
 
 def test_sft_reply_starting_at_the_last_position_is_kept(tok):
     prompt_len = len(ids(tok, PROMPT))
-    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=prompt_len + 1, mask_prompt=True)
+    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=prompt_len + 1, supervision="all_turns")
     assert supervised_tokens(tok, examples[0].labels) == ["I"]
     assert report.truncated == 1 and report.supervised_tokens == 1
 
 
 def test_mask_prompt_false_supervised_tokens_skip_position_zero(tok):
-    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=512, mask_prompt=False)
+    examples, report = build_sft_examples(tok, [conv(WHO)], max_length=512, supervision="all")
     n = len(examples[0].input_ids)
     assert examples[0].labels == examples[0].input_ids
     assert report.supervised_tokens == n - 1 and report.tokens == n
@@ -280,6 +280,8 @@ class LetterTokenizer:
     eos_token_id = 99
 
     def __call__(self, text, add_special_tokens=True):
+        if isinstance(text, list):  # batched, like a fast tokenizer
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
         return {"input_ids": [ord(c) - ord("a") + 1 for c in text]}
 
 
@@ -320,3 +322,50 @@ def test_pt_blocks_with_the_tiny_tokenizer(tok):
 def test_pt_document_already_ending_in_eos_gets_no_second_one(tok):
     blocks, _ = build_pt_blocks(tok, texts("Hello!<|im_end|>"), max_length=64)
     assert blocks[0].input_ids == ids(tok, "Hello!") + [tok.eos_token_id]
+
+
+# --- supervision options, per-message loss, truncation -------------------------------------------
+
+
+def _supervised_text(tok, example) -> str:
+    return tok.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE])
+
+
+def test_last_turn_supervises_only_the_final_reply(tok):
+    example = encode_conversation(tok, TWO_TURNS, supervision="last_turn")
+    last = TWO_TURNS[-1]["content"]
+    assert _supervised_text(tok, example) == last + "<|im_end|>"
+
+
+def test_loss_false_mutes_one_reply(tok):
+    messages = [dict(m) for m in TWO_TURNS]
+    messages[1]["loss"] = False  # the first assistant reply
+    example = encode_conversation(tok, messages, supervision="all_turns")
+    assert _supervised_text(tok, example) == TWO_TURNS[-1]["content"] + "<|im_end|>"
+    assert example.input_ids == encode_conversation(tok, TWO_TURNS).input_ids  # same text rendered
+
+
+def test_loss_false_under_train_on_all(tok):
+    messages = [dict(m) for m in TWO_TURNS]
+    messages[1]["loss"] = False
+    every = encode_conversation(tok, TWO_TURNS, supervision="all")
+    muted = encode_conversation(tok, messages, supervision="all")
+    assert every.labels == every.input_ids
+    first_reply = TWO_TURNS[1]["content"] + "<|im_end|>"
+    dropped = [t for t, l in zip(muted.input_ids, muted.labels) if l == IGNORE]
+    assert tok.decode(dropped) == first_reply
+
+
+def test_truncation_modes(tok):
+    from llmft.data.formats import Conversation
+
+    conv = Conversation(tuple(TWO_TURNS), "f.jsonl:1")
+    full = encode_conversation(tok, TWO_TURNS)
+    n = len(full.input_ids) - 3
+    (right,), r_report = build_sft_examples(tok, [conv], max_length=n, truncation="truncate_right")
+    assert right.input_ids == full.input_ids[:n] and r_report.truncated == 1
+    (left,), l_report = build_sft_examples(tok, [conv], max_length=n, truncation="truncate_left")
+    assert left.input_ids == full.input_ids[-n:] and left.labels == full.labels[-n:] and l_report.truncated == 1
+    dropped, d_report = build_sft_examples(tok, [conv], max_length=n, truncation="drop")
+    assert dropped == [] and d_report.dropped == {"longer than max_length": 1}
+    assert d_report.first_dropped == ["f.jsonl:1 (longer than max_length)"]

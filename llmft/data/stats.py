@@ -1,0 +1,65 @@
+"""`llmft data`: what the model will be trained on — counts, lengths, and one example with the
+supervised tokens marked."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from llmft.data.dataset import PreparedData
+from llmft.data.tokenize import IGNORE, Example, supervised_count
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+def percentiles(values: Sequence[int], points: Sequence[int] = (50, 90, 99, 100)) -> dict[int, int]:
+    ordered = sorted(values)
+    if not ordered:
+        return {p: 0 for p in points}
+    return {p: ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))] for p in points}
+
+
+def mark_supervised(tokenizer: Any, example: Example, color: bool) -> str:
+    """The example's text with each supervised run wrapped (green, or in [[ ]] without color)."""
+    out, run, supervised = [], [], False
+    open_, close = (GREEN, RESET) if color else ("[[", "]]")
+
+    def flush() -> None:
+        if run:
+            text = tokenizer.decode(run, skip_special_tokens=False)
+            out.append(f"{open_}{text}{close}" if supervised else text)
+            run.clear()
+
+    for token, label in zip(example.input_ids, example.labels):
+        is_supervised = label != IGNORE
+        if is_supervised != supervised:
+            flush()
+            supervised = is_supervised
+        run.append(token)
+    flush()
+    return "".join(out)
+
+
+def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, example_index: int = 0) -> str:
+    lines = ["sources:"]
+    lines += [f"  {s.line()}" for s in prepared.sources]
+    origin = f"from cache {prepared.key[:12]}" if prepared.from_cache else "tokenized now"
+    lines.append(f"prepared in {prepared.seconds:.2f} s ({origin})")
+    for name, examples in (("train", prepared.train), ("eval", prepared.eval)):
+        if examples is None:
+            continue
+        report = prepared.reports[name]
+        lines.append(f"{name}:")
+        lines.append(f"  {report.records} records -> {report.kept} examples; {report.truncated} truncated")
+        for reason, count in report.dropped.items():
+            lines.append(f"  dropped {count}: {reason}")
+        if report.first_dropped:
+            lines.append(f"  e.g. {'; '.join(report.first_dropped)}")
+        lengths = percentiles([len(e.input_ids) for e in examples])
+        lines.append("  tokens per example: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}")
+        share = report.supervised_tokens / max(report.tokens, 1)
+        lines.append(f"  tokens {report.tokens}, supervised {report.supervised_tokens} ({share:.1%})")
+    example = prepared.train[min(example_index, len(prepared.train) - 1)]
+    marker = "green" if color else "[[...]]"
+    lines.append(f"example {example_index} ({len(example.input_ids)} tokens, {supervised_count(example.labels)} supervised; trained-on text in {marker}):")
+    lines.append(mark_supervised(tokenizer, example, color))
+    return "\n".join(lines)

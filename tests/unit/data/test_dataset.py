@@ -1,0 +1,94 @@
+"""The dataset pipeline: resampling, splits, caps, and the tokenized-data cache."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import CONVERSATIONS, write_jsonl
+
+from llmft.config.data import DataConfig, DatasetSpec
+from llmft.data import cache
+from llmft.data.dataset import prepare_data, resample, split_off
+from llmft.data.templates import install_template
+from llmft.errors import UserError
+
+
+def data_config(train, tmp_path, **options) -> DataConfig:
+    return DataConfig(train=train, cache_dir=str(tmp_path / "cache"), max_length=128, **options)
+
+
+@pytest.fixture
+def many_file(tmp_path):
+    rows = [{"messages": CONVERSATIONS[i % len(CONVERSATIONS)]} for i in range(20)]
+    return write_jsonl(tmp_path / "many.jsonl", rows)
+
+
+def test_resample_samples_and_weight():
+    items = list(range(10))
+    rng = lambda: random.Random(0)  # noqa: E731
+    assert resample(items, DatasetSpec(path="x"), rng()) == items
+    down = resample(items, DatasetSpec(path="x", samples=4), rng())
+    assert len(down) == 4 and down == sorted(down) and set(down) <= set(items)
+    up = resample(items, DatasetSpec(path="x", samples=25), rng())
+    assert len(up) == 25 and up[:20] == items * 2
+    assert len(resample(items, DatasetSpec(path="x", weight=0.5), rng())) == 5
+    assert resample(items, DatasetSpec(path="x", weight=2.0), rng()) == items * 2
+    assert resample(items, DatasetSpec(path="x", samples=4), rng()) == down  # seeded: reproducible
+
+
+def test_split_off_fraction_and_count():
+    items = list(range(10))
+    train, held = split_off(items, 0.3, seed=1)
+    assert len(held) == 3 and sorted(train + held) == items
+    assert split_off(items, 0.3, seed=1) == (train, held)
+    train, held = split_off(items, 4, seed=1)
+    assert len(held) == 4
+    with pytest.raises(UserError, match="data.eval_split"):
+        split_off(items, 10, seed=1)
+
+
+def test_eval_split_and_caps(tokenizer, many_file, tmp_path):
+    install_template(tokenizer, None)
+    prepared = prepare_data("sft", data_config(str(many_file), tmp_path, eval_split=0.25, max_train_samples=7), tokenizer, seed=3)
+    assert len(prepared.train) == 7 and len(prepared.eval) == 5
+    assert prepared.reports["train"].records == 7
+
+
+def test_cache_hit_and_invalidation(tokenizer, many_file, tmp_path):
+    config = data_config(str(many_file), tmp_path)
+    first = prepare_data("sft", config, tokenizer, seed=0)
+    second = prepare_data("sft", config, tokenizer, seed=0)
+    assert not first.from_cache and second.from_cache
+    assert [vars(e) for e in second.train] == [vars(e) for e in first.train]
+    assert second.reports["train"] == first.reports["train"]
+
+    rows = [json.loads(line) for line in many_file.read_text().splitlines()]
+    rows[3]["messages"][-1]["content"] = "Changed reply."
+    write_jsonl(many_file, rows)
+    edited = prepare_data("sft", config, tokenizer, seed=0)
+    assert not edited.from_cache and edited.key != first.key
+
+    other = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = other.replace("You are a tiny test model.", "You are tiny.")
+        assert not prepare_data("sft", config, tokenizer, seed=0).from_cache
+    finally:
+        tokenizer.chat_template = other
+    for change in ({"max_length": 64}, {"train_on": "last_turn"}, {"truncation": "truncate_left"}):
+        assert cache.fingerprint("sft", config.model_copy(update=change), tokenizer, 0) != first.key, change
+    assert cache.fingerprint("sft", config.model_copy(update={"packing": True}), tokenizer, 0) == edited.key
+    assert cache.fingerprint("sft", config, tokenizer, 1) != edited.key
+
+
+def test_cache_off_writes_nothing(tokenizer, many_file, tmp_path):
+    prepare_data("sft", data_config(str(many_file), tmp_path, cache=False), tokenizer, seed=0)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_stage_format_mismatch_names_the_source(tokenizer, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("one document\nanother\n")
+    with pytest.raises(UserError, match="data.train.0: .*t.txt is text data, but stage 'sft' trains on"):
+        prepare_data("sft", data_config(str(text), tmp_path), tokenizer, seed=0)
