@@ -79,8 +79,13 @@ def _prepared_data(args: argparse.Namespace) -> tuple:
 def cmd_data(args: argparse.Namespace) -> int:
     from llmft.data.stats import describe
 
-    prepared, tokenizer, _ = _prepared_data(args)
-    print(describe(prepared, tokenizer, color=sys.stdout.isatty(), example_index=args.example))
+    prepared, tokenizer, recipe = _prepared_data(args)
+    rows = None
+    if recipe.data.packing and recipe.stage.name in ("pt", "sft"):
+        from llmft.data.packing import pack
+
+        rows = len(pack(prepared.train, recipe.data.max_length))
+    print(describe(prepared, tokenizer, color=sys.stdout.isatty(), example_index=args.example, packed_rows=rows))
     return EXIT_OK
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -116,3 +117,20 @@ def minimal_recipe(**sections: dict | None) -> dict:
         else:
             raw.setdefault(name, {}).update(values)
     return raw
+
+
+@pytest.fixture
+def restore_process_state():
+    """`main` configures logging (root handler on the captured stderr) and sets env defaults:
+    undo that so later tests are not affected."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    environ = dict(os.environ)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl)
+    os.environ.clear()
+    os.environ.update(environ)

@@ -4,7 +4,6 @@ Everything runs in-process through `llmft.cli.main`, except one subprocess smoke
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -19,22 +18,7 @@ from llmft.docs import config_reference
 SECTIONS = {"model", "data", "finetune", "stage", "training", "distributed", "output"}
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def restore_process_state():
-    """`main` configures logging (root handler on the captured stderr) and sets env defaults:
-    undo that so later tests are not affected."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
-    environ = dict(os.environ)
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, lvl in levels.items():
-        logging.getLogger(name).setLevel(lvl)
-    os.environ.clear()
-    os.environ.update(environ)
+pytestmark = pytest.mark.usefixtures("restore_process_state")
 
 
 def good_recipe(tmp_path: Path, **sections) -> dict:
@@ -165,6 +149,7 @@ def test_list(capsys):
         ["sft", "yes", "yes", "-"],
         ["rm", "-", "-", "-"],
         ["dpo", "-", "-", "-"],
+        ["kto", "-", "-", "-"],
         ["ppo", "-", "-", "-"],
     ]
 

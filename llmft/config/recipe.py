@@ -20,6 +20,7 @@ STAGE_FORMATS = {
     "sft": CONVERSATION_FORMATS,
     "rm": ("preference",),
     "dpo": ("preference",),
+    "kto": ("kto",),
     "ppo": CONVERSATION_FORMATS,
 }
 
@@ -36,7 +37,7 @@ class Recipe(Section):
     model: ModelConfig = Field(description="Pretrained weights and tokenizer.")
     data: DataConfig = Field(description="Training and evaluation data.")
     finetune: Finetune = Field(description="Which parameters train: full, lora or qlora.")
-    stage: Stage = Field(description="Training objective: pt, sft, rm, dpo or ppo.")
+    stage: Stage = Field(description="Training objective: pt, sft, rm, dpo, kto or ppo.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and cadence.")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Processes and sharding."

@@ -25,10 +25,14 @@ class DpoStage(Section):
     name: Literal["dpo"] = Field(description="Direct preference optimisation.")
 
 
+class KtoStage(Section):
+    name: Literal["kto"] = Field(description="Kahneman-Tversky optimisation on single replies labelled desirable or not.")
+
+
 class PpoStage(Section):
     name: Literal["ppo"] = Field(description="Proximal policy optimisation against a reward model.")
 
 
 Stage = Annotated[
-    Union[PtStage, SftStage, RmStage, DpoStage, PpoStage], Field(discriminator="name")
+    Union[PtStage, SftStage, RmStage, DpoStage, KtoStage, PpoStage], Field(discriminator="name")
 ]

@@ -15,6 +15,7 @@ from llmft.config.data import DataConfig, DatasetSpec
 from llmft.config.recipe import STAGE_FORMATS
 from llmft.data import cache
 from llmft.data.formats import detect_format, normalise
+from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
 from llmft.data.sources import read_source
 from llmft.data.tokenize import DataReport, Example, build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
@@ -45,8 +46,8 @@ class SourceReport:
 
 @dataclass
 class PreparedData:
-    train: list[Example]
-    eval: list[Example] | None
+    train: list[Any]  # Example (pt, sft), PairExample (rm, dpo) or KtoExample (kto)
+    eval: list[Any] | None
     reports: dict[str, DataReport]
     sources: list[SourceReport]
     key: str
@@ -102,7 +103,11 @@ def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[lis
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Example], DataReport]:
+def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Any], DataReport]:
+    if stage in ("rm", "dpo"):
+        return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
+    if stage == "kto":
+        return build_kto_examples(tokenizer, items, data.max_length, data.truncation)
     if stage == "pt":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
     if data.num_proc == 1 or len(items) < 2 * data.num_proc:
@@ -132,7 +137,8 @@ def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> Pre
     key = cache.fingerprint(stage, data, tokenizer, seed)
     root = cache.cache_root(data)
     if data.cache and (hit := cache.load(root, key)) is not None:
-        splits, meta = hit
+        arrays, meta = hit
+        splits = {name: _unflatten(name, arrays, meta) for name in meta["reports"]}
         reports = {name: DataReport(**r) for name, r in meta["reports"].items()}
         sources = [SourceReport(**s) for s in meta["sources"]]
         return PreparedData(splits["train"], splits.get("eval"), reports, sources, key, True, time.perf_counter() - started)
@@ -157,9 +163,31 @@ def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> Pre
         if not splits[name]:
             raise UserError(f"data.{name}: no usable examples remain. {reports[name].summary('data.' + name)}")
     if data.cache:
-        meta = {"reports": {n: asdict(r) for n, r in reports.items()}, "sources": [asdict(s) for s in sources]}
-        cache.save(root, key, splits, meta)
+        arrays: dict[str, list[Example]] = {}
+        flags: dict[str, list[bool]] = {}
+        for name, examples in splits.items():
+            arrays.update(_flatten(name, examples, flags))
+        meta = {"reports": {n: r.to_dict() for n, r in reports.items()}, "sources": [asdict(s) for s in sources], "flags": flags}
+        cache.save(root, key, arrays, meta)
     return PreparedData(splits["train"], splits.get("eval"), reports, sources, key, False, time.perf_counter() - started)
+
+
+def _flatten(name: str, examples: list[Any], flags: dict[str, list[bool]]) -> dict[str, list[Example]]:
+    """Pairs and KTO examples as plain example lists (plus KTO's labels), for the cache."""
+    if examples and isinstance(examples[0], PairExample):
+        return {f"{name}.chosen": [e.chosen for e in examples], f"{name}.rejected": [e.rejected for e in examples]}
+    if examples and isinstance(examples[0], KtoExample):
+        flags[name] = [e.desirable for e in examples]
+        return {name: [e.example for e in examples]}
+    return {name: examples}
+
+
+def _unflatten(name: str, arrays: dict[str, list[Example]], meta: dict[str, Any]) -> list[Any]:
+    if f"{name}.chosen" in arrays:
+        return [PairExample(c, r) for c, r in zip(arrays[f"{name}.chosen"], arrays[f"{name}.rejected"])]
+    if name in meta.get("flags", {}):
+        return [KtoExample(e, flag) for e, flag in zip(arrays[name], meta["flags"][name])]
+    return arrays[name]
 
 
 def log_prepared(prepared: PreparedData) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from llmft.data.dataset import PreparedData
+from llmft.data.pairs import KtoExample, PairExample
 from llmft.data.tokenize import IGNORE, Example, supervised_count
 
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -39,7 +40,23 @@ def mark_supervised(tokenizer: Any, example: Example, color: bool) -> str:
     return "".join(out)
 
 
-def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, example_index: int = 0) -> str:
+def _sequences(examples: Sequence[Any]) -> list[Example]:
+    """Every tokenized sequence: both sides of a pair, the reply of a KTO example."""
+    out: list[Example] = []
+    for e in examples:
+        out.extend([e.chosen, e.rejected] if isinstance(e, PairExample) else [e.example] if isinstance(e, KtoExample) else [e])
+    return out
+
+
+def _show(tokenizer: Any, item: Any, color: bool) -> list[str]:
+    if isinstance(item, PairExample):
+        return ["chosen:", mark_supervised(tokenizer, item.chosen, color), "rejected:", mark_supervised(tokenizer, item.rejected, color)]
+    if isinstance(item, KtoExample):
+        return [f"desirable: {item.desirable}", mark_supervised(tokenizer, item.example, color)]
+    return [mark_supervised(tokenizer, item, color)]
+
+
+def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, example_index: int = 0, packed_rows: int | None = None) -> str:
     lines = ["sources:"]
     lines += [f"  {s.line()}" for s in prepared.sources]
     origin = f"from cache {prepared.key[:12]}" if prepared.from_cache else "tokenized now"
@@ -54,12 +71,21 @@ def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, exampl
             lines.append(f"  dropped {count}: {reason}")
         if report.first_dropped:
             lines.append(f"  e.g. {'; '.join(report.first_dropped)}")
-        lengths = percentiles([len(e.input_ids) for e in examples])
+        if examples and isinstance(examples[0], KtoExample):
+            desirable = sum(e.desirable for e in examples)
+            lines.append(f"  desirable {desirable}, undesirable {len(examples) - desirable}")
+        lengths = percentiles([len(e.input_ids) for e in _sequences(examples)])
         lines.append("  tokens per example: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}")
         share = report.supervised_tokens / max(report.tokens, 1)
         lines.append(f"  tokens {report.tokens}, supervised {report.supervised_tokens} ({share:.1%})")
-    example = prepared.train[min(example_index, len(prepared.train) - 1)]
+    if packed_rows is not None:
+        lines.append(f"packing: {len(prepared.train)} examples -> {packed_rows} rows")
+    index = min(example_index, len(prepared.train) - 1)
+    item = prepared.train[index]
+    sequences = _sequences([item])
+    tokens = sum(len(e.input_ids) for e in sequences)
+    supervised = sum(supervised_count(e.labels) for e in sequences)
     marker = "green" if color else "[[...]]"
-    lines.append(f"example {example_index} ({len(example.input_ids)} tokens, {supervised_count(example.labels)} supervised; trained-on text in {marker}):")
-    lines.append(mark_supervised(tokenizer, example, color))
+    lines.append(f"example {index} ({tokens} tokens, {supervised} supervised; trained-on text in {marker}):")
+    lines.extend(_show(tokenizer, item, color))
     return "\n".join(lines)

@@ -39,6 +39,10 @@ class DataReport:
     def __post_init__(self) -> None:
         self.dropped = Counter(self.dropped)  # a plain dict when read back from the cache
 
+    def to_dict(self) -> dict:
+        """JSON-ready (dataclasses.asdict would rebuild the Counter from item pairs)."""
+        return {**vars(self), "dropped": dict(self.dropped), "first_dropped": list(self.first_dropped)}
+
     def merge(self, other: "DataReport") -> "DataReport":
         return DataReport(
             self.records + other.records, self.kept + other.kept, self.truncated + other.truncated,
