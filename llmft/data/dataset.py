@@ -103,11 +103,23 @@ def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[lis
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
+def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any) -> None:
+    """Tool definitions the template never renders would be silently lost: say so."""
+    with_tools = sum(1 for item in items if getattr(item, "tools", None))
+    if with_tools and "tools" not in (getattr(tokenizer, "chat_template", None) or ""):
+        log.warning(
+            "WARNING: %d conversations carry tool definitions, but the chat template does not render "
+            "`tools`: the model will not see them. Use a template that renders tools (e.g. the model's own).",
+            with_tools,
+        )
+
+
 def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Any], DataReport]:
     if stage in ("rm", "dpo"):
         return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
     if stage == "kto":
         return build_kto_examples(tokenizer, items, data.max_length, data.truncation)
+    warn_unrendered_tools(items, tokenizer)
     if stage == "pt":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
     if data.num_proc == 1 or len(items) < 2 * data.num_proc:

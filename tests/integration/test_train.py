@@ -138,3 +138,9 @@ def test_data_without_supervised_tokens_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="no usable examples .*reply truncated away by max_length"):
         train(validate_recipe(raw))
     assert not (tmp_path / "run" / "recipe.resolved.yaml").exists()
+
+
+def test_group_by_length_trains(tiny_model_dir, sft_file, tmp_path):
+    raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "run", data={"group_by_length": True}, training={"max_steps": 2})
+    result = train(validate_recipe(raw))
+    assert len(_losses(result)) == 2

@@ -54,3 +54,9 @@ def test_eval_cadence_only_with_eval_data(tmp_path):
     assert str(args.eval_strategy.value) == "steps" and args.eval_steps == 6
     defaulted = _args(tmp_path, with_eval=True, eval_strategy="steps", logging_steps=3)
     assert defaulted.eval_steps == 3
+
+
+def test_group_by_length_selects_the_length_grouped_sampler(tmp_path):
+    recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", data={"group_by_length": True}))
+    assert training_arguments(recipe, "fp32", tmp_path / "out").train_sampling_strategy == "group_by_length"
+    assert _args(tmp_path).train_sampling_strategy == "random"

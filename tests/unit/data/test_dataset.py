@@ -92,3 +92,21 @@ def test_stage_format_mismatch_names_the_source(tokenizer, tmp_path):
     text.write_text("one document\nanother\n")
     with pytest.raises(UserError, match="data.train.0: .*t.txt is text data, but stage 'sft' trains on"):
         prepare_data("sft", data_config(str(text), tmp_path), tokenizer, seed=0)
+
+
+def test_num_proc_gives_the_same_examples(tokenizer, many_file, tmp_path):
+    one = prepare_data("sft", data_config(str(many_file), tmp_path, cache=False), tokenizer, seed=0)
+    two = prepare_data("sft", data_config(str(many_file), tmp_path, cache=False, num_proc=2), tokenizer, seed=0)
+    assert [vars(e) for e in two.train] == [vars(e) for e in one.train]
+    assert two.reports["train"] == one.reports["train"]
+
+
+def test_tools_the_template_cannot_render_are_reported(tokenizer, tmp_path, caplog):
+    import logging
+
+    row = {"conversations": [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Hi."}],
+           "tools": json.dumps([{"name": "get_time", "parameters": {}}])}
+    path = write_jsonl(tmp_path / "tools.jsonl", [row])
+    with caplog.at_level(logging.WARNING, logger="llmft"):
+        prepare_data("sft", data_config(str(path), tmp_path, cache=False), tokenizer, seed=0)
+    assert "1 conversations carry tool definitions" in caplog.text
