@@ -4,11 +4,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# the tokenized-data cache (default ~/.cache/llmft) goes to a throwaway directory
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="llmft-test-cache-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
