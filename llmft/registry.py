@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from llmft.run_context import RunContext
 
 Builder = Callable[["RunContext"], object]
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "orpo", "grpo", "ppo")
 MODES = ("full", "lora", "qlora")
 
 _BUILDERS: dict[tuple[str, str], Builder] = {}

@@ -21,6 +21,8 @@ STAGE_FORMATS = {
     "rm": ("preference",),
     "dpo": ("preference",),
     "kto": ("kto",),
+    "orpo": ("preference",),
+    "grpo": CONVERSATION_FORMATS,
     "ppo": CONVERSATION_FORMATS,
 }
 
@@ -37,7 +39,7 @@ class Recipe(Section):
     model: ModelConfig = Field(description="Pretrained weights and tokenizer.")
     data: DataConfig = Field(description="Training and evaluation data.")
     finetune: Finetune = Field(description="Which parameters train: full, lora or qlora.")
-    stage: Stage = Field(description="Training objective: pt, sft, rm, dpo, kto or ppo.")
+    stage: Stage = Field(description="Training objective: pt, sft, rm, dpo, kto, orpo, grpo or ppo.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and cadence.")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Processes and sharding."

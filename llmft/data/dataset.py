@@ -115,7 +115,7 @@ def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any) -> None:
 
 
 def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Any], DataReport]:
-    if stage in ("rm", "dpo"):
+    if stage in ("rm", "dpo", "orpo"):
         return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
     if stage == "kto":
         return build_kto_examples(tokenizer, items, data.max_length, data.truncation)

@@ -44,7 +44,7 @@ def test_is_available_matches_matrix():
 
 
 def test_schema_knows_every_stage_and_mode():
-    assert STAGES == ("pt", "sft", "rm", "dpo", "kto", "ppo")
+    assert STAGES == ("pt", "sft", "rm", "dpo", "kto", "orpo", "grpo", "ppo")
     assert MODES == ("full", "lora", "qlora")
 
 
@@ -108,8 +108,8 @@ def test_failed_registration_registers_nothing(clean_registry):
 
 def test_register_unknown_stage(clean_registry):
     with pytest.raises(RegistryError) as info:
-        register_builder("orpo", modes=("lora",))(builder)
-    assert "unknown stage 'orpo'" in str(info.value)
+        register_builder("simpo", modes=("lora",))(builder)
+    assert "unknown stage 'simpo'" in str(info.value)
     assert all(s in str(info.value) for s in STAGES)
     assert available() == SUPPORTED
 

@@ -92,7 +92,7 @@ def test_recipe_error_is_a_user_error():
         ),
         (
             recipe(stage={"name": "sfft"}),
-            "stage.name: should be one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'ppo' (got 'sfft'); did you mean 'sft'?",
+            "stage.name: should be one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'orpo', 'grpo', 'ppo' (got 'sfft'); did you mean 'sft'?",
         ),
         (
             recipe(finetune={"mode": "lroa"}),
@@ -114,7 +114,7 @@ def test_bad_tag_hides_variant_key_errors(write):
 
 def test_tag_value_without_close_match_has_no_hint(write):
     assert load_problems(write(recipe(stage={"name": "zzzz"}))) == [
-        "stage.name: should be one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'ppo' (got 'zzzz')"
+        "stage.name: should be one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'orpo', 'grpo', 'ppo' (got 'zzzz')"
     ]
 
 
@@ -319,7 +319,7 @@ def test_pkg_resolver_missing_package(write):
 
 @pytest.mark.parametrize(
     "stage,mode",
-    [("dpo", "lora"), ("rm", "full"), ("ppo", "lora"), ("sft", "qlora"), ("pt", "qlora")],
+    [("dpo", "lora"), ("rm", "full"), ("kto", "lora"), ("sft", "qlora"), ("pt", "qlora")],
 )
 def test_unregistered_pair(write, stage, mode):
     assert load_problems(write(recipe(stage={"name": stage}, finetune={"mode": mode}))) == [

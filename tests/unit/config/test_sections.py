@@ -64,7 +64,7 @@ def test_finetune_mode_required_lists_modes():
 
 def test_stage_name_required_lists_stages():
     assert only_problem(without("stage", "name")) == (
-        "stage.name: required key is missing; one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'ppo'"
+        "stage.name: required key is missing; one of 'pt', 'sft', 'rm', 'dpo', 'kto', 'orpo', 'grpo', 'ppo'"
     )
 
 
