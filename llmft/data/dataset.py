@@ -143,6 +143,31 @@ def _sft_chunk(tokenizer: Any, items: Sequence[Any], data: DataConfig) -> tuple[
     return build_sft_examples(tokenizer, items, data.max_length, data.supervision, data.truncation)
 
 
+@dataclass
+class ItemSplits:
+    """Normalised records (Conversation, Text, Pair or Completion) per split, before tokenizing:
+    for trainers that tokenize themselves (TRL's)."""
+
+    train: list[Any]
+    eval: list[Any] | None
+    sources: list[SourceReport]
+
+
+def load_items(stage: str, data: DataConfig, seed: int) -> ItemSplits:
+    """Read, normalise, resample, split and cap the records of `data:` for `stage`."""
+    train_items, sources = read_split(stage, data.train, "train", data, seed)
+    eval_items = None
+    if data.eval:
+        eval_items, eval_sources = read_split(stage, data.eval, "eval", data, seed)
+        sources += eval_sources
+    elif data.eval_split is not None:
+        train_items, eval_items = split_off(train_items, data.eval_split, seed)
+    train_items = train_items[: data.max_train_samples] if data.max_train_samples else train_items
+    if eval_items is not None and data.max_eval_samples:
+        eval_items = eval_items[: data.max_eval_samples]
+    return ItemSplits(train_items, eval_items, sources)
+
+
 def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> PreparedData:
     """Tokenized examples for the train and eval splits, from the cache when it is current."""
     started = time.perf_counter()
@@ -155,23 +180,14 @@ def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> Pre
         sources = [SourceReport(**s) for s in meta["sources"]]
         return PreparedData(splits["train"], splits.get("eval"), reports, sources, key, True, time.perf_counter() - started)
 
-    train_items, sources = read_split(stage, data.train, "train", data, seed)
-    eval_items = None
-    if data.eval:
-        eval_items, eval_sources = read_split(stage, data.eval, "eval", data, seed)
-        sources += eval_sources
-    elif data.eval_split is not None:
-        train_items, eval_items = split_off(train_items, data.eval_split, seed)
-    train_items = train_items[: data.max_train_samples] if data.max_train_samples else train_items
-    if eval_items is not None and data.max_eval_samples:
-        eval_items = eval_items[: data.max_eval_samples]
-
+    loaded = load_items(stage, data, seed)
+    sources = loaded.sources
     splits: dict[str, list[Example]] = {}
     reports: dict[str, DataReport] = {}
-    for name, items in (("train", train_items), ("eval", eval_items)):
-        if items is None:
+    for name, records in (("train", loaded.train), ("eval", loaded.eval)):
+        if records is None:
             continue
-        splits[name], reports[name] = tokenize(stage, items, data, tokenizer)
+        splits[name], reports[name] = tokenize(stage, records, data, tokenizer)
         if not splits[name]:
             raise UserError(f"data.{name}: no usable examples remain. {reports[name].summary('data.' + name)}")
     if data.cache:
