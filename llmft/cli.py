@@ -122,6 +122,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.merge import base_of, merge_adapter
+
+    base = ModelConfig(path=args.base, gguf_file=args.gguf_file) if args.base else base_of(args.adapter)
+    result = merge_adapter(base, args.adapter, args.out, verify=not args.no_verify)
+    check = "not verified" if result.max_abs_diff is None else f"verified: max |logit diff| {result.max_abs_diff:.1e}"
+    print(f"merged model: {result.out_dir} ({check})")
+    return EXIT_OK
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from llmft.chat import ChatSession, interactive, resolve_source, source_from_recipe
 
@@ -162,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
     schema.add_argument("--format", choices=("json", "markdown"), default="json")
     schema.set_defaults(fn=cmd_schema)
+    merge = sub.add_parser("merge", help="fold a LoRA adapter into its base model")
+    merge.add_argument("--adapter", required=True, help="adapter directory (an llmft LoRA run's output)")
+    merge.add_argument("--out", required=True, help="new directory for the merged model")
+    merge.add_argument("--base", help="base model dir or hub id (default: the one in the run's recipe.resolved.yaml)")
+    merge.add_argument("--gguf-file", help="GGUF file inside --base")
+    merge.add_argument("--no-verify", action="store_true", help="skip the logits check (base+adapter vs merged)")
+    merge.set_defaults(fn=cmd_merge)
     chat = sub.add_parser("chat", help="chat with a trained run or a model")
     chat.add_argument("--model", help="run output dir, adapter dir, model dir or hub id")
     chat.add_argument("--recipe", help="chat with this recipe's base model instead")

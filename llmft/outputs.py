@@ -25,6 +25,15 @@ def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
     return path
 
 
+def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
+    """`output.merge_adapter`: fold the saved adapter into its base under <output.dir>/merged."""
+    if not recipe.output.merge_adapter:
+        return None
+    from llmft.modeling.merge import merge_adapter
+
+    return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
+
+
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
     trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside

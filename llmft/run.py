@@ -49,7 +49,7 @@ def prepare(recipe: Recipe) -> Any:
 
 
 def train(recipe: Recipe) -> RunResult:
-    from llmft.outputs import save_final, write_resolved_recipe
+    from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.registry import get_builder
 
     ctx = prepare(recipe)
@@ -59,5 +59,6 @@ def train(recipe: Recipe) -> RunResult:
     log.info("training: stage %s, finetune %s -> %s", recipe.stage.name, recipe.finetune.mode, ctx.output_dir)
     result = trainer.train()
     metrics = save_final(trainer, result, recipe.evaluates)
+    merge_if_asked(recipe, ctx.output_dir)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return RunResult(ctx.output_dir, metrics, list(trainer.state.log_history), trainer.model)

@@ -75,6 +75,8 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
                 problems.append(
                     (f"data.{split}.{i}.format", f"stage {stage!r} trains on {expected} data (got {spec.format!r})")
                 )
+    if recipe.output.merge_adapter and mode == "full":
+        problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
     if "eval_strategy" in recipe.training.model_fields_set and recipe.training.eval_strategy != "no":
         if not recipe.data.has_eval:
             problems.append(
