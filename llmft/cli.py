@@ -25,6 +25,8 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(quiet)
     if verbose:
         return
+    # DeepSpeed resets its logger's level when imported; a filter survives that
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
     import os
     import warnings
 

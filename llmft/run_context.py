@@ -21,6 +21,12 @@ class RunContext:
     _model: Any = field(default=None, repr=False)
 
     @property
+    def task(self) -> str:
+        """What the model is loaded as (`llmft.modeling.load.TASKS`): `reward` (a one-score head
+        on the checkpoint) for the rm stage, the causal LM itself for every other stage."""
+        return "reward" if self.recipe.stage.name == "rm" else "causal_lm"
+
+    @property
     def model(self) -> Any:
         """The pretrained model with the finetune mode applied. Loaded on first use, so a
         builder can read and check its data before paying for the model load."""
@@ -31,11 +37,11 @@ class RunContext:
 
             recipe = self.recipe
             dtype = weight_dtype(recipe.model, recipe.finetune, self.precision)
-            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer))
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-            if model.generation_config is not None:
+            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer), task=self.task)
+            model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
+            if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-            model = apply_finetune(model, recipe.finetune)
+            model = apply_finetune(model, recipe.finetune, task=self.task)
             trainable, total = count_parameters(model)
             log.info(
                 "model: %s (%s weights), finetune %s: %s trainable of %s parameters (%.2f%%)",

@@ -147,12 +147,12 @@ def test_list(capsys):
         ["stage", "full", "lora", "qlora"],
         ["pt", "yes", "yes", "-"],
         ["sft", "yes", "yes", "-"],
-        ["rm", "-", "-", "-"],
-        ["dpo", "-", "-", "-"],
-        ["kto", "-", "-", "-"],
-        ["orpo", "-", "-", "-"],
-        ["grpo", "-", "-", "-"],
-        ["ppo", "-", "-", "-"],
+        ["rm", "yes", "yes", "-"],
+        ["dpo", "yes", "yes", "-"],
+        ["kto", "yes", "yes", "-"],
+        ["orpo", "yes", "yes", "-"],
+        ["grpo", "yes", "yes", "-"],
+        ["ppo", "yes", "yes", "-"],
     ]
 
 

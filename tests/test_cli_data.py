@@ -54,7 +54,7 @@ def test_data_on_preference_data_works_before_the_stage_trains(tiny_model_dir, t
     assert main(["data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "(preference, detected): 3 records" in out and "chosen:" in out and "rejected:" in out
-    assert main(["validate", str(path)]) == 2  # training dpo is not available yet
+    assert main(["validate", str(path)]) == 0  # and the recipe trains dpo
 
 
 def test_data_reports_skipped_bad_records(tiny_model_dir, tmp_path, capsys):

@@ -14,12 +14,31 @@ log = logging.getLogger("llmft")
 
 
 def training_arguments(recipe: Recipe, precision: str, output_dir: Path) -> Any:
-    import torch
     from transformers import TrainingArguments
+
+    return TrainingArguments(**training_kwargs(recipe, precision, output_dir))
+
+
+def trl_config(config_cls: type, ctx: RunContext, **stage_kwargs: Any) -> Any:
+    """A TRL config (`RewardConfig`, `DPOConfig`, ...: subclasses of TrainingArguments) with every
+    llmft training key, mapped once by `training_kwargs`, plus the stage's own knobs. TRL changes
+    some TrainingArguments defaults (gradient_checkpointing, bf16, logging_steps, learning_rate);
+    each of those is a recipe key set explicitly here, so no TRL default overrides the recipe."""
+    kwargs = training_kwargs(ctx.recipe, ctx.precision, ctx.output_dir)
+    clash = sorted(kwargs.keys() & stage_kwargs.keys())
+    if clash:
+        raise ValueError(f"stage kwargs would override llmft training keys: {', '.join(clash)}")
+    return config_cls(**kwargs, **stage_kwargs)
+
+
+def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[str, Any]:
+    """The recipe's training keys as TrainingArguments keyword arguments: the one mapping, shared by
+    transformers' Trainer and TRL's trainers."""
+    import torch
 
     t = recipe.training
     evaluates = recipe.evaluates
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,

@@ -106,6 +106,8 @@ def _describe_union(key: tuple, members: list) -> list[str]:
     deeper = [m for m in members if len(m[1]) > len(key)]
     if deeper:
         return [_describe(*m) for m in deeper]
+    if len(members) == 1:  # a tagged union: the chosen member's own rule (e.g. a model validator)
+        return [_describe(*members[0])]
     errs = [m[0] for m in members]
     expected = " or ".join(e["msg"].removeprefix("Input should be ") for e in errs)
     literal = next((e for e in errs if e["type"] == "literal_error"), None)  # keeps its did-you-mean

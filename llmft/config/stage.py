@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmft.config.base import Section
 
@@ -13,6 +13,8 @@ DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
 ]
+#: The DPO losses TRL applies `label_smoothing` to.
+SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 #: Built-in reward functions for GRPO (no code from a recipe is ever executed).
 RewardFunction = Literal["length", "format", "no_repeat", "ends_cleanly"]
 
@@ -36,13 +38,29 @@ class DpoStage(Section):
     beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL constraint to the reference.")
     loss_type: DpoLoss = Field(default="sigmoid", description="DPO loss variant, as TRL names them.")
     label_smoothing: float = Field(
-        default=0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (robust/cDPO)."
+        default=0.0, ge=0, lt=0.5, validate_default=True,
+        description="Assumed fraction of flipped preference labels (robust/cDPO).",
     )
     reference: Literal["model", "precomputed"] = Field(
         default="model",
         description="Reference log-probs: from a reference model during training (LoRA: the base with "
         "the adapter disabled, no second copy; full: a frozen copy), or computed once before training.",
     )
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing_is_used(cls, value: float, info: ValidationInfo) -> float:
+        loss = info.data.get("loss_type")
+        if loss is None:  # loss_type itself is invalid and reported
+            return value
+        if value and loss not in SMOOTHED_DPO_LOSSES:
+            raise ValueError(
+                f"loss_type {loss!r} ignores label_smoothing (TRL applies it only to "
+                f"{', '.join(SMOOTHED_DPO_LOSSES)}); for conservative DPO use loss_type: robust, or remove label_smoothing"
+            )
+        if loss == "exo_pair" and not value:
+            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        return value
 
 
 class KtoStage(Section):
@@ -65,8 +83,9 @@ class GrpoStage(Section):
     beta: float = Field(default=0.0, ge=0, description="KL coefficient to the reference (0 = no reference model).")
     reward_functions: list[RewardFunction] = Field(
         default_factory=list,
-        description="Built-in rewards: `length` (near a target length), `format` (a final answer line), "
-        "`no_repeat` (penalises repeated n-grams), `ends_cleanly` (stops with end-of-turn).",
+        description="Built-in rewards (see `llmft/rewards.py`): `length` (near the length of the data's own "
+        "reply), `format` (a final `Answer:` line), `no_repeat` (penalises repeated n-grams), `ends_cleanly` "
+        "(stops with end-of-turn).",
     )
     reward_model: str | None = Field(default=None, description="Directory of an `rm` stage output to score completions.")
 

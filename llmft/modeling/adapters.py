@@ -13,7 +13,13 @@ from llmft.errors import UserError
 _ADAPTER_FIELDS = {"rank": "r", "alpha": "lora_alpha", "target_modules": "target_modules", "modules_to_save": "modules_to_save"}
 
 
-def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune) -> Any:
+#: peft task type per model task (see `llmft.modeling.load.TASKS`).
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "reward": "SEQ_CLS"}
+#: Modules trained in full and saved with the adapter, whatever the recipe says: the reward head.
+TASK_MODULES_TO_SAVE = {"causal_lm": [], "reward": ["score"]}
+
+
+def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str = "causal_lm") -> Any:
     if isinstance(finetune, FullFinetune):
         model.requires_grad_(True)
         return model
@@ -21,13 +27,15 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune) -> Any:
         return _continue_adapter(model, finetune)
     from peft import LoraConfig, get_peft_model
 
+    modules_to_save = list(finetune.modules_to_save)
+    modules_to_save += [m for m in TASK_MODULES_TO_SAVE[task] if m not in modules_to_save]
     config = LoraConfig(
         r=finetune.rank,
         lora_alpha=finetune.alpha,
         lora_dropout=finetune.dropout,
         target_modules=finetune.target_modules,
-        modules_to_save=finetune.modules_to_save or None,
-        task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save or None,
+        task_type=PEFT_TASK_TYPES[task],
     )
     try:
         return get_peft_model(model, config)

@@ -92,10 +92,20 @@ def arrange_pad_token(tokenizer: Any) -> str:
     return "pad token: added '<|llmft_pad|>' (the vocabulary had no free special token); embeddings resized"
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None) -> Any:
-    """Load the pretrained causal LM; refuse to go on if any weight was not in the checkpoint."""
-    from transformers import AutoModelForCausalLM
+#: What a model is loaded as: the causal LM itself, or (rm) the same checkpoint under a one-score
+#: sequence-classification head, read at the last non-pad token.
+TASKS = ("causal_lm", "reward")
+#: Weights the task's new head adds: the only ones allowed to be missing from the checkpoint.
+NEW_HEAD_PREFIXES = {"causal_lm": (), "reward": ("score.",)}
 
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None, task: str = "causal_lm") -> Any:
+    """Load the pretrained model for `task`; refuse to go on if any weight other than the task's new
+    head was not in the checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise ValueError(f"task is one of {TASKS} (got {task!r})")
     check_model_path(cfg)
     check_attention(cfg)
     kwargs: dict[str, Any] = {
@@ -104,13 +114,16 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = No
         "trust_remote_code": cfg.trust_remote_code,
         "output_loading_info": True,
     }
+    if task == "reward":
+        kwargs["num_labels"] = 1
     if cfg.gguf_file:
         kwargs.update(gguf_kwargs(cfg.gguf_file))
+    auto = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
+        model, info = auto.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.path: cannot load a model from {cfg.path}: {_short(exc)}") from None
-    guard_loading_info(cfg.path, info)
+    guard_loading_info(cfg.path, info, new_head=NEW_HEAD_PREFIXES[task])
     if cfg.gguf_file:
         detach_gguf_quantizer(model)
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
@@ -141,9 +154,14 @@ def detach_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
-def guard_loading_info(path: str, info: dict[str, Any]) -> None:
-    """Refuse weights that were missing from the checkpoint (they would be random)."""
-    missing = sorted(info.get("missing_keys") or [])
+def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...] = ()) -> None:
+    """Refuse weights that were missing from the checkpoint (they would be random), except the
+    task's new head (weights named with a `new_head` prefix), which is expected to start fresh."""
+    everything_missing = sorted(info.get("missing_keys") or [])
+    fresh = [k for k in everything_missing if k.startswith(new_head)]
+    if fresh:
+        log.info("new head, initialised fresh (the only weights allowed to be missing): %s", ", ".join(fresh))
+    missing = [k for k in everything_missing if k not in fresh]
     mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or []))
     if missing or mismatched:
         shown = missing[:8] + mismatched[:8]

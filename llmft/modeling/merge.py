@@ -48,9 +48,15 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
         raise UserError(f"--adapter: no adapter_config.json in {adapter_dir}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out: {out_dir} is not empty; llmft never writes over existing files")
+    import json
+
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(base.model_copy(update={"tokenizer": str(adapter_dir)}) if has_tokenizer else base)
-    model = load_model(base, torch.float32, vocab_size=len(tokenizer))
+    # a reward model's adapter (rm stage) sits on a sequence-classification head, saved with it
+    seq_cls = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    model = load_model(base, torch.float32, vocab_size=len(tokenizer), task="reward" if seq_cls else "causal_lm")
+    if seq_cls:
+        model.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     ids = probe_ids(tokenizer)
     with torch.no_grad():

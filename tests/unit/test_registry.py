@@ -11,8 +11,16 @@ from llmft.config import validate_recipe
 from llmft.errors import RecipeError
 from llmft.registry import MODES, STAGES, RegistryError, available, get_builder, is_available, register_builder
 
-SUPPORTED = [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora")]
-PAIRS = "pt/full, pt/lora, sft/full, sft/lora"
+SUPPORTED = [
+    ("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora"),
+    ("rm", "full"), ("rm", "lora"),
+    ("dpo", "full"), ("dpo", "lora"),
+    ("kto", "full"), ("kto", "lora"),
+    ("orpo", "full"), ("orpo", "lora"),
+    ("grpo", "full"), ("grpo", "lora"),
+    ("ppo", "full"), ("ppo", "lora"),
+]
+PAIRS = ", ".join(f"{s}/{m}" for s, m in SUPPORTED)
 
 
 @pytest.fixture
@@ -54,9 +62,24 @@ def test_builtin_builders():
 
     assert get_builder("pt", "full") is get_builder("pt", "lora") is build_pt
     assert get_builder("sft", "full") is get_builder("sft", "lora") is build_sft
+    from llmft.builders.dpo import build_dpo
+    from llmft.builders.rm import build_rm
+
+    assert get_builder("rm", "full") is get_builder("rm", "lora") is build_rm
+    assert get_builder("dpo", "full") is get_builder("dpo", "lora") is build_dpo
+    from llmft.builders.grpo import build_grpo
+    from llmft.builders.kto import build_kto
+    from llmft.builders.orpo import build_orpo
+
+    assert get_builder("kto", "full") is get_builder("kto", "lora") is build_kto
+    assert get_builder("orpo", "full") is get_builder("orpo", "lora") is build_orpo
+    assert get_builder("grpo", "full") is get_builder("grpo", "lora") is build_grpo
+    from llmft.builders.ppo import build_ppo
+
+    assert get_builder("ppo", "full") is get_builder("ppo", "lora") is build_ppo
 
 
-@pytest.mark.parametrize("stage,mode", [("dpo", "lora"), ("sft", "qlora"), ("rm", "full"), ("nope", "lora")])
+@pytest.mark.parametrize("stage,mode", [("dpo", "qlora"), ("sft", "qlora"), ("rm", "qlora"), ("nope", "lora")])
 def test_get_builder_unknown_pair(stage, mode):
     with pytest.raises(RegistryError) as info:
         get_builder(stage, mode)
@@ -66,28 +89,33 @@ def test_get_builder_unknown_pair(stage, mode):
     )
 
 
+def in_schema_order(pairs):
+    return sorted(pairs, key=lambda p: (STAGES.index(p[0]), MODES.index(p[1])))
+
+
 def test_register_and_get(clean_registry):
-    returned = register_builder("dpo", modes=("lora", "qlora"))(builder)
+    returned = register_builder("dpo", modes=("qlora",))(builder)
     assert returned is builder
-    assert get_builder("dpo", "lora") is builder
     assert get_builder("dpo", "qlora") is builder
-    assert available() == [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora"), ("dpo", "lora"), ("dpo", "qlora")]
+    assert available() == in_schema_order(SUPPORTED + [("dpo", "qlora")])
 
 
 def test_available_in_schema_order(clean_registry):
-    register_builder("ppo", modes=("full",))(builder)
-    register_builder("rm", modes=("qlora", "full"))(other_builder)
-    assert available() == SUPPORTED + [("rm", "full"), ("rm", "qlora"), ("ppo", "full")]
+    register_builder("ppo", modes=("qlora",))(builder)
+    register_builder("rm", modes=("qlora",))(other_builder)
+    pairs = available()
+    assert pairs == in_schema_order(SUPPORTED + [("rm", "qlora"), ("ppo", "qlora")])
+    assert pairs.index(("rm", "qlora")) == pairs.index(("rm", "lora")) + 1 and pairs[-1] == ("ppo", "qlora")
 
 
 def test_register_twice_raises(clean_registry):
-    register_builder("rm", modes=("full",))(builder)
+    register_builder("rm", modes=("qlora",))(builder)
     with pytest.raises(RegistryError) as info:
-        register_builder("rm", modes=("full",))(other_builder)
+        register_builder("rm", modes=("qlora",))(other_builder)
     message = str(info.value)
-    assert "(rm, full) registered twice" in message
+    assert "(rm, qlora) registered twice" in message
     assert f"{__name__}.builder" in message and f"{__name__}.other_builder" in message
-    assert get_builder("rm", "full") is builder
+    assert get_builder("rm", "qlora") is builder
 
 
 def test_register_over_builtin_raises(clean_registry):
@@ -101,8 +129,8 @@ def test_failed_registration_registers_nothing(clean_registry):
         register_builder("pt", modes=("qlora", "lora"))(builder)
     assert not is_available("pt", "qlora")
     with pytest.raises(RegistryError, match="unknown mode 'bogus'"):
-        register_builder("rm", modes=("full", "bogus"))(builder)
-    assert not is_available("rm", "full")
+        register_builder("rm", modes=("qlora", "bogus"))(builder)
+    assert not is_available("rm", "qlora")
     assert available() == SUPPORTED
 
 
@@ -123,13 +151,15 @@ def test_register_unknown_mode(clean_registry):
 
 
 def test_recipe_validation_consults_registry(clean_registry):
+    qlora = {"mode": "qlora"}
     with pytest.raises(RecipeError) as info:
-        validate_recipe(minimal_recipe(stage={"name": "dpo"}))
-    assert info.value.problems[0].startswith("stage.name: stage 'dpo' with finetune mode 'lora' is not available")
-    register_builder("dpo", modes=("lora",))(builder)
-    assert validate_recipe(minimal_recipe(stage={"name": "dpo"})).stage.name == "dpo"
-    with pytest.raises(RecipeError, match="available stage/mode pairs: pt/full, pt/lora, sft/full, sft/lora, dpo/lora"):
-        validate_recipe(minimal_recipe(stage={"name": "dpo"}, finetune={"mode": "full"}))
+        validate_recipe(minimal_recipe(stage={"name": "dpo"}, finetune=qlora))
+    assert info.value.problems[0].startswith("stage.name: stage 'dpo' with finetune mode 'qlora' is not available")
+    register_builder("dpo", modes=("qlora",))(builder)
+    assert validate_recipe(minimal_recipe(stage={"name": "dpo"}, finetune=qlora)).stage.name == "dpo"
+    pairs = ", ".join(f"{s}/{m}" for s, m in in_schema_order(SUPPORTED + [("dpo", "qlora")]))
+    with pytest.raises(RecipeError, match=f"available stage/mode pairs: {pairs}$"):
+        validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora))
 
 
 def test_fixture_left_registry_clean():

@@ -14,7 +14,7 @@ import yaml
 from llmft.config import Recipe, load_raw, load_recipe, validate_recipe
 from llmft.errors import RecipeError, UserError
 
-PAIRS = "pt/full, pt/lora, sft/full, sft/lora"
+PAIRS = "pt/full, pt/lora, sft/full, sft/lora, rm/full, rm/lora, dpo/full, dpo/lora, kto/full, kto/lora, orpo/full, orpo/lora, grpo/full, grpo/lora, ppo/full, ppo/lora"
 
 
 
@@ -319,7 +319,7 @@ def test_pkg_resolver_missing_package(write):
 
 @pytest.mark.parametrize(
     "stage,mode",
-    [("dpo", "lora"), ("rm", "full"), ("kto", "lora"), ("sft", "qlora"), ("pt", "qlora")],
+    [("dpo", "qlora"), ("rm", "qlora"), ("kto", "qlora"), ("sft", "qlora"), ("pt", "qlora")],
 )
 def test_unregistered_pair(write, stage, mode):
     assert load_problems(write(recipe(stage={"name": stage}, finetune={"mode": mode}))) == [
@@ -328,7 +328,11 @@ def test_unregistered_pair(write, stage, mode):
     ]
 
 
-@pytest.mark.parametrize("stage,mode", [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora")])
+@pytest.mark.parametrize(
+    "stage,mode",
+    [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora"), ("rm", "full"), ("rm", "lora"), ("dpo", "full"), ("dpo", "lora"),
+     ("kto", "full"), ("kto", "lora"), ("orpo", "full"), ("orpo", "lora")],
+)
 def test_registered_pairs_validate(write, stage, mode):
     r = load_recipe(write(recipe(stage={"name": stage}, finetune={"mode": mode})))
     assert (r.stage.name, r.finetune.mode) == (stage, mode)
@@ -388,7 +392,8 @@ def test_evaluates_with_eval_data(write):
 
 def test_cross_section_problems_reported_together(write):
     raw = recipe(
-        stage={"name": "dpo"}, data={"train": [{"path": "a", "format": "text"}]}, training={"eval_strategy": "steps"}
+        stage={"name": "dpo"}, finetune={"mode": "qlora"}, data={"train": [{"path": "a", "format": "text"}]},
+        training={"eval_strategy": "steps"},
     )
     problems = load_problems(write(raw))
     assert [p.split(": ", 1)[0] for p in problems] == ["stage.name", "data.train.0.format", "training.eval_strategy"]
@@ -422,3 +427,9 @@ def test_resolved_recipe_with_eval_data_loads_back(tmp_path):
     r = validate_recipe(recipe(data={"eval": "e.jsonl"}, training={"learning_rate": 2e-4}))
     write_resolved_recipe(r, tmp_path)
     assert load_recipe(tmp_path / RESOLVED_RECIPE) == r
+
+
+def test_stage_level_rule_reads_plainly():
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(recipe(stage={"name": "grpo"}))
+    assert info.value.problems == ["stage: set reward_functions, reward_model, or both"]

@@ -1,0 +1,212 @@
+"""Rollouts: prompts from conversations, padding, sampling replies, log-probs/values of replies,
+and scoring replies with a reward model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from llmft.alignment.losses import token_logprobs
+from llmft.data.render import parse_tools, render
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation up to (excluding) its last assistant reply, rendered with the generation
+    prompt and tokenized for the policy."""
+
+    messages: tuple[dict, ...]
+    ids: tuple[int, ...]
+    where: str
+    tools: str | None = None
+
+
+@dataclass
+class PromptReport:
+    records: int = 0
+    kept: int = 0
+    tokens: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    first_dropped: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, where: str) -> None:
+        self.dropped[reason] += 1
+        if len(self.first_dropped) < 3:
+            self.first_dropped.append(f"{where} ({reason})")
+
+    def summary(self, name: str) -> str:
+        line = f"{name}: {self.records} conversations -> {self.kept} prompts, {self.tokens} prompt tokens"
+        if self.dropped:
+            reasons = ", ".join(f"{n} {r}" for r, n in self.dropped.items())
+            line += f"; dropped {sum(self.dropped.values())}: {reasons}; e.g. {'; '.join(self.first_dropped)}"
+        return line
+
+
+def prompt_messages(messages: Sequence[dict]) -> list[dict] | None:
+    """The messages before the last assistant reply (all of them when there is none); None when
+    that leaves nothing, or ends with something other than a user or tool message."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    prompt = [dict(m) for m in messages[:last]]
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+        return None
+    return prompt
+
+
+def build_prompts(tokenizer: Any, conversations: Sequence[Any], max_prompt_tokens: int) -> tuple[list[Prompt], PromptReport]:
+    """Prompts for the policy; every conversation that cannot give one is counted with its reason."""
+    report = PromptReport(records=len(conversations))
+    prompts = []
+    for conversation in conversations:
+        messages = prompt_messages(conversation.messages)
+        if messages is None:
+            report.drop("no user turn before the last reply", conversation.where)
+            continue
+        text = render(tokenizer, messages, parse_tools(conversation.tools), generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_tokens:
+            report.drop("prompt longer than data.max_length - stage.max_new_tokens", conversation.where)
+            continue
+        prompts.append(Prompt(tuple(messages), tuple(ids), conversation.where, conversation.tools))
+        report.tokens += len(ids)
+    report.kept = len(prompts)
+    return prompts, report
+
+
+# --- padding -------------------------------------------------------------------------------
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of shape (batch, longest), padded on `side` ("left" or "right")."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if not len(seq):
+            continue
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def pad_width(x: torch.Tensor, width: int, side: str, value: float = 0) -> torch.Tensor:
+    """Pad the last dimension of `x` to `width` on `side`."""
+    extra = width - x.shape[-1]
+    if extra <= 0:
+        return x
+    return torch.nn.functional.pad(x, (extra, 0) if side == "left" else (0, extra), value=value)
+
+
+def reply_mask(replies: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """1 for every reply token up to and including the first stop token (all of them when none)."""
+    is_stop = torch.isin(replies, torch.as_tensor(list(stop_ids), dtype=replies.dtype, device=replies.device))
+    stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()  # stop tokens strictly before t
+    return (stops_before == 0).long()
+
+
+# --- sampling and scoring ------------------------------------------------------------------
+
+
+#: Generation settings pinned to "off", so that a model's generation_config.json (many chat models
+#: ship a repetition penalty, top_k/top_p, ...) cannot change what is sampled: the log-probs PPO
+#: trains on are those of the plain temperature-scaled softmax.
+NEUTRAL_GENERATION = {
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": 0.0, "num_beams": 1,
+}
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+
+def generate(model: Any, prompts: Sequence[Prompt], sampling: Sampling, stop_ids: Sequence[int], pad_id: int, device: Any) -> dict[str, torch.Tensor]:
+    """Sample one reply per prompt (prompts left-padded). Returns the left-padded queries and
+    right-padded replies with their masks; reply tokens after the first stop token are padding."""
+    from transformers import GenerationConfig
+
+    query, query_mask = pad([p.ids for p in prompts], pad_id, "left")
+    query, query_mask = query.to(device), query_mask.to(device)
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not sampling.greedy,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        **NEUTRAL_GENERATION,
+        **({} if sampling.greedy else {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}),
+    )
+    with torch.no_grad():
+        out = model.generate(input_ids=query, attention_mask=query_mask, generation_config=config)
+    reply = out[:, query.shape[1]:]
+    mask = reply_mask(reply, stop_ids)
+    reply = torch.where(mask.bool(), reply, torch.full_like(reply, pad_id))
+    return {"query": query, "query_mask": query_mask, "reply": reply, "reply_mask": mask}
+
+
+def forward_replies(
+    model: Any, query: torch.Tensor, query_mask: torch.Tensor, reply: torch.Tensor, reply_mask: torch.Tensor,
+    temperature: float, value_head: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits (temperature-scaled, as sampled), log-probs and (with a value head) values of
+    each reply token, shape (batch, reply length). Position ids follow the attention mask, so
+    left padding does not shift positions."""
+    ids = torch.cat([query, reply], dim=1)
+    attention = torch.cat([query_mask, reply_mask], dim=1)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    width = reply.shape[1]
+    extra = {"logits_to_keep": width + 1} if _keeps_logits(model) else {}  # no logits over the prompt
+    out = model(
+        input_ids=ids, attention_mask=attention, position_ids=positions,
+        output_hidden_states=value_head is not None, use_cache=False, **extra,
+    )
+    # the logits at position t predict token t + 1: reply token i is predicted at query_len - 1 + i
+    logits = out.logits[:, -(width + 1) : -1] / temperature
+    logprobs = token_logprobs(logits, reply)
+    values = value_head(out.hidden_states[-1][:, -(width + 1) : -1]) if value_head is not None else None
+    return logits, logprobs, values
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+class RewardScorer:
+    """Scores (prompt, reply) with a reward model: the reply becomes the assistant turn after the
+    prompt, rendered with the reward model's chat template exactly as `rm` training renders pairs
+    and cut right after its end-of-turn token (`llmft.modeling.reward.reward_input_ids`);
+    `model(input_ids, attention_mask).logits[:, 0]` is the score, read at the last token."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int, device: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = device
+        pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
+
+    def input_ids(self, prompt: Prompt, reply: str) -> list[int]:
+        from llmft.modeling.reward import reward_input_ids
+
+        return reward_input_ids(self.tokenizer, prompt.messages, [{"role": "assistant", "content": reply}])
+
+    def __call__(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> torch.Tensor:
+        encoded = [self.input_ids(p, r) for p, r in zip(prompts, replies)]
+        scores = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.batch_size):
+                ids, mask = pad(encoded[start : start + self.batch_size], self.pad_id, "right")
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+                scores.append(out.logits[:, 0].float())
+        return torch.cat(scores)

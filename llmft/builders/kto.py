@@ -1,0 +1,75 @@
+"""kto: Kahneman-Tversky optimisation on single replies labelled desirable or not (TRL's KTOTrainer).
+
+Reference: LoRA — the base model with the adapter disabled (a continued adapter: the adapter as
+it started); full — a frozen copy of the starting model, made in memory (TRL would reload it from
+`model.path`, which misses GGUF starts and resized vocabularies).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from llmft.builders.trl_args import trl_config_kwargs
+from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
+from llmft.errors import UserError
+from llmft.registry import register_builder
+from llmft.run_context import RunContext
+
+log = logging.getLogger("llmft")
+
+
+def kto_config(ctx: RunContext) -> Any:
+    from trl import KTOConfig
+
+    recipe = ctx.recipe
+    stage = recipe.stage
+    if recipe.training.micro_batch_size < 2:
+        raise UserError(
+            "training.micro_batch_size: KTO needs at least 2 (its KL term pairs each prompt with another "
+            f"reply in the same micro-batch); got {recipe.training.micro_batch_size}"
+        )
+    kwargs = trl_config_kwargs(recipe, ctx.precision, ctx.output_dir)
+    # the KL pairs are built from neighbouring rows, so TRL requires sequential sampling; the rows
+    # are shuffled once (seeded) instead, see `build_kto`
+    kwargs["train_sampling_strategy"] = "sequential"
+    return KTOConfig(
+        **kwargs,
+        beta=stage.beta,
+        desirable_weight=stage.desirable_weight,
+        undesirable_weight=stage.undesirable_weight,
+        max_length=recipe.data.max_length,
+        disable_dropout=False,  # the model's own dropout is turned off by trl_trainer, LoRA's kept
+    )
+
+
+@register_builder("kto", modes=("full", "lora"))
+def build_kto(ctx: RunContext) -> Any:
+    import copy
+
+    from trl import KTOTrainer
+
+    from llmft.data.trl_rows import kto_rows
+
+    recipe = ctx.recipe
+    data = recipe.data
+    config = kto_config(ctx)
+    seed = recipe.training.seed
+
+    def shuffled(rows: list[dict]) -> list[dict]:
+        random.Random(seed).shuffle(rows)
+        return rows
+
+    train, evaluation = trl_datasets(
+        ctx, "kto", lambda items: kto_rows(items, ctx.tokenizer, data.max_length, data.truncation), order=shuffled
+    )
+    labels = train["label"]
+    log.info("kto: %d desirable, %d undesirable train replies", sum(labels), len(labels) - sum(labels))
+    ref_model = None
+    if recipe.finetune.mode == "full":
+        ref_model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
+    trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, next_token_loss=False, ref_model=ref_model)
+    lora = settle_lora_reference(trainer, getattr(recipe.finetune, "adapter_path", None))
+    log.info(lora or "reference: a frozen copy of the starting model (made in memory)")
+    return trainer

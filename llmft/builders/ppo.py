@@ -1,0 +1,120 @@
+"""ppo: proximal policy optimisation of the recipe's model (usually an SFT output) against a
+reward model (`stage.reward_model`, an `rm` stage output), with llmft's own trainer
+(llmft/alignment/ppo_trainer.py)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from llmft.errors import UserError
+from llmft.registry import register_builder
+from llmft.run_context import RunContext
+
+log = logging.getLogger("llmft")
+
+
+def load_reward(path: str, dtype: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of the reward model; `model(input_ids, attention_mask).logits[:, 0]`
+    is the score."""
+    try:
+        from llmft.modeling.reward import load_reward_model
+    except ImportError as exc:
+        if exc.name != "llmft.modeling.reward":
+            raise
+        raise UserError("stage.reward_model: this llmft cannot load reward models (llmft.modeling.reward is missing)") from None
+    return load_reward_model(path, dtype=dtype)
+
+
+def check_reward_model_path(path: str) -> None:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"stage.reward_model: directory not found: {path}")
+
+
+def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
+    """Train (and eval) prompts: each conversation up to its last assistant reply."""
+    from llmft.alignment.rollout import build_prompts
+    from llmft.data.dataset import load_items
+
+    recipe = ctx.recipe
+    budget = recipe.data.max_length - recipe.stage.max_new_tokens
+    if budget < 1:
+        raise UserError(
+            f"data.max_length: {recipe.data.max_length} leaves no room for a prompt before "
+            f"stage.max_new_tokens={recipe.stage.max_new_tokens} reply tokens; raise data.max_length"
+        )
+    items = load_items("ppo", recipe.data, recipe.training.seed)
+    for source in items.sources:
+        log.info(source.line())
+    splits = {}
+    for name, records in (("train", items.train), ("eval", items.eval if recipe.evaluates else None)):
+        if records is None:
+            continue
+        prompts, report = build_prompts(ctx.tokenizer, records, budget)
+        log.info(report.summary(f"data.{name}"))
+        if not prompts:
+            raise UserError(f"data.{name}: no usable prompts remain. {report.summary('data.' + name)}")
+        splits[name] = prompts
+    return splits["train"], splits.get("eval")
+
+
+@register_builder("ppo", modes=("full", "lora"))
+def build_ppo(ctx: RunContext) -> Any:
+    from llmft.alignment.ppo_trainer import PpoTrainer
+    from llmft.builders.trainer import training_arguments
+    from llmft.callbacks import RandomInitAlarm, callbacks_for
+    from llmft.data.tokenize import end_of_turn_ids, turn_end_problem
+    from llmft.modeling.precision import DTYPES
+
+    recipe, stage = ctx.recipe, ctx.recipe.stage
+    check_reward_model_path(stage.reward_model)
+    if recipe.data.packing:
+        raise UserError("data.packing: stage 'ppo' samples a reply to each prompt and does not pack; remove it")
+    if recipe.finetune.mode == "lora" and recipe.finetune.adapter_path:
+        log.warning(
+            "WARNING: finetune.adapter_path: the PPO reference is the model with the adapter disabled, i.e. "
+            "model.path without %s, so the KL penalty pulls towards the model before that adapter. To keep "
+            "the adapter's model as the reference, merge it (llmft merge) and set model.path to the merged model.",
+            recipe.finetune.adapter_path,
+        )
+    problem = turn_end_problem(ctx.tokenizer)
+    if problem:
+        log.warning("WARNING: %s; replies will run to stage.max_new_tokens", problem)
+    if recipe.training.gradient_accumulation_steps != 1:
+        log.warning(
+            "WARNING: training.gradient_accumulation_steps is not used by ppo: each optimizer step takes "
+            "stage.mini_batch_size rollouts, run in chunks of training.micro_batch_size"
+        )
+    if recipe.finetune.mode == "lora" and recipe.finetune.dropout:
+        log.warning("WARNING: finetune.dropout=%s is not applied in ppo: dropout is off so that the "
+                    "policy's log-probs in training match those of its rollouts", recipe.finetune.dropout)
+    train_prompts, eval_prompts = read_prompts(ctx)
+    reward_model, reward_tokenizer = load_reward(stage.reward_model, DTYPES[ctx.precision])
+    log.info("reward model: %s", stage.reward_model)
+
+    policy = ctx.model
+    if recipe.finetune.mode == "lora":
+        ref_model = None  # the policy with its adapter disabled
+    else:
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    callbacks = [
+        c for c in callbacks_for(recipe, ctx.output_dir, vocab_size=policy.config.vocab_size)
+        if not isinstance(c, RandomInitAlarm)  # PPO's loss is not a next-token loss
+    ]
+    return PpoTrainer(
+        model=policy,
+        tokenizer=ctx.tokenizer,
+        reward_model=reward_model,
+        reward_tokenizer=reward_tokenizer,
+        stage=stage,
+        args=training_arguments(recipe, ctx.precision, ctx.output_dir),
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        stop_ids=end_of_turn_ids(ctx.tokenizer),
+        ref_model=ref_model,
+        precision=ctx.precision,
+        callbacks=callbacks,
+    )

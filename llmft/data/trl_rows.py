@@ -1,0 +1,119 @@
+"""Normalised records -> rows in TRL's conversational dataset formats, after llmft's length rules.
+
+TRL applies the chat template itself (the one llmft installed on the tokenizer). Before a record
+reaches TRL it passes the same length rules llmft applies to the data it tokenizes itself, and every
+record left out is counted with its reason (a `DataReport`), so TRL gets only records it keeps:
+`check_kept` then confirms TRL dropped nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from llmft.data.formats import Completion, Conversation, Message, Pair
+from llmft.data.pairs import build_kto_examples, build_pair_examples
+from llmft.data.tokenize import DataReport
+from llmft.errors import UserError
+
+log = logging.getLogger("llmft")
+
+
+def plain(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Role and content only: per-message `loss` flags mean nothing to TRL's trainers."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def kto_row(item: Completion) -> dict[str, Any]:
+    """TRL's conversational unpaired-preference format."""
+    return {"prompt": plain(item.prompt), "completion": plain(item.completion), "label": item.label, "where": item.where}
+
+
+def pair_row(item: Pair) -> dict[str, Any]:
+    """TRL's conversational preference format with an explicit prompt."""
+    return {"prompt": plain(item.prompt), "chosen": plain(item.chosen), "rejected": plain(item.rejected), "where": item.where}
+
+
+def prompt_row(item: Conversation) -> dict[str, Any]:
+    """TRL's conversational prompt-only format: the conversation up to its last user message. The
+    assistant's reply after it (the data's own answer) is kept as `reference`, for rewards that
+    compare against it; None when the conversation ends with the user."""
+    messages = list(item.messages)
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise ValueError("no user message to prompt with")
+    replies = [m["content"] for m in messages[last_user + 1 :] if m["role"] == "assistant"]
+    return {"prompt": plain(messages[: last_user + 1]), "reference": replies[-1] if replies else None, "where": item.where}
+
+
+def _per_item(items: Sequence[Any], build: Callable[[list[Any]], tuple[list[Any], DataReport]]) -> tuple[list[Any], DataReport]:
+    """Apply a whole-list example builder record by record, to learn which records it keeps."""
+    kept: list[Any] = []
+    report = DataReport()
+    for item in items:
+        examples, one = build([item])
+        report = report.merge(one)
+        if examples:
+            kept.append(item)
+    return kept, report
+
+
+def _trl_truncation(truncation: str, stage: str) -> str:
+    if truncation == "truncate_left":
+        raise UserError(
+            f"data.truncation: 'truncate_left' is not available for stage {stage!r}: its TRL trainer cuts "
+            "over-long sequences at the end. Use 'truncate_right' (keep the start) or 'drop'"
+        )
+    return truncation
+
+
+def kto_rows(items: Sequence[Completion], tokenizer: Any, max_length: int, truncation: str) -> tuple[list[dict], DataReport]:
+    """Rows for KTO; records whose reply `max_length` would cut away entirely are left out and counted."""
+    truncation = _trl_truncation(truncation, "kto")
+    kept, report = _per_item(items, lambda one: build_kto_examples(tokenizer, one, max_length, truncation))
+    return [kto_row(i) for i in kept], report
+
+
+def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation: str, stage: str) -> tuple[list[dict], DataReport]:
+    """Rows for pairwise trainers; pairs where `max_length` would cut away a whole reply are left out and counted."""
+    truncation = _trl_truncation(truncation, stage)
+    kept, report = _per_item(items, lambda one: build_pair_examples(tokenizer, one, max_length, truncation))
+    return [pair_row(i) for i in kept], report
+
+
+def prompt_rows(items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens: int) -> tuple[list[dict], DataReport]:
+    """Rows for GRPO. A prompt (rendered with the generation prompt) longer than `max_prompt_tokens`
+    is left out and counted: TRL would generate from it untruncated."""
+    report = DataReport(records=len(items))
+    rows = []
+    for item in items:
+        try:
+            row = prompt_row(item)
+        except ValueError as exc:
+            report.drop(str(exc), item.where)
+            continue
+        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        if len(ids) > max_prompt_tokens:
+            report.drop(f"prompt longer than {max_prompt_tokens} tokens", item.where)
+            continue
+        report.tokens += len(ids)
+        rows.append(row)
+    report.kept = len(rows)
+    with_tools = sum(1 for item in items if item.tools)
+    if with_tools:
+        log.warning("WARNING: %d prompts carry tool definitions; GRPO renders no per-prompt tools, so the model will not see them", with_tools)
+    return rows, report
+
+
+def check_kept(split: str, given: int, trl_dataset: Any) -> None:
+    """TRL's dataset after its own preparation should hold every row llmft gave it: say loudly if not."""
+    if trl_dataset is None:
+        return
+    kept = len(trl_dataset)
+    if kept == given:
+        log.info("data.%s: TRL kept all %d rows", split, given)
+    else:
+        log.warning(
+            "WARNING: data.%s: TRL kept %d of the %d rows llmft gave it (%d dropped by TRL's own rules after llmft's checks)",
+            split, kept, given, given - kept,
+        )

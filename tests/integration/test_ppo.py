@@ -1,0 +1,185 @@
+"""PPO on the tiny model: against a reward model that prefers a learnable pattern (BPE merges over
+raw bytes), the mean reward rises while the KL to the reference stays finite (full and LoRA); LoRA
+keeps the base weights and one model in memory; a run through `llmft train`'s pipeline with an
+rm-style reward model directory writes the documented outputs."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_recipe
+from safetensors.torch import load_file
+from tiny import build_tokenizer
+
+import llmft.builders.ppo as ppo_builder
+from llmft.alignment.rollout import forward_replies
+from llmft.config import validate_recipe
+from llmft.registry import get_builder
+from llmft.run import prepare, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's matmuls are microseconds; on a busy 2-core machine OpenMP's thread handoffs
+    make them ~50x slower. One thread keeps these tests at a few seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class MergedTokenRM(torch.nn.Module):
+    """A reward model by hand that prefers a learnable pattern: the score is the number of reply
+    tokens that are BPE merges (whole words and word pieces) rather than raw bytes. The reply is
+    what follows the last `<|im_start|>assistant\\n`. The untrained tiny model samples ~4 of its 8
+    reply tokens from the merges."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self.header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+        self.first_merge = 3 + 256  # the vocabulary: 3 special tokens, 256 bytes, then the merges
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        last_start = torch.where(input_ids == self.start, positions, -1).max(dim=1, keepdim=True).values
+        reply = (positions >= last_start + self.header) & attention_mask.bool()
+        return SimpleNamespace(logits=(reply & (input_ids >= self.first_merge)).sum(1, keepdim=True).float())
+
+
+ITERATIONS = 8
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def ppo_recipe(model_dir: Path, data: Path, out: Path, mode: str, reward_model: Path, training=None, **stage) -> dict:
+    raw = make_recipe(model_dir, data, out, stage="ppo", mode=mode, training={"micro_batch_size": 4, "scheduler": "constant", **(training or {})})
+    raw["stage"].update({
+        "reward_model": str(reward_model), "max_new_tokens": 8, "rollout_batch_size": 16,
+        "mini_batch_size": 8, "ppo_epochs": 2, **stage,
+    })
+    raw["data"]["max_length"] = 256  # every conversation's prompt fits
+    return raw
+
+
+def live(cls: type) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, cls))
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_ppo_raises_reward(mode, tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(ppo_builder, "load_reward", lambda path, dtype: (MergedTokenRM(build_tokenizer()), build_tokenizer()))
+    (tmp_path / "rm").mkdir()
+    stage = {"kl_control": "adaptive", "target_kl": 1.0, "kl_horizon": 200} if mode == "full" else {}
+    raw = ppo_recipe(
+        tiny_model_dir, sft_file, tmp_path / "out", mode, tmp_path / "rm",
+        training={"max_steps": ITERATIONS, "learning_rate": 1e-2 if mode == "full" else 3e-2}, ppo_epochs=4, **stage,
+    )
+    if mode == "lora":  # the preference is over the vocabulary: let the adapter reach the output head too
+        raw["finetune"]["target_modules"] = [*LINEAR, "lm_head"]
+    recipe = validate_recipe(raw)
+    models_before = live(LlamaForCausalLM)
+    trainer = get_builder("ppo", mode)(prepare(recipe))
+    # LoRA: the reference is the policy with its adapter disabled, no second model; full: a frozen copy
+    assert live(LlamaForCausalLM) - models_before == (1 if mode == "lora" else 2)
+    assert (trainer.ref_model is None) is (mode == "lora")
+
+    # before any update the policy is its reference, and training-mode log-probs equal the rollout's
+    # (dropout off, padding-independent positions), so PPO's ratio starts at exactly 1
+    rollout, texts = trainer.make_rollout(trainer.train_prompts[:4])
+    assert len(texts) == 4 and rollout.kl.abs().max() < 1e-5
+    trainer.model.train()
+    _, logprobs, values = forward_replies(trainer.model, rollout.query, rollout.query_mask, rollout.reply,
+                                          rollout.reply_mask, trainer.stage.temperature, trainer.value_head)
+    mask = rollout.reply_mask.bool()
+    assert torch.allclose(logprobs[mask], rollout.logprobs[mask], atol=1e-5)
+    assert torch.allclose(values[mask], rollout.values[mask], atol=1e-5)
+
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    assert [h["step"] for h in history] == list(range(1, ITERATIONS + 1))
+    rewards = [h["reward"] for h in history]
+    kls = [h["kl"] for h in history]
+    early, late = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert late > early + 1.0, f"mean reward did not rise: {rewards}"
+    assert all(math.isfinite(k) and k < 100 for k in kls), kls
+    assert kls[0] == pytest.approx(0.0, abs=1e-4)
+    for key in ("entropy", "clipfrac", "value_loss", "policy_loss", "kl_coef"):
+        assert all(math.isfinite(h[key]) for h in history), key
+    coefs = [h["kl_coef"] for h in history]
+    if mode == "full":  # adaptive control: KL above target_kl pushes the coefficient up
+        assert coefs[-1] > coefs[0] == 0.05
+    else:
+        assert set(coefs) == {0.05}
+
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    if mode == "lora":
+        base = trainer.model.get_base_model().state_dict()
+        for name, value in base.items():
+            if "lora_" not in name:
+                key = name.replace(".base_layer", "")
+                assert torch.equal(value, initial[key]), f"frozen base weight {key} changed"
+        assert any(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+    else:
+        reference = trainer.ref_model.state_dict()
+        assert all(torch.equal(reference[k], initial[k]) for k in initial), "the reference moved"
+        policy = trainer.model.state_dict()
+        assert sum(not torch.equal(policy[k], initial[k]) for k in initial) > len(initial) // 2
+
+
+def save_reward_model_dir(directory: Path) -> Path:
+    """An rm-style full output directory: a one-score sequence classifier on the tiny config."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
+    reward_dir = save_reward_model_dir(tmp_path / "rm")
+    out = tmp_path / "run"
+    raw = ppo_recipe(
+        tiny_model_dir, sft_file, out, "lora", reward_dir,
+        training={"max_steps": 2, "logging_steps": 2, "save_strategy": "steps", "save_steps": 1,
+                  "save_total_limit": 1, "report_to": ["tensorboard"]},
+        rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1,
+    )
+    raw["data"]["eval_split"] = 1
+    result = train(validate_recipe(raw))
+
+    logged = [h for h in result.log_history if "reward" in h]
+    assert [h["step"] for h in logged] == [1, 2]  # the first iteration, then every logging_steps
+    for key in ("reward", "kl", "entropy", "clipfrac", "value_loss", "policy_loss", "kl_coef"):
+        assert math.isfinite(logged[-1][key]), key
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert [h for h in state["log_history"] if "reward" in h] == logged
+    # data.eval_split with the default eval_strategy (epoch): 3 train prompts, 4 per rollout, so
+    # every iteration ends an epoch and evaluates; run.train evaluates once more at the end
+    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [1, 2, 2]
+    evals = json.loads((out / "eval_results.json").read_text())
+    assert math.isfinite(evals["eval_reward"]) and evals["eval_reply_length"] > 0
+    assert math.isfinite(json.loads((out / "train_results.json").read_text())["train_reward"])
+    for name in ("adapter_model.safetensors", "adapter_config.json", "value_head.safetensors",
+                 "tokenizer.json", "chat_template.jinja", "recipe.resolved.yaml"):
+        assert (out / name).is_file(), name
+    assert not (out / "model.safetensors").exists()
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+    assert not list(out.glob("*.bin"))
