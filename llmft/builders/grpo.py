@@ -17,7 +17,7 @@ import logging
 from typing import Any, Sequence
 
 from llmft import rewards
-from llmft.builders.trl_args import trl_config_kwargs
+from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
 from llmft.errors import UserError
 from llmft.registry import register_builder
@@ -42,8 +42,9 @@ def grpo_config(ctx: RunContext) -> Any:
             f"training.micro_batch_size ({t.micro_batch_size}) must be a multiple of stage.num_generations "
             f"({stage.num_generations}) to evaluate: an eval batch holds whole groups"
         )
-    return GRPOConfig(
-        **trl_config_kwargs(recipe, ctx.precision, ctx.output_dir),
+    return trl_config(
+        GRPOConfig,
+        ctx,
         num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length,
         temperature=stage.temperature,

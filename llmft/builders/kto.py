@@ -11,7 +11,7 @@ import logging
 import random
 from typing import Any
 
-from llmft.builders.trl_args import trl_config_kwargs
+from llmft.builders.trainer import training_kwargs
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
 from llmft.errors import UserError
 from llmft.registry import register_builder
@@ -30,7 +30,7 @@ def kto_config(ctx: RunContext) -> Any:
             "training.micro_batch_size: KTO needs at least 2 (its KL term pairs each prompt with another "
             f"reply in the same micro-batch); got {recipe.training.micro_batch_size}"
         )
-    kwargs = trl_config_kwargs(recipe, ctx.precision, ctx.output_dir)
+    kwargs = training_kwargs(recipe, ctx.precision, ctx.output_dir)
     # the KL pairs are built from neighbouring rows, so TRL requires sequential sampling; the rows
     # are shuffled once (seeded) instead, see `build_kto`
     kwargs["train_sampling_strategy"] = "sequential"

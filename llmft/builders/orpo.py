@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmft.builders.trl_args import trl_config_kwargs
+from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import trl_datasets, trl_trainer
 from llmft.registry import register_builder
 from llmft.run_context import RunContext
@@ -27,8 +27,9 @@ def orpo_classes() -> tuple[type, type]:
 def orpo_config(ctx: RunContext) -> Any:
     ORPOConfig, _ = orpo_classes()
     recipe = ctx.recipe
-    return ORPOConfig(
-        **trl_config_kwargs(recipe, ctx.precision, ctx.output_dir),
+    return trl_config(
+        ORPOConfig,
+        ctx,
         beta=recipe.stage.beta,
         max_length=recipe.data.max_length,
         disable_dropout=False,  # the model's own dropout is turned off by trl_trainer, LoRA's kept

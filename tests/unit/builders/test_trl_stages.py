@@ -12,7 +12,6 @@ from tiny_reward import save_tiny_reward_model
 from llmft.builders.grpo import BuiltinReward, RewardModelScore, completion_text, grpo_config
 from llmft.builders.kto import kto_config
 from llmft.builders.orpo import orpo_config
-from llmft.builders.trl_args import trl_config_kwargs
 from llmft.builders.trainer import training_arguments
 from llmft.config import validate_recipe
 from llmft.data.formats import Completion, Conversation, Pair
@@ -27,13 +26,6 @@ def _ctx(tmp_path: Path, tokenizer, stage: dict, **sections) -> RunContext:
     raw = make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", stage=stage["name"], **sections)
     raw["stage"] = stage
     return RunContext(validate_recipe(raw), tokenizer, "fp32", tmp_path / "out")
-
-
-def test_trl_config_kwargs_is_the_training_arguments_mapping(tmp_path):
-    recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", training={"learning_rate": 3e-4}))
-    kwargs = trl_config_kwargs(recipe, "fp32", tmp_path / "out")
-    assert kwargs["learning_rate"] == 3e-4
-    assert training_arguments(recipe, "fp32", tmp_path / "out").to_dict() == training_arguments(recipe, "fp32", tmp_path / "out").__class__(**kwargs).to_dict()
 
 
 def test_kto_knobs_reach_the_config(tmp_path, tokenizer):
