@@ -360,6 +360,8 @@ class PpoTrainer:
             self.stage.kl_control, self.kl_ctl.value,
         )
         started = time.perf_counter()
+        if self.eval_prompts and self.args.eval_on_start:
+            self.evaluate()
         window: list[dict[str, float]] = []
         losses = []
         for iteration in range(1, self.iterations + 1):

@@ -65,6 +65,7 @@ def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[st
         save_total_limit=t.save_total_limit,
         eval_strategy=t.eval_strategy if evaluates else "no",
         eval_steps=(t.eval_steps or t.logging_steps) if evaluates else None,
+        eval_on_start=t.eval_on_start and evaluates,
         report_to="none",  # tensorboard is attached explicitly, writing to <output>/logs
         remove_unused_columns=False,
         label_names=["labels"],

@@ -77,6 +77,8 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
                 )
     if recipe.output.merge_adapter and mode == "full":
         problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
+    if recipe.training.eval_on_start and not recipe.data.has_eval:
+        problems.append(("training.eval_on_start", "there is no eval data; add data.eval or data.eval_split"))
     if "eval_strategy" in recipe.training.model_fields_set and recipe.training.eval_strategy != "no":
         if not recipe.data.has_eval:
             problems.append(

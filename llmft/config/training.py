@@ -79,6 +79,9 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(
         default=None, gt=0, description="Evaluate every N steps (with `eval_strategy: steps`); defaults to `logging_steps`."
     )
+    eval_on_start: bool = Field(
+        default=False, description="Also evaluate before the first step, for a before/after comparison."
+    )
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Metric sinks. `tensorboard` writes to `<output.dir>/logs`; `[]` turns it off.",

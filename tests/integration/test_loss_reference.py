@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from conftest import CONVERSATIONS, make_recipe
-from tiny import build_model
 
 from llmft.config import validate_recipe
 from llmft.run import train

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from conftest import make_recipe
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from llmft.config import validate_recipe
 from llmft.config.model import ModelConfig

@@ -156,7 +156,7 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     raw = ppo_recipe(
         tiny_model_dir, sft_file, out, "lora", reward_dir,
         training={"max_steps": 2, "logging_steps": 2, "save_strategy": "steps", "save_steps": 1,
-                  "save_total_limit": 1, "report_to": ["tensorboard"]},
+                  "save_total_limit": 1, "report_to": ["tensorboard"], "eval_on_start": True},
         rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1,
     )
     raw["data"]["eval_split"] = 1
@@ -170,8 +170,9 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert state["global_step"] == 2
     assert [h for h in state["log_history"] if "reward" in h] == logged
     # data.eval_split with the default eval_strategy (epoch): 3 train prompts, 4 per rollout, so
-    # every iteration ends an epoch and evaluates; run.train evaluates once more at the end
-    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [1, 2, 2]
+    # every iteration ends an epoch and evaluates; eval_on_start adds one before the first
+    # iteration (step 0) and run.train evaluates once more at the end
+    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [0, 1, 2, 2]
     evals = json.loads((out / "eval_results.json").read_text())
     assert math.isfinite(evals["eval_reward"]) and evals["eval_reply_length"] > 0
     assert math.isfinite(json.loads((out / "train_results.json").read_text())["train_reward"])

@@ -60,3 +60,14 @@ def test_group_by_length_selects_the_length_grouped_sampler(tmp_path):
     recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", data={"group_by_length": True}))
     assert training_arguments(recipe, "fp32", tmp_path / "out").train_sampling_strategy == "group_by_length"
     assert _args(tmp_path).train_sampling_strategy == "random"
+
+
+def test_eval_on_start(tmp_path):
+    assert _args(tmp_path, with_eval=True, eval_on_start=True).eval_on_start
+    assert not _args(tmp_path, with_eval=True).eval_on_start
+    from llmft.errors import RecipeError
+
+    import pytest
+
+    with pytest.raises(RecipeError, match="training.eval_on_start: there is no eval data"):
+        _args(tmp_path, eval_on_start=True)

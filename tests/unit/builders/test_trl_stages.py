@@ -12,7 +12,7 @@ from tiny_reward import save_tiny_reward_model
 from llmft.builders.grpo import BuiltinReward, RewardModelScore, completion_text, grpo_config
 from llmft.builders.kto import kto_config
 from llmft.builders.orpo import orpo_config
-from llmft.builders.trainer import training_arguments
+
 from llmft.config import validate_recipe
 from llmft.data.formats import Completion, Conversation, Pair
 from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_row, prompt_rows
