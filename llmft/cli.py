@@ -205,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `llmft validate r.yaml | head -1`
+        sys.stderr.close()
+        return EXIT_OK
     except Exception:  # a bug in llmft or a library: show everything
         traceback.print_exc()
         print("internal error (not a problem with your recipe); please report it with the traceback above", file=sys.stderr)
