@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmft.config.recipe import Recipe
+from llmft.errors import TrainingDiverged
 
 log = logging.getLogger("llmft")
 
@@ -71,3 +72,32 @@ def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any
 
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(output_dir / "logs"))))
     return callbacks
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGINT/SIGTERM, finish the current step, save a checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        self.received = signal.Signals(signum).name
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop at the first logged NaN/inf loss, before anything is saved from the broken state."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {state.global_step}; training stopped. Checkpoints saved "
+                "before this step are intact. Lower training.learning_rate, check the data, or use fp32/bf16."
+            )

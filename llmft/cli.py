@@ -1,6 +1,7 @@
 """Command line: parse arguments, call library functions, print, exit.
 
-Exit codes: 0 ok, 2 user error (recipe, data, paths, machine), 1 internal error.
+Exit codes: 0 ok, 2 user error (recipe, data, paths, machine), 1 internal error or a diverged
+(NaN) run, 130 stopped by SIGINT/SIGTERM after writing a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import traceback
 from typing import Callable, Sequence
 
 from llmft import __version__
-from llmft.errors import UserError
+from llmft.errors import TrainingDiverged, TrainingInterrupted, UserError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -202,9 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `llmft validate r.yaml | head -1`
         sys.stderr.close()
         return EXIT_OK

@@ -19,3 +19,16 @@ class RecipeError(UserError):
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         body = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {count}\n{body}")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a checkpoint was written."""
+
+    def __init__(self, signal_name: str, checkpoint: str | None):
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+        where = f"checkpoint written: {checkpoint}" if checkpoint else "no checkpoint could be written"
+        super().__init__(f"{signal_name}: training stopped; {where}. Continue with training.resume_from_checkpoint=auto")
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; training stopped before saving the broken state."""

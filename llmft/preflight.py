@@ -16,13 +16,14 @@ def check_output_dir(recipe: Recipe) -> Path:
     out = Path(recipe.output.dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"output.dir: {out} is a file")
-    if out.is_dir():
+    if out.is_dir() and recipe.training.resume_from_checkpoint is None:
         found = [name for name in RUN_MARKERS if (out / name).exists()]
         found += sorted(p.name for p in out.glob("checkpoint-*"))[:3]
         if found:
             raise UserError(
                 f"output.dir: {out} already holds a run ({', '.join(found)}); llmft never writes over "
-                "a run. Choose a new output.dir, or delete that directory if you no longer need it."
+                "a run. Choose a new output.dir, resume it (training.resume_from_checkpoint=auto), or "
+                "delete that directory if you no longer need it."
             )
     return out
 

@@ -48,16 +48,49 @@ def prepare(recipe: Recipe) -> Any:
     return RunContext(recipe=recipe, tokenizer=tokenizer, precision=precision, output_dir=output_dir)
 
 
+def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
+    """trainer.train with a NaN stop and a checkpoint-then-stop on SIGINT/SIGTERM."""
+    import signal
+
+    from llmft.callbacks import StopOnNonFinite, StopOnSignal
+    from llmft.errors import TrainingInterrupted
+
+    stopper = StopOnSignal()
+    if hasattr(trainer, "add_callback"):
+        trainer.add_callback(stopper)
+        trainer.add_callback(StopOnNonFinite())
+        trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
+    previous = {sig: signal.signal(sig, stopper.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopper.received:
+        from llmft.resume import checkpoints
+
+        found = checkpoints(Path(trainer.args.output_dir))
+        raise TrainingInterrupted(stopper.received, str(found[-1]) if found else None)
+    return result
+
+
 def train(recipe: Recipe) -> RunResult:
     from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.registry import get_builder
 
+    from llmft.resume import check_same_recipe, resolve_checkpoint
+    from llmft.outputs import RESOLVED_RECIPE
+
     ctx = prepare(recipe)
+    checkpoint = resolve_checkpoint(recipe, ctx.output_dir)
+    if checkpoint is not None:
+        check_same_recipe(recipe, ctx.output_dir, RESOLVED_RECIPE)
     builder = get_builder(recipe.stage.name, recipe.finetune.mode)
     trainer = builder(ctx)
     write_resolved_recipe(recipe, ctx.output_dir)
-    log.info("training: stage %s, finetune %s -> %s", recipe.stage.name, recipe.finetune.mode, ctx.output_dir)
-    result = trainer.train()
+    log.info("training: stage %s, finetune %s -> %s%s", recipe.stage.name, recipe.finetune.mode, ctx.output_dir,
+             f" (resuming {checkpoint.name})" if checkpoint else "")
+    result = _train_guarded(trainer, checkpoint)
     metrics = save_final(trainer, result, recipe.evaluates)
     merge_if_asked(recipe, ctx.output_dir)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

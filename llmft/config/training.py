@@ -82,6 +82,12 @@ class TrainingConfig(Section):
     eval_on_start: bool = Field(
         default=False, description="Also evaluate before the first step, for a before/after comparison."
     )
+    resume_from_checkpoint: str | None = Field(
+        default=None,
+        description="`auto`: continue from the newest complete checkpoint-N in output.dir; or a "
+        "checkpoint directory. Optimizer, scheduler, RNG and data position are restored; the recipe "
+        "must match the interrupted run's.",
+    )
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Metric sinks. `tensorboard` writes to `<output.dir>/logs`; `[]` turns it off.",
