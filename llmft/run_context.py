@@ -35,9 +35,13 @@ class RunContext:
             from llmft.modeling.load import load_model
             from llmft.modeling.precision import weight_dtype
 
+            from llmft.config.finetune import QLoraFinetune
+            from llmft.modeling.quantize import bnb_config
+
             recipe = self.recipe
             dtype = weight_dtype(recipe.model, recipe.finetune, self.precision)
-            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer), task=self.task)
+            quantization = bnb_config(recipe.finetune, recipe.model, self.precision) if isinstance(recipe.finetune, QLoraFinetune) else None
+            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer), task=self.task, quantization=quantization)
             model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = self.tokenizer.pad_token_id

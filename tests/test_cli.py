@@ -145,10 +145,10 @@ def test_list(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert rows == [
         ["stage", "full", "lora", "qlora"],
-        ["pt", "yes", "yes", "-"],
-        ["sft", "yes", "yes", "-"],
-        ["rm", "yes", "yes", "-"],
-        ["dpo", "yes", "yes", "-"],
+        ["pt", "yes", "yes", "yes"],
+        ["sft", "yes", "yes", "yes"],
+        ["rm", "yes", "yes", "yes"],
+        ["dpo", "yes", "yes", "yes"],
         ["kto", "yes", "yes", "-"],
         ["orpo", "yes", "yes", "-"],
         ["grpo", "yes", "yes", "-"],

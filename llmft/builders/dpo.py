@@ -41,7 +41,7 @@ def trainer_class() -> type:
     return LlmftDPOTrainer
 
 
-@register_builder("dpo", modes=("full", "lora"))
+@register_builder("dpo", modes=("full", "lora", "qlora"))
 def build_dpo(ctx: RunContext) -> Any:
     import copy
 

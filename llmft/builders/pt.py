@@ -9,6 +9,6 @@ from llmft.registry import register_builder
 from llmft.run_context import RunContext
 
 
-@register_builder("pt", modes=("full", "lora"))
+@register_builder("pt", modes=("full", "lora", "qlora"))
 def build_pt(ctx: RunContext) -> Any:
     return next_token_trainer(ctx, "pt")

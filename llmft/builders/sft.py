@@ -13,7 +13,7 @@ from llmft.run_context import RunContext
 log = logging.getLogger("llmft")
 
 
-@register_builder("sft", modes=("full", "lora"))
+@register_builder("sft", modes=("full", "lora", "qlora"))
 def build_sft(ctx: RunContext) -> Any:
     problem = turn_end_problem(ctx.tokenizer)
     if problem:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmft.config.base import Section
 
@@ -39,7 +39,20 @@ class QLoraFinetune(LoraFinetune):
     mode: Literal["qlora"] = Field(  # type: ignore[assignment]
         description="LoRA on a base model quantized with bitsandbytes."
     )
-    bits: Literal[4, 8] = Field(default=4, description="Quantization width of the frozen base.")
+    bits: Literal[4, 8] = Field(default=4, description="Quantization width of the frozen base (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type (with `bits: 4`).")
+    double_quant: bool = Field(default=True, description="Also quantize the quantization constants (4-bit; saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Dtype the quantized layers compute in; `auto` follows training.precision."
+    )
+
+    @model_validator(mode="after")
+    def _four_bit_knobs(self) -> "QLoraFinetune":
+        if self.bits == 8:
+            set_4bit = sorted({"quant_type", "double_quant"} & self.model_fields_set)
+            if set_4bit:
+                raise ValueError(f"{', '.join(set_4bit)} only apply with bits: 4")
+        return self
 
 
 Finetune = Annotated[Union[FullFinetune, LoraFinetune, QLoraFinetune], Field(discriminator="mode")]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmft.config.finetune import FullFinetune, LoraFinetune
+from llmft.config.finetune import FullFinetune, LoraFinetune, QLoraFinetune
 from llmft.errors import UserError
 
 #: LoRA fields whose recipe value must agree with an adapter being continued.
@@ -23,6 +23,10 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str 
     if isinstance(finetune, FullFinetune):
         model.requires_grad_(True)
         return model
+    if isinstance(finetune, QLoraFinetune):
+        from llmft.modeling.quantize import prepare_quantized
+
+        model = prepare_quantized(model)
     if finetune.adapter_path:
         return _continue_adapter(model, finetune)
     from peft import LoraConfig, get_peft_model

@@ -99,7 +99,9 @@ TASKS = ("causal_lm", "reward")
 NEW_HEAD_PREFIXES = {"causal_lm": (), "reward": ("score.",)}
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None, task: str = "causal_lm") -> Any:
+def load_model(
+    cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None, task: str = "causal_lm", quantization: Any = None
+) -> Any:
     """Load the pretrained model for `task`; refuse to go on if any weight other than the task's new
     head was not in the checkpoint."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -116,6 +118,8 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = No
     }
     if task == "reward":
         kwargs["num_labels"] = 1
+    if quantization is not None:  # finetune.mode: qlora (a BitsAndBytesConfig)
+        kwargs["quantization_config"] = quantization
     if cfg.gguf_file:
         kwargs.update(gguf_kwargs(cfg.gguf_file))
     auto = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM

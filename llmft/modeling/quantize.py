@@ -1,0 +1,60 @@
+"""QLoRA: the frozen base quantized by bitsandbytes (4-bit nf4/fp4 or 8-bit), LoRA on top."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmft.config.finetune import QLoraFinetune
+from llmft.config.model import ModelConfig
+from llmft.errors import UserError
+
+COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str) -> Any:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("finetune.mode: qlora needs the bitsandbytes package (pip install bitsandbytes)")
+    if model.gguf_file:
+        raise UserError(
+            "finetune.mode: qlora cannot quantize a model loaded from model.gguf_file (transformers does "
+            "not combine the two); use finetune.mode: lora, or a safetensors checkpoint"
+        )
+    from transformers import BitsAndBytesConfig
+
+    compute = PRECISION_DTYPE[precision] if finetune.compute_dtype == "auto" else COMPUTE[finetune.compute_dtype]
+    if finetune.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=finetune.quant_type,
+        bnb_4bit_use_double_quant=finetune.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def keep_cpu_gradients(model: Any) -> int:
+    """bitsandbytes (0.50) repacks 4-bit weights for CPU inference after any no-grad eval-mode
+    forward; gradients then silently stop reaching the LoRA layers below (the loss still moves).
+    Turning that path off on every Linear4bit keeps training correct on CPUs. Returns the count."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def prepare_quantized(model: Any) -> Any:
+    from peft import prepare_model_for_kbit_training
+
+    keep_cpu_gradients(model)
+    # gradient checkpointing is the Trainer's to switch on (training.gradient_checkpointing)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
