@@ -30,18 +30,7 @@ def grpo_config(ctx: RunContext) -> Any:
     from trl import GRPOConfig
 
     recipe = ctx.recipe
-    stage, t = recipe.stage, recipe.training
-    per_round = t.micro_batch_size * t.gradient_accumulation_steps
-    if per_round % stage.num_generations:
-        raise UserError(
-            f"training.micro_batch_size x gradient_accumulation_steps = {per_round} completions per generation round "
-            f"must be a multiple of stage.num_generations ({stage.num_generations}): each prompt's group is sampled whole"
-        )
-    if recipe.evaluates and t.micro_batch_size % stage.num_generations:
-        raise UserError(
-            f"training.micro_batch_size ({t.micro_batch_size}) must be a multiple of stage.num_generations "
-            f"({stage.num_generations}) to evaluate: an eval batch holds whole groups"
-        )
+    stage = recipe.stage  # its batch-shape rules are checked with the recipe (llmft/config/recipe.py)
     return trl_config(
         GRPOConfig,
         ctx,

@@ -13,7 +13,6 @@ from typing import Any
 
 from llmft.builders.trainer import training_kwargs
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
-from llmft.errors import UserError
 from llmft.registry import register_builder
 from llmft.run_context import RunContext
 
@@ -25,11 +24,6 @@ def kto_config(ctx: RunContext) -> Any:
 
     recipe = ctx.recipe
     stage = recipe.stage
-    if recipe.training.micro_batch_size < 2:
-        raise UserError(
-            "training.micro_batch_size: KTO needs at least 2 (its KL term pairs each prompt with another "
-            f"reply in the same micro-batch); got {recipe.training.micro_batch_size}"
-        )
     kwargs = training_kwargs(recipe, ctx.precision, ctx.output_dir)
     # the KL pairs are built from neighbouring rows, so TRL requires sequential sampling; the rows
     # are shuffled once (seeded) instead, see `build_kto`

@@ -75,6 +75,7 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
                 problems.append(
                     (f"data.{split}.{i}.format", f"stage {stage!r} trains on {expected} data (got {spec.format!r})")
                 )
+    problems += _stage_batch_problems(recipe)
     if recipe.output.merge_adapter and mode == "full":
         problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
     if recipe.training.eval_on_start and not recipe.data.has_eval:
@@ -85,3 +86,20 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
                 ("training.eval_strategy", f"is {recipe.training.eval_strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'")
             )
     return problems
+
+
+def _stage_batch_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Batch shapes some stages need (checked here so `llmft validate` catches them)."""
+    stage, t = recipe.stage, recipe.training
+    if stage.name == "kto" and t.micro_batch_size < 2:
+        return [("training.micro_batch_size", "KTO needs at least 2 (its KL term pairs each prompt with another "
+                 f"reply in the same micro-batch); got {t.micro_batch_size}")]
+    if stage.name == "grpo":
+        per_round = t.micro_batch_size * t.gradient_accumulation_steps
+        if per_round % stage.num_generations:
+            return [("training.micro_batch_size", f"x gradient_accumulation_steps = {per_round} completions per generation "
+                     f"round must be a multiple of stage.num_generations ({stage.num_generations}): each prompt's group is sampled whole")]
+        if recipe.evaluates and t.micro_batch_size % stage.num_generations:
+            return [("training.micro_batch_size", f"({t.micro_batch_size}) must be a multiple of stage.num_generations "
+                     f"({stage.num_generations}) to evaluate: an eval batch holds whole groups")]
+    return []

@@ -152,11 +152,12 @@ def test_register_unknown_mode(clean_registry):
 
 def test_recipe_validation_consults_registry(clean_registry):
     qlora = {"mode": "qlora"}
+    two = {"micro_batch_size": 2}  # kto's minimum
     with pytest.raises(RecipeError) as info:
-        validate_recipe(minimal_recipe(stage={"name": "kto"}, finetune=qlora))
+        validate_recipe(minimal_recipe(stage={"name": "kto"}, finetune=qlora, training=two))
     assert info.value.problems[0].startswith("stage.name: stage 'kto' with finetune mode 'qlora' is not available")
     register_builder("kto", modes=("qlora",))(builder)
-    assert validate_recipe(minimal_recipe(stage={"name": "kto"}, finetune=qlora)).stage.name == "kto"
+    assert validate_recipe(minimal_recipe(stage={"name": "kto"}, finetune=qlora, training=two)).stage.name == "kto"
     pairs = ", ".join(f"{s}/{m}" for s, m in in_schema_order(SUPPORTED + [("kto", "qlora")]))
     with pytest.raises(RecipeError, match=f"available stage/mode pairs: {pairs}$"):
         validate_recipe(minimal_recipe(stage={"name": "orpo"}, finetune=qlora))

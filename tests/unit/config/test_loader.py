@@ -322,7 +322,8 @@ def test_pkg_resolver_missing_package(write):
     [("kto", "qlora"), ("orpo", "qlora")],
 )
 def test_unregistered_pair(write, stage, mode):
-    assert load_problems(write(recipe(stage={"name": stage}, finetune={"mode": mode}))) == [
+    raw = recipe(stage={"name": stage}, finetune={"mode": mode}, training={"micro_batch_size": 2})
+    assert load_problems(write(raw)) == [
         f"stage.name: stage {stage!r} with finetune mode {mode!r} is not available; "
         f"available stage/mode pairs: {PAIRS}"
     ]
@@ -334,7 +335,7 @@ def test_unregistered_pair(write, stage, mode):
      ("kto", "full"), ("kto", "lora"), ("orpo", "full"), ("orpo", "lora")],
 )
 def test_registered_pairs_validate(write, stage, mode):
-    r = load_recipe(write(recipe(stage={"name": stage}, finetune={"mode": mode})))
+    r = load_recipe(write(recipe(stage={"name": stage}, finetune={"mode": mode}, training={"micro_batch_size": 2})))
     assert (r.stage.name, r.finetune.mode) == (stage, mode)
 
 
@@ -393,7 +394,7 @@ def test_evaluates_with_eval_data(write):
 def test_cross_section_problems_reported_together(write):
     raw = recipe(
         stage={"name": "kto"}, finetune={"mode": "qlora"}, data={"train": [{"path": "a", "format": "text"}]},
-        training={"eval_strategy": "steps"},
+        training={"eval_strategy": "steps", "micro_batch_size": 2},
     )
     problems = load_problems(write(raw))
     assert [p.split(": ", 1)[0] for p in problems] == ["stage.name", "data.train.0.format", "training.eval_strategy"]
@@ -433,3 +434,14 @@ def test_stage_level_rule_reads_plainly():
     with pytest.raises(RecipeError) as info:
         validate_recipe(recipe(stage={"name": "grpo"}))
     assert info.value.problems == ["stage: set reward_functions, reward_model, or both"]
+
+
+def test_stage_batch_shapes_are_checked_at_validation(write):
+    assert load_problems(write(recipe(stage={"name": "kto"}))) == [
+        "training.micro_batch_size: KTO needs at least 2 (its KL term pairs each prompt with another reply "
+        "in the same micro-batch); got 1"
+    ]
+    grpo = {"name": "grpo", "reward_functions": ["length"], "num_generations": 4}
+    (problem,) = load_problems(write(recipe(stage=grpo, training={"micro_batch_size": 3, "gradient_accumulation_steps": 2})))
+    assert "= 6 completions per generation round must be a multiple of stage.num_generations (4)" in problem
+    assert load_recipe(write(recipe(stage=grpo, training={"micro_batch_size": 2, "gradient_accumulation_steps": 2})))
