@@ -147,12 +147,12 @@ def test_list(capsys):
         ["stage", "full", "lora", "qlora"],
         ["pt", "yes", "yes", "yes"],
         ["sft", "yes", "yes", "yes"],
-        ["rm", "yes", "yes", "yes"],
+        ["rm", "yes", "yes", "-"],
         ["dpo", "yes", "yes", "yes"],
-        ["kto", "yes", "yes", "-"],
-        ["orpo", "yes", "yes", "-"],
-        ["grpo", "yes", "yes", "-"],
-        ["ppo", "yes", "yes", "-"],
+        ["kto", "yes", "yes", "yes"],
+        ["orpo", "yes", "yes", "yes"],
+        ["grpo", "yes", "yes", "yes"],
+        ["ppo", "yes", "yes", "yes"],
     ]
 
 

@@ -139,7 +139,7 @@ def check_rebuilt_reference(trainer: Any) -> None:
             )
 
 
-@register_builder("grpo", modes=("full", "lora"))
+@register_builder("grpo", modes=("full", "lora", "qlora"))
 def build_grpo(ctx: RunContext) -> Any:
     from trl import GRPOTrainer
 

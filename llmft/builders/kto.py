@@ -38,7 +38,7 @@ def kto_config(ctx: RunContext) -> Any:
     )
 
 
-@register_builder("kto", modes=("full", "lora"))
+@register_builder("kto", modes=("full", "lora", "qlora"))
 def build_kto(ctx: RunContext) -> Any:
     import copy
 

@@ -36,7 +36,7 @@ def orpo_config(ctx: RunContext) -> Any:
     )
 
 
-@register_builder("orpo", modes=("full", "lora"))
+@register_builder("orpo", modes=("full", "lora", "qlora"))
 def build_orpo(ctx: RunContext) -> Any:
     from llmft.data.trl_rows import pair_rows
 

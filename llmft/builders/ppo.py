@@ -61,7 +61,7 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
     return splits["train"], splits.get("eval")
 
 
-@register_builder("ppo", modes=("full", "lora"))
+@register_builder("ppo", modes=("full", "lora", "qlora"))
 def build_ppo(ctx: RunContext) -> Any:
     from llmft.alignment.ppo_trainer import PpoTrainer
     from llmft.builders.trainer import training_arguments

@@ -25,7 +25,7 @@ from llmft.registry import register_builder
 from llmft.run_context import RunContext
 
 
-@register_builder("rm", modes=("full", "lora", "qlora"))
+@register_builder("rm", modes=("full", "lora"))
 def build_rm(ctx: RunContext) -> Any:
     from trl import RewardConfig, RewardTrainer
 

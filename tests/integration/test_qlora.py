@@ -107,3 +107,38 @@ def test_bnb_config_maps_every_knob():
     assert cfg.bnb_4bit_compute_dtype == torch.bfloat16
     assert bnb_config(QLoraFinetune(mode="qlora"), ModelConfig(path="x"), "bf16").bnb_4bit_compute_dtype == torch.bfloat16
     assert bnb_config(QLoraFinetune(mode="qlora", bits=8), ModelConfig(path="x"), "fp32").load_in_8bit
+
+
+@pytest.mark.parametrize("stage", ["pt", "dpo", "kto", "orpo", "grpo", "ppo"])
+def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_path):
+    """Each stage that registers qlora trains two steps on the 4-bit base without error."""
+    import json
+
+    from conftest import CONVERSATIONS, write_jsonl
+
+    qlora = {"mode": "qlora", "rank": 4, "alpha": 8, "dropout": 0.0}
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": c[0]["content"]}],
+         "chosen": {"from": "gpt", "value": c[-1]["content"]}, "rejected": {"from": "gpt", "value": "No."}}
+        for c in CONVERSATIONS * 2
+    ]))
+    kto = write_jsonl(tmp_path / "kto.jsonl", [
+        {"messages": [{"role": "user", "content": c[0]["content"]}, {"role": "assistant", "content": c[-1]["content"]}], "label": i % 2 == 0}
+        for i, c in enumerate(CONVERSATIONS * 2)
+    ])
+    data = {"pt": pt_file, "rm": pairs, "dpo": pairs, "orpo": pairs, "kto": kto, "grpo": sft_file, "ppo": sft_file}[stage]
+    raw = make_recipe(tiny_model_dir, data, tmp_path / "run", stage=stage, training={"max_steps": 2, "micro_batch_size": 4})
+    raw["finetune"] = qlora
+    if stage == "grpo":
+        raw["stage"] = {"name": "grpo", "num_generations": 2, "max_completion_length": 8, "reward_functions": ["length"]}
+    if stage == "ppo":
+        from test_ppo import save_reward_model_dir
+
+        raw["stage"] = {"name": "ppo", "reward_model": str(save_reward_model_dir(tmp_path / "rm")), "max_new_tokens": 8,
+                        "rollout_batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1}
+        raw["data"]["max_length"] = 256
+    result = train(validate_recipe(raw))
+    logged = [h for h in result.log_history if "loss" in h]
+    assert logged and all(math.isfinite(h["loss"]) for h in logged)
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

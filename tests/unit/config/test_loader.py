@@ -14,7 +14,7 @@ import yaml
 from llmft.config import Recipe, load_raw, load_recipe, validate_recipe
 from llmft.errors import RecipeError, UserError
 
-PAIRS = "pt/full, pt/lora, pt/qlora, sft/full, sft/lora, sft/qlora, rm/full, rm/lora, rm/qlora, dpo/full, dpo/lora, dpo/qlora, kto/full, kto/lora, orpo/full, orpo/lora, grpo/full, grpo/lora, ppo/full, ppo/lora"
+PAIRS = "pt/full, pt/lora, pt/qlora, sft/full, sft/lora, sft/qlora, rm/full, rm/lora, dpo/full, dpo/lora, dpo/qlora, kto/full, kto/lora, kto/qlora, orpo/full, orpo/lora, orpo/qlora, grpo/full, grpo/lora, grpo/qlora, ppo/full, ppo/lora, ppo/qlora"
 
 
 
@@ -319,7 +319,7 @@ def test_pkg_resolver_missing_package(write):
 
 @pytest.mark.parametrize(
     "stage,mode",
-    [("kto", "qlora"), ("orpo", "qlora")],
+    [("rm", "qlora")],
 )
 def test_unregistered_pair(write, stage, mode):
     raw = recipe(stage={"name": stage}, finetune={"mode": mode}, training={"micro_batch_size": 2})
@@ -393,13 +393,13 @@ def test_evaluates_with_eval_data(write):
 
 def test_cross_section_problems_reported_together(write):
     raw = recipe(
-        stage={"name": "kto"}, finetune={"mode": "qlora"}, data={"train": [{"path": "a", "format": "text"}]},
+        stage={"name": "rm"}, finetune={"mode": "qlora"}, data={"train": [{"path": "a", "format": "text"}]},
         training={"eval_strategy": "steps", "micro_batch_size": 2},
     )
     problems = load_problems(write(raw))
     assert [p.split(": ", 1)[0] for p in problems] == ["stage.name", "data.train.0.format", "training.eval_strategy"]
     assert PAIRS in problems[0]
-    assert "stage 'kto' trains on 'kto' data (got 'text')" in problems[1]
+    assert "stage 'rm' trains on 'preference' data (got 'text')" in problems[1]
 
 
 def test_validate_recipe_source_default():
