@@ -3,14 +3,14 @@ and scoring replies with a reward model."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from llmft.alignment.losses import token_logprobs
 from llmft.data.render import parse_tools, render
+from llmft.data.tokenize import DataReport
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,8 @@ class Prompt:
     tools: str | None = None
 
 
-@dataclass
-class PromptReport:
-    records: int = 0
-    kept: int = 0
-    tokens: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    first_dropped: list[str] = field(default_factory=list)
-
-    def drop(self, reason: str, where: str) -> None:
-        self.dropped[reason] += 1
-        if len(self.first_dropped) < 3:
-            self.first_dropped.append(f"{where} ({reason})")
+class PromptReport(DataReport):
+    """DataReport's counting (nothing dropped uncounted), worded for prompts."""
 
     def summary(self, name: str) -> str:
         line = f"{name}: {self.records} conversations -> {self.kept} prompts, {self.tokens} prompt tokens"

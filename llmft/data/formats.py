@@ -20,6 +20,11 @@ SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
     "function_call": "assistant", "observation": "tool", "tool": "tool",
 }
+#: message layouts: (role key, content key, role names -> llmft role)
+MESSAGE_STYLES = {
+    "openai": ("role", "content", {role: role for role in ROLES}),
+    "sharegpt": ("from", "value", SHAREGPT_ROLES),
+}
 MAX_REPORTED = 5
 
 Message = dict[str, Any]
@@ -156,26 +161,17 @@ def _message(raw: Any, path: str, style: str) -> Message:
     """One message; `style` is `openai` (role/content), `sharegpt` (from/value) or `either`."""
     if style == "either" and isinstance(raw, dict) and "role" not in raw and "from" in raw:
         style = "sharegpt"
-    if style == "sharegpt":
-        if not isinstance(raw, dict):
-            raise BadRecord(f"{path} should be an object with from and value")
-        tag, content = raw.get("from"), raw.get("value")
-        if tag not in SHAREGPT_ROLES:
-            raise BadRecord(f"{path}.from should be one of {', '.join(SHAREGPT_ROLES)} (got {tag!r})")
-        if not isinstance(content, str):
-            raise BadRecord(f"{path}.value should be a string (got {type(content).__name__})")
-        if tag == "function_call":
-            _parse_json(content, f"{path}.value (a function_call)")
-        message = {"role": SHAREGPT_ROLES[tag], "content": content}
-    else:
-        if not isinstance(raw, dict):
-            raise BadRecord(f"{path} should be an object with role and content")
-        role, content = raw.get("role"), raw.get("content")
-        if role not in ROLES:
-            raise BadRecord(f"{path}.role should be one of {', '.join(ROLES)} (got {role!r})")
-        if not isinstance(content, str):
-            raise BadRecord(f"{path}.content should be a string (got {type(content).__name__})")
-        message = {"role": role, "content": content}
+    role_key, content_key, roles = MESSAGE_STYLES["sharegpt" if style == "sharegpt" else "openai"]
+    if not isinstance(raw, dict):
+        raise BadRecord(f"{path} should be an object with {role_key} and {content_key}")
+    tag, content = raw.get(role_key), raw.get(content_key)
+    if tag not in roles:
+        raise BadRecord(f"{path}.{role_key} should be one of {', '.join(roles)} (got {tag!r})")
+    if not isinstance(content, str):
+        raise BadRecord(f"{path}.{content_key} should be a string (got {type(content).__name__})")
+    if tag == "function_call":
+        _parse_json(content, f"{path}.value (a function_call)")
+    message = {"role": roles[tag], "content": content}
     loss = raw.get("loss")
     if loss is not None:  # absent (or null, as Arrow stores a missing key) means the default
         if not isinstance(loss, bool):
