@@ -42,7 +42,7 @@ def load_problems(path: Path, overrides: list[str] = ()) -> list[str]:
 
 
 def test_all_problems_reported_at_once(write):
-    raw = recipe(finetune={"rnak": 4}, data={"max_length": 1}, distributed={"zero_stage": 2})
+    raw = recipe(finetune={"rnak": 4}, data={"max_length": 1}, distributed={"zero_stage": 5})
     raw["traning"] = {"epochs": 1}
     raw["training"] = {"scheduler": "cosin", "micro_batch_size": 0}
     del raw["model"]["path"]

@@ -136,8 +136,6 @@ BAD_NUMBERS = [
     ("training", "save_total_limit", 0, "greater than 0"),
     ("training", "eval_steps", 0, "greater than 0"),
     ("distributed", "num_processes", 0, "greater than or equal to 1"),
-    ("distributed", "zero_stage", -1, "greater than or equal to 0"),
-    ("distributed", "zero_stage", 4, "less than or equal to 3"),
 ]
 
 
@@ -400,24 +398,33 @@ def test_finetune_not_a_mapping():
 # --- distributed ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [2, 8])
-def test_multi_process_not_available(n):
-    problem = only_problem(recipe(distributed={"num_processes": n}))
-    assert problem.startswith("distributed.num_processes: ")
-    assert "not available" in problem
-    assert problem.endswith(f"use 1 (got {n})")
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"offload": "optimizer_and_params", "zero_stage": 2}, "offload: optimizer_and_params needs zero_stage: 3"),
+        ({"offload": "optimizer"}, "offload: optimizer needs a ZeRO stage"),
+        ({"deepspeed_config": "ds.json", "zero_stage": 2}, "set deepspeed_config or zero_stage/offload, not both"),
+        ({"num_machines": 2, "num_processes": 4}, "num_machines > 1 needs main_process_ip"),
+        ({"num_machines": 2, "num_processes": 3, "main_process_ip": "10.0.0.1"}, "num_processes (3) must be a multiple of num_machines (2)"),
+        ({"machine_rank": 1}, "machine_rank 1 must be below num_machines (1)"),
+    ],
+)
+def test_distributed_contradictions(section, message):
+    problem = only_problem(recipe(distributed=section))
+    assert problem.startswith("distributed: ")
+    assert message in problem
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_not_available(stage):
-    problem = only_problem(recipe(distributed={"zero_stage": stage}))
-    assert problem == f"distributed.zero_stage: DeepSpeed ZeRO is not available in this release; use 0 (got {stage})"
+def test_zero_stage_outside_0_to_3_refused():
+    problem = only_problem(recipe(distributed={"zero_stage": 4}))
+    assert problem.startswith("distributed.zero_stage: ")
 
 
-def test_both_distributed_problems_reported():
-    found = problems(recipe(distributed={"num_processes": 4, "zero_stage": 3}))
-    assert [p.split(":")[0] for p in found] == ["distributed.num_processes", "distributed.zero_stage"]
-    assert all("not available" in p for p in found)
+def test_multi_node_accepted():
+    d = validate_recipe(recipe(distributed={"num_processes": 16, "num_machines": 2, "machine_rank": 1,
+                                            "main_process_ip": "10.0.0.1", "zero_stage": 3,
+                                            "offload": "optimizer_and_params"})).distributed
+    assert d.launches and d.uses_deepspeed
 
 
 def test_distributed_defaults_accepted():
@@ -506,7 +513,10 @@ def test_defaults_appear_in_dump():
     assert dumped["data"]["train"] == [
         {"path": "train.jsonl", "format": "auto", "columns": {}, "samples": None, "weight": None, "text_unit": "line"}
     ]
-    assert dumped["distributed"] == {"num_processes": 1, "zero_stage": 0}
+    assert dumped["distributed"] == {
+        "num_processes": 1, "zero_stage": 0, "offload": "none", "deepspeed_config": None, "num_machines": 1,
+        "machine_rank": 0, "main_process_ip": None, "main_process_port": 29500,
+    }
 
 
 def test_dump_round_trips():
