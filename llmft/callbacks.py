@@ -65,8 +65,10 @@ def _fmt(value: Any) -> str:
 
 
 def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
+    from llmft.launch.ranks import is_main_process
+
     callbacks: list[Any] = [RandomInitAlarm(vocab_size, recipe.model.path), LogLines()]
-    if "tensorboard" in recipe.training.report_to:
+    if "tensorboard" in recipe.training.report_to and is_main_process():  # one events file per run
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
@@ -86,9 +88,23 @@ class StopOnSignal(TrainerCallback):
         self.received = signal.Signals(signum).name
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.received:
+        if self._anywhere(args):
             control.should_save = True
             control.should_training_stop = True
+
+    def _anywhere(self, args: Any) -> bool:
+        """Several processes stop at the same step, even when the signal reached only some of them
+        by then (saving a checkpoint is collective: one process ahead would wait forever)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.received is not None
+        flag = torch.tensor([self.received is not None], dtype=torch.int32, device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.received is None:
+            self.received = "a signal to another process"
+        return bool(flag.item())
 
 
 class StopOnNonFinite(TrainerCallback):

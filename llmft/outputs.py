@@ -36,9 +36,14 @@ def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
 
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
+    from llmft.launch.ranks import is_main_process, wait_for_everyone
+
+    # Every process takes part (ZeRO-3 gathers the sharded weights); process 0 writes.
     trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside
+    wait_for_everyone()
     # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
-    (Path(trainer.args.output_dir) / "training_args.bin").unlink(missing_ok=True)
+    if is_main_process():
+        (Path(trainer.args.output_dir) / "training_args.bin").unlink(missing_ok=True)
     trainer.save_state()
     metrics = dict(train_result.metrics)
     trainer.save_metrics("train", metrics, combined=False)

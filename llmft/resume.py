@@ -16,8 +16,10 @@ import yaml
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
 
-#: Keys that may differ between the interrupted run and the resumed one.
-MAY_CHANGE = {("training", "resume_from_checkpoint"), ("training", "logging_steps"), ("training", "report_to")}
+#: Keys that may differ between the interrupted run and the resumed one (each machine of a
+#: multi-machine run has its own machine_rank; the rendezvous address may move).
+MAY_CHANGE = {("training", "resume_from_checkpoint"), ("training", "logging_steps"), ("training", "report_to"),
+              ("distributed", "machine_rank"), ("distributed", "main_process_ip"), ("distributed", "main_process_port")}
 
 
 def is_complete(checkpoint: Path) -> bool:

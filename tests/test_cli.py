@@ -192,6 +192,44 @@ def test_train_missing_data_file(tmp_path, capsys, tiny_model_dir):
     assert not (tmp_path / "out").exists()  # preflight writes nothing
 
 
+def test_multi_process_train_is_checked_before_anything_launches(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    import llmft.launch.relaunch
+
+    monkeypatch.setattr(llmft.launch.relaunch, "relaunch", lambda *a, **k: pytest.fail("launched"))
+    recipe = good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, distributed={"num_processes": 2, "zero_stage": 2})
+    assert main(["train", str(write(tmp_path / "r.yaml", recipe))]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert f"data.train.0.path: file not found: {tmp_path / 'train.jsonl'}" in err and "Traceback" not in err
+
+
+def test_train_launches_with_the_recipe_and_its_overrides(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    import llmft.launch.relaunch
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    for name in ("LLMFT_LAUNCHED", "LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    from llmft.launch.relaunch import Launched
+
+    calls = []
+    monkeypatch.setattr(llmft.launch.relaunch, "relaunch",
+                        lambda recipe, path, overrides, verbose: calls.append((path, overrides)) or Launched(0, None))
+    path = write(tmp_path / "r.yaml", good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, training={"precision": "fp32"}))
+    assert main(["train", str(path), "distributed.num_processes=2", "training.learning_rate=0.1"]) == EXIT_OK
+    assert calls == [(str(path), ["distributed.num_processes=2", "training.learning_rate=0.1"])]
+    monkeypatch.setattr(llmft.launch.relaunch, "relaunch", lambda *a, **k: Launched(1, None))
+    assert main(["train", str(path), "distributed.num_processes=2"]) == EXIT_INTERNAL
+    assert "the training processes failed (launcher exit code 1)" in capsys.readouterr().err
+    monkeypatch.setattr(llmft.launch.relaunch, "relaunch", lambda *a, **k: Launched(1, "SIGTERM"))
+    assert main(["train", str(path), "distributed.num_processes=2"]) == 130
+    assert "stopped: SIGTERM passed on to the training processes" in capsys.readouterr().err
+
+
+def test_validate_shows_the_launch(tmp_path, capsys):
+    path = write(tmp_path / "good.yaml", good_recipe(tmp_path, distributed={"num_processes": 8, "zero_stage": 3, "offload": "optimizer_and_params"}))
+    assert main(["validate", str(path)]) == EXIT_OK
+    assert "  launch 8 processes, DeepSpeed ZeRO-3 (zero3_offload.json)" in capsys.readouterr().out.splitlines()
+
+
 def test_train_missing_local_model_dir(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")

@@ -127,12 +127,22 @@ def reward_functions(ctx: RunContext) -> list[Any]:
 def check_rebuilt_reference(trainer: Any) -> None:
     """Full GRPO with beta > 0: TRL reloads the reference from the model's path. It must equal the
     policy as training starts (it would not after a resized vocabulary, for instance)."""
+    import contextlib
+
     import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     ref = dict(trainer.accelerator.unwrap_model(trainer.ref_model).named_parameters())
     for name, param in trainer.accelerator.unwrap_model(trainer.model).named_parameters():
         other = ref.get(name)
-        if other is None or other.shape != param.shape or not torch.equal(other.to(param.device), param.detach()):
+        whole = contextlib.nullcontext()
+        if other is not None and is_deepspeed_zero3_enabled():  # compare whole tensors, not this process's shards
+            import deepspeed
+
+            whole = deepspeed.zero.GatheredParameters([param, other])
+        with whole:
+            same = other is not None and other.shape == param.shape and torch.equal(other.to(param.device), param.detach())
+        if not same:
             raise UserError(
                 f"stage.beta: TRL rebuilt the reference model from model.path, and its {name} differs from the "
                 "policy's; use finetune.mode: lora (reference = adapter disabled) or beta: 0"

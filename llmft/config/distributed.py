@@ -15,8 +15,8 @@ class DistributedConfig(Section):
     num_processes: int = Field(
         default=1,
         ge=1,
-        description="Training processes in total, over all machines (one per GPU). More than 1 makes "
-        "`llmft train` re-launch itself through `accelerate launch`.",
+        description="Training processes in total, over all machines (one per GPU). More than 1 (or a ZeRO "
+        "stage) makes `llmft train` launch them through `accelerate launch` (docs/distributed.md).",
     )
     zero_stage: Literal[0, 1, 2, 3] = Field(
         default=0,
@@ -25,7 +25,8 @@ class DistributedConfig(Section):
     )
     offload: Offload = Field(
         default="none",
-        description="Move ZeRO state to CPU memory: `optimizer` (ZeRO 1-3) or `optimizer_and_params` (ZeRO-3).",
+        description="Move ZeRO state to CPU memory: `optimizer` (ZeRO 1-3; the optimizer step then runs "
+        "`training.optimizer` on the CPU, best `adamw_torch_fused`) or `optimizer_and_params` (ZeRO-3).",
     )
     deepspeed_config: str | None = Field(
         default=None,

@@ -76,6 +76,8 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
                     (f"data.{split}.{i}.format", f"stage {stage!r} trains on {expected} data (got {spec.format!r})")
                 )
     problems += _stage_batch_problems(recipe)
+    problems += _distributed_problems(recipe)
+    problems += _training_option_problems(recipe)
     if recipe.output.merge_adapter and mode == "full":
         problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
     if recipe.training.eval_on_start and not recipe.data.has_eval:
@@ -85,6 +87,39 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
             problems.append(
                 ("training.eval_strategy", f"is {recipe.training.eval_strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'")
             )
+    return problems
+
+
+def _training_option_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """training.neftune_alpha / shift_attn against the stage and the attention kernel."""
+    stage, t = recipe.stage.name, recipe.training
+    problems = []
+    if t.neftune_alpha is not None and stage in ("grpo", "ppo"):
+        problems.append(("training.neftune_alpha", f"stage {stage!r} samples replies from the model it trains; noisy "
+                         "embeddings would change the samples and their log-probs; remove it"))
+    if t.shift_attn and stage not in ("pt", "sft"):
+        problems.append(("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {stage!r}); remove it"))
+    if t.shift_attn and recipe.model.attn_implementation == "flash_attention_2":
+        problems.append(("training.shift_attn", "works with model.attn_implementation sdpa or eager (it needs a "
+                         "block mask per group), not flash_attention_2"))
+    return problems
+
+
+def _distributed_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """What `distributed:` cannot combine with (the JSON-dependent checks run when it is read)."""
+    from llmft.config.training import BNB_OPTIMIZERS
+
+    d, problems = recipe.distributed, []
+    if recipe.stage.name == "ppo" and (d.launches or d.uses_deepspeed):
+        key = "distributed.num_processes" if d.launches else "distributed.zero_stage"
+        problems.append((key, "stage ppo trains in one process without DeepSpeed (llmft's own PPO loop keeps "
+                         "policy, value head and reference together); set distributed.num_processes: 1 and zero_stage: 0"))
+    if getattr(recipe.finetune, "bits", None) == 8 and d.zero_stage == 3:
+        problems.append(("finetune.bits", "8-bit bitsandbytes weights cannot be sharded by ZeRO-3; use bits: 4 "
+                         "(its storage dtype is set for ZeRO-3) or distributed.zero_stage: 2"))
+    if d.offload != "none" and recipe.training.optimizer in BNB_OPTIMIZERS:
+        problems.append(("training.optimizer", f"{recipe.training.optimizer} (bitsandbytes) cannot step the CPU copies "
+                         "that distributed.offload keeps; use adamw_torch_fused (fused CPU kernel) or adamw_torch"))
     return problems
 
 

@@ -87,7 +87,12 @@ def save(root: Path, key: str, splits: dict[str, list[Example]], meta: dict[str,
         if final.exists():  # another process finished the same key first: same content
             shutil.rmtree(staging)
         else:
-            os.replace(staging, final)
+            try:
+                os.replace(staging, final)
+            except OSError:  # lost the race to another rank between the check and the rename
+                if not (final / "meta.json").is_file():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

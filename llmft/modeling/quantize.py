@@ -14,7 +14,9 @@ COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str) -> Any:
+def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str, zero3: bool = False) -> Any:
+    """`zero3`: DeepSpeed ZeRO-3 shards these weights; they are then stored in the compute dtype
+    (`bnb_4bit_quant_storage`), so every parameter ZeRO-3 partitions has one dtype."""
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -28,12 +30,16 @@ def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str) -> A
 
     compute = PRECISION_DTYPE[precision] if finetune.compute_dtype == "auto" else COMPUTE[finetune.compute_dtype]
     if finetune.bits == 8:
+        if zero3:
+            raise UserError("finetune.bits: 8-bit bitsandbytes weights cannot be sharded by ZeRO-3 "
+                            "(distributed.deepspeed_config); use bits: 4 or ZeRO stage 1-2")
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=finetune.quant_type,
         bnb_4bit_use_double_quant=finetune.double_quant,
         bnb_4bit_compute_dtype=compute,
+        **({"bnb_4bit_quant_storage": compute} if zero3 else {}),
     )
 
 

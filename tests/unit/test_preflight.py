@@ -32,6 +32,20 @@ def test_auto_precision_says_why(tiny_model_dir, sft_file, tmp_path):
 
 
 @no_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_under_deepspeed_on_cpu_is_refused(precision, tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"precision": precision}, distributed={"zero_stage": 2})
+    with pytest.raises(UserError, match=f"training.precision: {precision} does not train under DeepSpeed on a CPU"):
+        resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
+
+
+@no_cuda
+def test_auto_precision_under_deepspeed_on_cpu_is_fp32(tiny_model_dir, sft_file, tmp_path):
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"precision": "auto"}, distributed={"zero_stage": 3})
+    assert resolve_precision(recipe.training, deepspeed=True) == ("fp32", "auto: DeepSpeed on a CPU trains in fp32")
+
+
+@no_cuda
 @pytest.mark.parametrize("optimizer", ["paged_adamw_32bit", "adamw_bnb_8bit"])
 def test_bitsandbytes_optimizers_need_cuda(optimizer, tiny_model_dir, sft_file, tmp_path):
     recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"optimizer": optimizer})

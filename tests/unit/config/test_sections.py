@@ -427,6 +427,24 @@ def test_multi_node_accepted():
     assert d.launches and d.uses_deepspeed
 
 
+@pytest.mark.parametrize(
+    "sections, key, message",
+    [
+        ({"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"num_processes": 2}}, "distributed.num_processes",
+         "stage ppo trains in one process without DeepSpeed"),
+        ({"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"zero_stage": 2}}, "distributed.zero_stage",
+         "stage ppo trains in one process without DeepSpeed"),
+        ({"finetune": {"mode": "qlora", "bits": 8}, "distributed": {"zero_stage": 3}}, "finetune.bits",
+         "8-bit bitsandbytes weights cannot be sharded by ZeRO-3"),
+        ({"training": {"optimizer": "paged_adamw_8bit"}, "distributed": {"zero_stage": 2, "offload": "optimizer"}},
+         "training.optimizer", "cannot step the CPU copies that distributed.offload keeps"),
+    ],
+)
+def test_distributed_cross_section_rules(sections, key, message):
+    problem = only_problem(recipe(**sections))
+    assert problem.startswith(f"{key}: ") and message in problem
+
+
 def test_distributed_defaults_accepted():
     d = validate_recipe(recipe(distributed={"num_processes": 1, "zero_stage": 0})).distributed
     assert (d.num_processes, d.zero_stage) == (1, 0)

@@ -1,0 +1,1 @@
+"""Launching llmft on several processes or machines, and DeepSpeed ZeRO."""
