@@ -118,6 +118,13 @@ class DataConfig(Section):
         description="Pack several examples into each `max_length` sequence. Examples never attend to "
         "each other (positions restart per example), so the loss equals the unpacked loss.",
     )
+    padding_free: bool = Field(
+        default=True,
+        description="pt/sft: concatenate each micro-batch's examples into one row instead of padding them "
+        "to the longest; positions restart per example and attention stays within each example, so the "
+        "loss is the padded batch's. Used for models that take attention from transformers' registry; "
+        "elsewhere batches are padded and the run log says why.",
+    )
     group_by_length: bool = Field(
         default=False,
         description="Batch examples of similar length together to waste less padding (when not packing).",

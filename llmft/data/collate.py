@@ -56,3 +56,21 @@ class PackedCollator:
             "labels": _stack(batch, "labels", width, IGNORE),
             "position_ids": positions,
         }
+
+
+@dataclass(frozen=True)
+class FlatCollator:
+    """Padding-free batches: the micro-batch's examples concatenated into one row, `position_ids`
+    restarting per example and each example's first label masked (see `llmft.data.packing`), so no
+    pad token is computed and, with per-example attention, no example sees another."""
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from llmft.data.packing import concatenate
+        from llmft.data.tokenize import Example
+
+        row = concatenate([Example(item["input_ids"], item["labels"]) for item in batch])
+        return {
+            "input_ids": torch.tensor([row.input_ids], dtype=torch.long),
+            "labels": torch.tensor([row.labels], dtype=torch.long),
+            "position_ids": torch.tensor([row.position_ids], dtype=torch.long),
+        }

@@ -35,10 +35,10 @@ def pack(examples: Sequence[Example], max_length: int) -> list[PackedExample]:
         else:
             bins.append([index])
             room.append(max_length - length)
-    return [_concatenate([examples[i] for i in sorted(b)]) for b in bins]
+    return [concatenate([examples[i] for i in sorted(b)]) for b in bins]
 
 
-def _concatenate(parts: Sequence[Example]) -> PackedExample:
+def concatenate(parts: Sequence[Example]) -> PackedExample:
     ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []

@@ -1,5 +1,6 @@
-"""Packing changes the batch layout, never the loss: at learning rate 0 with the whole dataset in
-one batch, the packed run logs the same mean supervised-token loss as the unpacked run."""
+"""Batch layout and the fast path change the speed, never the loss: at learning rate 0 with the whole
+dataset in one batch, padded batches with the model's own loss (the plain path), padding-free batches
+and packed rows (with the chunked loss and fused ops) log the same mean supervised-token loss."""
 
 from __future__ import annotations
 
@@ -10,23 +11,34 @@ from llmft.config import validate_recipe
 from llmft.run import train
 
 
-def first_loss(tiny_model_dir, sft_file, out, attention="sdpa", **data) -> float:
+PLAIN = {"chunked_loss": False, "fused_ops": False}
+
+
+def first_loss(tiny_model_dir, sft_file, out, attention="sdpa", training=None, **data) -> float:
     raw = make_recipe(
         tiny_model_dir, sft_file, out, mode="full", model={"attn_implementation": attention},
         data={"max_length": 128, "cache": False, **data},
-        training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0},
+        training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0, **(training or {})},
     )
     return [h["loss"] for h in train(validate_recipe(raw)).log_history if "loss" in h][0]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_loss_equals_unpacked(attention, tiny_model_dir, sft_file, tmp_path):
+def test_padding_free_and_packed_losses_equal_the_plain_padded_loss(attention, tiny_model_dir, sft_file, tmp_path, caplog):
+    import logging
+
     import yaml
 
-    unpacked = first_loss(tiny_model_dir, sft_file, tmp_path / "a", attention)
-    packed = first_loss(tiny_model_dir, sft_file, tmp_path / "b", attention, packing=True)
-    assert abs(packed - unpacked) < 1e-4
-    resolved = yaml.safe_load((tmp_path / "b" / "recipe.resolved.yaml").read_text())
+    plain = first_loss(tiny_model_dir, sft_file, tmp_path / "a", attention, training=PLAIN, padding_free=False)
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        padding_free = first_loss(tiny_model_dir, sft_file, tmp_path / "b", attention)
+    path = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("path: "))
+    expected = "llmft_sdpa_varlen" if attention == "sdpa" else "eager"
+    assert path.startswith(f"path: batches padding-free, attention {expected}, chunked cross-entropy, fused RMSNorm/SwiGLU")
+    packed = first_loss(tiny_model_dir, sft_file, tmp_path / "c", attention, packing=True)
+    assert abs(padding_free - plain) < 1e-4
+    assert abs(packed - plain) < 1e-4
+    resolved = yaml.safe_load((tmp_path / "c" / "recipe.resolved.yaml").read_text())
     assert resolved["data"]["packing"] is True
 
 
@@ -35,14 +47,16 @@ def test_cross_contamination_would_show(tiny_model_dir, sft_file, tmp_path, monk
     other), the loss differs."""
     import llmft.data.packing as packing
 
-    original = packing._concatenate
+    original = packing.concatenate
 
     def leaky(parts):
         row = original(parts)
         row.position_ids = list(range(len(row.input_ids)))
         return row
 
-    monkeypatch.setattr(packing, "_concatenate", leaky)
-    unpacked = first_loss(tiny_model_dir, sft_file, tmp_path / "a")
+    monkeypatch.setattr(packing, "concatenate", leaky)
+    plain = first_loss(tiny_model_dir, sft_file, tmp_path / "a", padding_free=False)
     packed = first_loss(tiny_model_dir, sft_file, tmp_path / "b", packing=True)
-    assert abs(packed - unpacked) > 1e-3
+    padding_free = first_loss(tiny_model_dir, sft_file, tmp_path / "c")
+    assert abs(packed - plain) > 1e-3
+    assert abs(padding_free - plain) > 1e-3

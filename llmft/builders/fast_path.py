@@ -1,0 +1,169 @@
+"""The fast path for next-token stages (pt, sft): what llmft does by default, and why, when it can.
+
+Three parts, each on by default where it computes the same loss as the plain path, each with its
+recipe switch, and each reported in the run log (and by `llmft plan`) with the reason it was or
+was not taken:
+
+- padding-free batches (`data.padding_free`): a micro-batch's examples are concatenated into one
+  row, positions restarting per example; no pad token is computed and no example sees another.
+- per-example attention: with SDPA, `llmft_sdpa_varlen` runs one causal kernel per example
+  (`llmft.modeling.varlen_attention`); eager builds the block-diagonal mask from the positions,
+  flash-attention 2 uses its variable-length kernel.
+- chunked cross-entropy (`training.chunked_loss`): the output projection runs only on supervised
+  positions, a chunk at a time, and no [tokens, vocabulary] logits are kept (`llmft.modeling.chunked_loss`).
+- fused RMSNorm and SwiGLU (`training.fused_ops`) that keep less for backward (`llmft.modeling.fused_ops`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from llmft.config.recipe import Recipe
+
+#: Model types whose causal-LM head is a plain linear projection of the final hidden states (no
+#: logit soft-capping or scaling after it), so the chunked loss equals the model's own.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"})
+
+
+@dataclass(frozen=True)
+class FastPath:
+    batching: str  # padding-free | packed | padded
+    attention: str  # the attn_implementation the model trains with
+    chunked_loss: bool
+    fused_ops: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        loss = "chunked cross-entropy" if self.chunked_loss else "the model's own loss"
+        ops = ", fused RMSNorm/SwiGLU" if self.fused_ops else ""
+        text = f"batches {self.batching}, attention {self.attention}, {loss}{ops}"
+        return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+def _causal_lm(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunked_loss_blocker(recipe: Recipe, model: Any) -> str | None:
+    causal_lm = _causal_lm(model)
+    model_type = getattr(causal_lm.config, "model_type", None)
+    head = causal_lm.get_output_embeddings() if hasattr(causal_lm, "get_output_embeddings") else None
+    if model_type not in PLAIN_HEAD_MODEL_TYPES:
+        return f"model type {model_type!r} is not one whose output head is known to be a plain projection"
+    if head is None or getattr(head, "bias", None) is not None or not hasattr(head, "weight"):
+        return "the model's output head is not a bias-free linear layer"
+    if type(head.weight).__name__ != "Parameter" or head.weight.dim() != 2:
+        return "the output head's weight is quantized or sharded"
+    if getattr(recipe.distributed, "zero_stage", 0) == 3:
+        return "ZeRO-3 shards the output head's weight"
+    if recipe.distributed.launches and not recipe.distributed.uses_deepspeed and head.weight.requires_grad:
+        # measured (torch 2.13): DDP fails with "Expected to mark a variable ready only once" when
+        # a trained weight is used outside the wrapped forward
+        return "DDP (several processes without DeepSpeed) needs a trained output head inside the model's forward"
+    return None
+
+
+def _padding_free_blocker(model: Any) -> str | None:
+    causal_lm = _causal_lm(model)
+    if not getattr(causal_lm, "_supports_attention_backend", False):
+        return f"{type(causal_lm).__name__} does not take its attention from transformers' attention registry"
+    return None
+
+
+def choose(recipe: Recipe, model: Any) -> FastPath:
+    """Decide the path; an explicit `true` that cannot be honoured is a UserError naming the key."""
+    from llmft.errors import UserError
+
+    reasons: list[str] = []
+    data, training = recipe.data, recipe.training
+    attention = recipe.model.attn_implementation
+    if data.packing:
+        batching = "packed"
+    elif not data.padding_free:
+        batching = "padded"
+        reasons.append("data.padding_free is false")
+    elif blocker := _padding_free_blocker(model):
+        if "padding_free" in data.model_fields_set:
+            raise UserError(f"data.padding_free: {blocker}; set data.padding_free: false for this model")
+        batching = "padded"
+        reasons.append(f"padding-free off: {blocker}")
+    else:
+        batching = "padding-free"
+    if batching != "padded" and attention == "sdpa":
+        from llmft.modeling.varlen_attention import register
+
+        attention = register()
+    chunked = training.chunked_loss
+    if chunked and (blocker := _chunked_loss_blocker(recipe, model)):
+        if "chunked_loss" in training.model_fields_set:
+            raise UserError(f"training.chunked_loss: {blocker}; set training.chunked_loss: false for this model")
+        chunked = False
+        reasons.append(f"chunked loss off: {blocker}")
+    elif not chunked:
+        reasons.append("training.chunked_loss is false")
+    if not training.fused_ops:
+        reasons.append("training.fused_ops is false")
+    return FastPath(batching, attention, chunked, training.fused_ops, reasons)
+
+
+def apply(path: FastPath, model: Any, precision: str) -> None:
+    """Set the model up for the chosen path: attention kernel, fused ops, and LoRA inputs not
+    round-tripped to fp32 under autocast."""
+    causal_lm = _causal_lm(model)
+    if causal_lm.config._attn_implementation != path.attention:
+        causal_lm.set_attn_implementation(path.attention)
+    if path.fused_ops:
+        from llmft.modeling.fused_ops import apply_fused_ops
+
+        apply_fused_ops(model)
+    if precision in ("bf16", "fp16"):
+        # Under autocast a LoRA matmul runs in bf16/fp16 anyway; peft's cast of its input to the fp32
+        # adapter dtype would only add a copy there and back for every adapted layer.
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+
+
+@contextlib.contextmanager
+def _head_passthrough(head: Any) -> Iterator[None]:
+    """Make the output head return its input: the model's `logits` are then the final hidden states."""
+    head.forward = lambda hidden: hidden
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def final_hidden(model: Any, inputs: dict[str, Any], causal_lm: Any | None = None) -> tuple[Any, Any]:
+    """(final hidden states, output head) from a forward through `model` itself — so DDP/DeepSpeed
+    wrappers and peft see a normal forward — with the head's projection left to the caller."""
+    head = (causal_lm or _causal_lm(model)).get_output_embeddings()
+    with _head_passthrough(head):
+        return model(**inputs).logits, head
+
+
+def chunked_loss_trainer_class() -> type:
+    from transformers import Trainer
+    from transformers.modeling_outputs import CausalLMOutput
+
+    from llmft.modeling.chunked_loss import IGNORE, causal_lm_loss_sum
+
+    class ChunkedLossTrainer(Trainer):
+        """A Trainer whose next-token loss is `causal_lm_loss_sum` over the model's final hidden states."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            hidden, head = final_hidden(model, inputs, _causal_lm(self.accelerator.unwrap_model(model)))
+            total = causal_lm_loss_sum(hidden, head.weight, labels)
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None
+            if num_items_in_batch is None:
+                loss = total / (labels[:, 1:] != IGNORE).sum().clamp(min=1)
+            else:
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes  # the count is global; DDP averages
+            return (loss, CausalLMOutput(loss=loss)) if return_outputs else loss
+
+    return ChunkedLossTrainer

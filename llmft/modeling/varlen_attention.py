@@ -1,0 +1,78 @@
+"""Attention over concatenated examples: torch's SDPA run once per example, causal, no mask.
+
+Padding-free batches (`data.padding_free`) put a micro-batch's examples one after another in a
+row, with `position_ids` restarting at 0 for each. transformers' own SDPA path turns that into a
+dense block-diagonal [row, row] mask, and the SDPA kernel then computes every block, masked or not.
+Here each example's span gets its own `is_causal` SDPA call: no mask is built, and the kernel skips
+the upper triangle. Whenever a real mask is needed (left/right padding with an attention mask, a
+KV cache during generation) the call falls through to transformers' SDPA unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NAME = "llmft_sdpa_varlen"
+
+
+def segments(position_ids: torch.Tensor | None, row: int, length: int) -> list[tuple[int, int]]:
+    """[start, end) spans of the examples in one row: a new example starts where positions restart at 0."""
+    if position_ids is None:
+        return [(0, length)]
+    starts = torch.nonzero(position_ids[min(row, position_ids.shape[0] - 1)] == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return list(zip(starts, [*starts[1:], length]))
+
+
+def varlen_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """query [batch, heads, seq, dim]; key/value [batch, kv_heads, seq, dim]; returns [batch, seq, heads, dim]."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is not None or q_len != kv_len or not getattr(module, "is_causal", True):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for row in range(query.shape[0]):
+        q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
+        rows.append(torch.cat([
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
+            )
+            for start, end in segments(position_ids, row, q_len)
+        ], dim=2))
+    out = torch.cat(rows) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """No mask when nothing is padded (spans come from position_ids); transformers' SDPA mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Make NAME a valid `attn_implementation` (idempotent); returns it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(NAME, varlen_sdpa_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, varlen_mask)
+    return NAME

@@ -1,0 +1,63 @@
+"""Which path a next-token run takes, and why: on by default where it is correct, off with a
+reason where it is not, and an explicit `true` that cannot be honoured is an error naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import minimal_recipe
+from tiny import build_model
+
+from llmft.builders.fast_path import choose
+from llmft.config import validate_recipe
+from llmft.errors import UserError
+
+
+def recipe(**sections):
+    return validate_recipe(minimal_recipe(**sections))
+
+
+def test_defaults_take_the_whole_fast_path():
+    path = choose(recipe(), build_model(64))
+    assert (path.batching, path.attention, path.chunked_loss, path.fused_ops) == ("padding-free", "llmft_sdpa_varlen", True, True)
+    assert path.reasons == []
+    assert path.describe() == "batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU"
+
+
+def test_each_switch_turns_its_part_off_and_says_so():
+    path = choose(recipe(data={"padding_free": False}, training={"chunked_loss": False, "fused_ops": False}), build_model(64))
+    assert (path.batching, path.attention, path.chunked_loss, path.fused_ops) == ("padded", "sdpa", False, False)
+    assert path.reasons == ["data.padding_free is false", "training.chunked_loss is false", "training.fused_ops is false"]
+
+
+def test_packing_keeps_per_example_attention():
+    path = choose(recipe(data={"packing": True}), build_model(64))
+    assert (path.batching, path.attention) == ("packed", "llmft_sdpa_varlen")
+
+
+def test_eager_and_flash_attention_are_kept():
+    assert choose(recipe(model={"attn_implementation": "eager"}), build_model(64)).attention == "eager"
+
+
+def test_unknown_head_falls_back_with_a_reason():
+    model = build_model(64)
+    model.config.model_type = "gemma2"  # soft-caps its logits after the head
+    path = choose(recipe(), model)
+    assert not path.chunked_loss
+    assert path.reasons == ["chunked loss off: model type 'gemma2' is not one whose output head is known to be a plain projection"]
+
+
+def test_explicit_chunked_loss_that_cannot_run_is_an_error():
+    model = build_model(64)
+    model.config.model_type = "gemma2"
+    with pytest.raises(UserError, match=r"^training.chunked_loss: model type 'gemma2' .* set training.chunked_loss: false"):
+        choose(recipe(training={"chunked_loss": True}), model)
+
+
+def test_padding_free_needs_the_attention_registry():
+    model = build_model(64)
+    model._supports_attention_backend = False
+    path = choose(recipe(), model)
+    assert path.batching == "padded" and path.attention == "sdpa"
+    assert path.reasons[0].startswith("padding-free off: LlamaForCausalLM does not take its attention")
+    with pytest.raises(UserError, match=r"^data.padding_free: .* set data.padding_free: false"):
+        choose(recipe(data={"padding_free": True}), model)
