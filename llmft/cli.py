@@ -42,13 +42,41 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from llmft.config import load_recipe
+    from llmft.launch.ranks import is_main_process
+    from llmft.launch.relaunch import needs_launch
     from llmft.run import train
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if needs_launch(recipe, os.environ):  # more than one process or DeepSpeed: via accelerate launch
+        return launch_processes(recipe, args)
     result = train(recipe)
+    if not is_main_process():
+        return EXIT_OK
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     print(f"trained: {result.output_dir}" + (f" (loss {losses[0]:.4f} -> {losses[-1]:.4f})" if losses else ""))
+    return EXIT_OK
+
+
+def launch_processes(recipe, args: argparse.Namespace) -> int:
+    """Check what can be checked here (exit 2 before starting anything), then launch."""
+    from llmft.launch import relaunch
+    from llmft.modeling.precision import resolve_precision
+    from llmft.preflight import preflight
+
+    preflight(recipe)
+    resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
+    launched = relaunch.relaunch(recipe, args.recipe, args.overrides, verbose=args.verbose)
+    if launched.signal_name:
+        print(f"stopped: {launched.signal_name} passed on to the training processes, which checkpoint and stop "
+              "(see their messages above); continue with training.resume_from_checkpoint=auto", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if launched.returncode:
+        print(f"error: the training processes failed (launcher exit code {launched.returncode}); see their messages above",
+              file=sys.stderr)
+        return EXIT_INTERNAL
     return EXIT_OK
 
 
@@ -56,6 +84,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    launch, d = "", recipe.distributed
+    if d.launches or d.uses_deepspeed:  # reads a deepspeed_config file: before anything is printed
+        from llmft.launch.deepspeed import config_source, zero_stage
+
+        machines = f" on {d.num_machines} machines" if d.num_machines > 1 else ""
+        zero = f", DeepSpeed ZeRO-{zero_stage(d)} ({config_source(d)})" if d.uses_deepspeed else ", data parallel"
+        launch = f"  launch {d.num_processes} process{'es' if d.num_processes > 1 else ''}{machines}{zero}"
     ft = recipe.finetune
     detail = f" (rank {ft.rank}, alpha {ft.alpha:g})" if hasattr(ft, "rank") else ""
     t = recipe.training
@@ -65,6 +100,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  data  {len(recipe.data.train)} train / {len(recipe.data.eval)} eval file(s), max_length {recipe.data.max_length}")
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     print(f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}")
+    if launch:
+        print(launch)
     print(f"  output {recipe.output.dir}")
     return EXIT_OK
 
@@ -101,6 +138,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     origin = "already cached" if prepared.from_cache else f"tokenized in {prepared.seconds:.2f} s"
     print(f"{cache_root(recipe.data) / prepared.key}: {origin}; {len(prepared.train)} train"
           + (f" / {len(prepared.eval)} eval" if prepared.eval else "") + " examples")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from llmft.config import load_recipe
+    from llmft.plan import plan_recipe
+    from llmft.plan.render import parse_bytes, render
+
+    recipe = load_recipe(args.recipe, args.overrides, require_builder=False)
+    budget = parse_bytes(args.gpu_memory, "--gpu-memory") if args.gpu_memory else None
+    planned = plan_recipe(recipe, num_processes=args.gpus, budget_bytes=budget, device=args.device,
+                          count_data=args.count_data, examples=args.examples)
+    print(json.dumps(planned.to_dict(), indent=2) if args.format == "json" else render(planned, args.recipe))
     return EXIT_OK
 
 
@@ -172,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_command("preprocess", cmd_preprocess, "tokenize the recipe's data into the cache, without training")
     recipe_command("data", cmd_data, "show what the recipe trains on: counts, lengths, a marked example")
     sub.choices["data"].add_argument("--example", type=int, default=0, help="which training example to show")
+    recipe_command("plan", cmd_plan, "per-device memory, batch and steps of a recipe, without loading weights")
+    plan = sub.choices["plan"]
+    plan.add_argument("--gpus", type=int, help="processes (GPUs) to plan for (default: distributed.num_processes)")
+    plan.add_argument("--gpu-memory", help="memory per device, e.g. 80GiB or 24GB (default: GPU 0's, or this machine's RAM)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), help="plan a GPU or a CPU run (default: cuda if a GPU, --gpus or --gpu-memory is given)")
+    plan.add_argument("--count-data", action=argparse.BooleanOptionalAction, default=None,
+                      help="tokenize the data to count steps even when it is large (default: only when cached or small)")
+    plan.add_argument("--examples", type=int, help="number of training examples, instead of counting them")
+    plan.add_argument("--format", choices=("text", "json"), default="text")
     sub.add_parser("list", help="the stage x finetune-mode matrix").set_defaults(fn=cmd_list)
     schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
     schema.add_argument("--format", choices=("json", "markdown"), default="json")
@@ -196,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides may also follow a command's options (`llmft plan r.yaml --gpus 8 a.b=1`)
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     _setup_logging(args.verbose)
     try:
         return args.fn(args)

@@ -36,12 +36,18 @@ def prepare(recipe: Recipe) -> Any:
     """Checks, precision, tokenizer and template: everything before the builder runs."""
     from transformers import set_seed
 
+    from llmft.allocator import return_freed_memory
+    from llmft.launch.child import enter_process
     from llmft.modeling.precision import resolve_precision
     from llmft.preflight import preflight
     from llmft.run_context import RunContext
 
+    enter_process(recipe)  # launched as the recipe says (one process, or several via a launcher)
     output_dir = preflight(recipe)
-    precision, why = resolve_precision(recipe.training)
+    if recipe.training.release_memory:
+        log.info("allocator: freed memory goes back to the OS (training.release_memory)" if return_freed_memory()
+                 else "allocator: training.release_memory has no effect here (no glibc)")
+    precision, why = resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
     log.info("precision: %s (%s)", precision, why)
     set_seed(recipe.training.seed)
     tokenizer = prepare_tokenizer(recipe)
@@ -78,6 +84,7 @@ def train(recipe: Recipe) -> RunResult:
     from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.registry import get_builder
 
+    from llmft.launch.ranks import is_main_process
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.outputs import RESOLVED_RECIPE
 
@@ -87,11 +94,13 @@ def train(recipe: Recipe) -> RunResult:
         check_same_recipe(recipe, ctx.output_dir, RESOLVED_RECIPE)
     builder = get_builder(recipe.stage.name, recipe.finetune.mode)
     trainer = builder(ctx)
-    write_resolved_recipe(recipe, ctx.output_dir)
+    if is_main_process():  # the builder created the process group: every process has passed preflight
+        write_resolved_recipe(recipe, ctx.output_dir)
     log.info("training: stage %s, finetune %s -> %s%s", recipe.stage.name, recipe.finetune.mode, ctx.output_dir,
              f" (resuming {checkpoint.name})" if checkpoint else "")
     result = _train_guarded(trainer, checkpoint)
     metrics = save_final(trainer, result, recipe.evaluates)
-    merge_if_asked(recipe, ctx.output_dir)
+    if is_main_process():
+        merge_if_asked(recipe, ctx.output_dir)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return RunResult(ctx.output_dir, metrics, list(trainer.state.log_history), trainer.model)

@@ -40,7 +40,12 @@ class RunContext:
 
             recipe = self.recipe
             dtype = weight_dtype(recipe.model, recipe.finetune, self.precision)
-            quantization = bnb_config(recipe.finetune, recipe.model, self.precision) if isinstance(recipe.finetune, QLoraFinetune) else None
+            quantization = None
+            if isinstance(recipe.finetune, QLoraFinetune):
+                from llmft.launch.deepspeed import zero_stage
+
+                zero3 = zero_stage(recipe.distributed) == 3
+                quantization = bnb_config(recipe.finetune, recipe.model, self.precision, zero3=zero3)
             model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer), task=self.task, quantization=quantization)
             model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
             if getattr(model, "generation_config", None) is not None:

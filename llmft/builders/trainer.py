@@ -36,6 +36,8 @@ def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[st
     transformers' Trainer and TRL's trainers."""
     import torch
 
+    from llmft.launch.deepspeed import deepspeed_config
+
     t = recipe.training
     evaluates = recipe.evaluates
     return dict(
@@ -57,6 +59,8 @@ def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[st
         fp16=precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_alpha,
+        torch_compile=t.torch_compile,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -73,10 +77,11 @@ def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[st
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length else "random",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        deepspeed=deepspeed_config(recipe.distributed),  # None without DeepSpeed (llmft.launch.deepspeed)
     )
 
 
-def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any) -> Any:
+def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any, trainer_class: type | None = None) -> Any:
     from transformers import Trainer
 
     from llmft.callbacks import callbacks_for
@@ -85,7 +90,7 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, 
 
     recipe = ctx.recipe
     model = ctx.model
-    trainer = Trainer(
+    trainer = (trainer_class or Trainer)(
         model=model,
         args=training_arguments(recipe, ctx.precision, ctx.output_dir),
         data_collator=collator,
@@ -100,22 +105,33 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, 
 
 def next_token_trainer(ctx: RunContext, stage: str) -> Any:
     """Prepare the train/eval examples for `stage` (before loading the model, so data errors
-    surface fast), pack them if asked, then build the Trainer."""
-    from llmft.data.collate import PackedCollator, PadCollator
+    surface fast), choose the fast path (`llmft.builders.fast_path`), batch, build the Trainer."""
+    from llmft.builders import fast_path
+    from llmft.data.collate import FlatCollator, PackedCollator, PadCollator
     from llmft.data.dataset import ExampleDataset, log_prepared, prepare_data
     from llmft.data.packing import pack
 
     data = ctx.recipe.data
     prepared = prepare_data(stage, data, ctx.tokenizer, ctx.recipe.training.seed)
     log_prepared(prepared)
+    path = fast_path.choose(ctx.recipe, ctx.model)
+    fast_path.apply(path, ctx.model, ctx.precision)
+    log.info("path: %s", path.describe())
+    if ctx.recipe.training.shift_attn:  # wraps the attention the path chose, in training only
+        from llmft.modeling import shift_attn
+
+        log.info(shift_attn.enable(ctx.model))
     train, evaluation = prepared.train, prepared.eval
     pad_id = ctx.tokenizer.pad_token_id
-    if data.packing:
+    if path.batching == "packed":
         rows = pack(train, data.max_length)
         log.info("packing: %d examples -> %d rows of <= %d tokens (%.0f%% filled)", len(train), len(rows),
                  data.max_length, 100 * sum(len(r.input_ids) for r in rows) / (len(rows) * data.max_length))
         train, evaluation = rows, pack(evaluation, data.max_length) if evaluation else None
         collator: Any = PackedCollator(pad_id)
+    elif path.batching == "padding-free":
+        collator = FlatCollator()
     else:
         collator = PadCollator(pad_id)
-    return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator)
+    trainer_class = fast_path.chunked_loss_trainer_class() if path.chunked_loss else None
+    return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator, trainer_class)

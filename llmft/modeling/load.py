@@ -122,6 +122,14 @@ def load_model(
         kwargs["quantization_config"] = quantization
     if cfg.gguf_file:
         kwargs.update(gguf_kwargs(cfg.gguf_file))
+    if cfg.rope_scaling is not None:  # the model is built from a config carrying the scaled RoPE
+        from llmft.modeling.rope import apply_rope_scaling
+
+        config = read_config(cfg)
+        log.info(apply_rope_scaling(config, cfg.rope_scaling))
+        if "num_labels" in kwargs:
+            config.num_labels = kwargs.pop("num_labels")
+        kwargs["config"] = config
     auto = AutoModelForSequenceClassification if task == "reward" else AutoModelForCausalLM
     try:
         model, info = auto.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
@@ -133,6 +141,20 @@ def load_model(
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+def read_config(cfg: ModelConfig) -> Any:
+    """The model's transformers config (config.json, or the GGUF file's metadata), without weights."""
+    from transformers import AutoConfig
+
+    check_model_path(cfg)
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        return AutoConfig.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path: cannot read a model config from {cfg.path}: {_short(exc)}") from None
 
 
 def gguf_kwargs(gguf_file: str) -> dict[str, Any]:

@@ -144,3 +144,24 @@ def test_group_by_length_trains(tiny_model_dir, sft_file, tmp_path):
     raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "run", data={"group_by_length": True}, training={"max_steps": 2})
     result = train(validate_recipe(raw))
     assert len(_losses(result)) == 2
+
+
+def test_torch_compile_compiles_the_model_it_trains(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    """`training.torch_compile` reaches torch.compile (recorded here instead of compiling: inductor
+    on CPU takes minutes; the default is off for that reason, see the key's description)."""
+    import torch
+
+    compiled = []
+
+    def fake_compile(model, *args, **kwargs):
+        compiled.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "c", training={"max_steps": 1, "torch_compile": True})
+    train(validate_recipe(raw))
+    assert compiled, "torch.compile was not called"
+    raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "d", training={"max_steps": 1})
+    compiled.clear()
+    train(validate_recipe(raw))
+    assert not compiled

@@ -64,3 +64,21 @@ def test_missing_data_file_is_named(tiny_model_dir, sft_file, tmp_path):
     recipe = _recipe(tiny_model_dir, sft_file, tmp_path, data={"train": ["missing.jsonl", str(sft_file)]})
     with pytest.raises(UserError, match="data.train.0.path: file not found: missing.jsonl"):
         preflight(recipe)
+
+
+def test_release_memory_sets_the_allocator_only_when_asked(tmp_path, monkeypatch):
+    import llmft.allocator as allocator
+    from llmft.config import validate_recipe
+    from llmft.run import prepare
+
+    calls = []
+    monkeypatch.setattr(allocator, "return_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("llmft.run.prepare_tokenizer", lambda recipe: None)
+    monkeypatch.setattr("llmft.preflight.preflight", lambda recipe: tmp_path)
+    base = {"model": {"path": str(tmp_path)}, "data": {"train": "t.jsonl"}, "finetune": {"mode": "lora"},
+            "stage": {"name": "sft"}, "training": {"precision": "fp32"}}
+    prepare(validate_recipe({**base, "output": {"dir": str(tmp_path / "a")}}))
+    assert calls == []
+    prepare(validate_recipe({**base, "output": {"dir": str(tmp_path / "b")}, "training": {"precision": "fp32", "release_memory": True}}))
+    assert calls == [1]
+

@@ -71,3 +71,8 @@ def test_eval_on_start(tmp_path):
 
     with pytest.raises(RecipeError, match="training.eval_on_start: there is no eval data"):
         _args(tmp_path, eval_on_start=True)
+
+
+def test_neftune_alpha_maps_to_neftune_noise_alpha(tmp_path):
+    assert _args(tmp_path, neftune_alpha=5.0).neftune_noise_alpha == 5.0
+    assert _args(tmp_path).neftune_noise_alpha is None

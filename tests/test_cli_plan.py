@@ -1,0 +1,71 @@
+"""`llmft plan`: the text report with its ZeRO table, the JSON shape, and planning without data counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import make_recipe
+
+from llmft.cli import EXIT_OK, EXIT_USER, main
+
+pytestmark = pytest.mark.usefixtures("restore_process_state")
+
+
+def recipe_file(tmp_path, tiny_model_dir, train, **sections):
+    raw = make_recipe(tiny_model_dir, train, tmp_path / "out", **sections)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_plan_prints_memory_and_zero_table(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file)
+    assert main(["plan", str(path), "--gpus", "4", "--gpu-memory", "24GiB", "training.micro_batch_size=2"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "finetune   lora rank 4 on all linear layers" in out
+    assert "2 micro x 1 accumulation x 4 processes = 8 per step" in out
+    assert "4 training examples (tokenized now): 1 step per epoch, 3 in all" in out
+    assert "budget 24.00 GiB (--gpu-memory)" in out and "fits in 24.00 GiB" in out
+    table = out[out.index("ZeRO stages"):]
+    for row in ("0      none", "1      none", "2      none", "3      none", "2      optimizer", "3      optimizer_and_params"):
+        assert row in table
+    assert "<- recipe" in table
+
+
+def test_plan_json(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file)
+    assert main(["plan", str(path), "--format", "json", "--device", "cpu"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert {"model", "params", "trainable", "per_device_bytes", "memory", "cpu_offload_bytes", "budget_bytes",
+            "fits", "schedule", "zero_stages", "notes", "knobs"} <= plan.keys()
+    assert set(plan["memory"]) == {"weights", "gradients", "optimizer", "activations", "logits", "buffers",
+                                   "allocator", "framework", "overlap"}
+    memory = plan["memory"]
+    assert plan["per_device_bytes"] == sum(memory.values()) - 2 * memory["overlap"]
+    assert plan["model"]["counted_exactly"] and plan["params"] == plan["model"]["params"]
+    assert plan["schedule"]["examples"] == 4 and plan["schedule"]["steps_per_epoch"] == 2
+    assert [(z["zero_stage"], z["offload"]) for z in plan["zero_stages"]][:4] == [(0, "none"), (1, "none"), (2, "none"), (3, "none")]
+    assert plan["knobs"]["device"] == "cpu"
+
+
+def test_plan_without_countable_data(tmp_path, tiny_model_dir, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
+    assert main(["plan", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "not counted: data.train.0" in out and "steps per epoch unknown" in out
+    assert "activations for full micro-batches of data.max_length (64) tokens" in out
+
+
+def test_plan_with_a_given_example_count(tmp_path, tiny_model_dir, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
+    assert main(["plan", str(path), "--examples", "1000", "--format", "json"]) == EXIT_OK
+    schedule = json.loads(capsys.readouterr().out)["schedule"]
+    assert schedule["examples"] == 1000 and schedule["steps_per_epoch"] == 500 and schedule["total_steps"] == 3
+
+
+def test_plan_bad_memory_size(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file)
+    assert main(["plan", str(path), "--gpu-memory", "lots"]) == EXIT_USER
+    assert "--gpu-memory: cannot read 'lots' as a size" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Recipe rules for model.rope_scaling, training.neftune_alpha and training.shift_attn."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import minimal_recipe as recipe
+
+from llmft.config import validate_recipe
+from llmft.errors import RecipeError
+
+
+def only_problem(raw: dict) -> str:
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(raw)
+    assert len(info.value.problems) == 1, info.value.problems
+    return info.value.problems[0]
+
+
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn"])
+def test_rope_scaling_accepted(kind):
+    scaling = validate_recipe(recipe(model={"rope_scaling": {"type": kind, "factor": 4}})).model.rope_scaling
+    assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (kind, 4.0, None)
+
+
+def test_rope_scaling_factor_above_one():
+    assert only_problem(recipe(model={"rope_scaling": {"type": "linear", "factor": 1.0}})) == (
+        "model.rope_scaling.factor: Input should be greater than 1 (got 1.0)"
+    )
+    assert "model.rope_scaling.factor" in only_problem(recipe(model={"rope_scaling": {"type": "linear", "factor": 0.5}}))
+
+
+def test_rope_scaling_type_is_a_choice():
+    assert "model.rope_scaling.type" in only_problem(recipe(model={"rope_scaling": {"type": "ntk", "factor": 2}}))
+
+
+def test_original_length_only_for_yarn():
+    ok = {"type": "yarn", "factor": 4, "original_max_position_embeddings": 4096}
+    assert validate_recipe(recipe(model={"rope_scaling": ok})).model.rope_scaling.original_max_position_embeddings == 4096
+    bad = {"type": "linear", "factor": 4, "original_max_position_embeddings": 4096}
+    assert "only applies to type: yarn" in only_problem(recipe(model={"rope_scaling": bad}))
+
+
+def test_neftune_alpha_positive():
+    assert validate_recipe(recipe(training={"neftune_alpha": 5})).training.neftune_alpha == 5.0
+    assert "training.neftune_alpha" in only_problem(recipe(training={"neftune_alpha": 0}))
+
+
+@pytest.mark.parametrize("stage", [{"name": "ppo", "reward_model": "rm"}, {"name": "grpo", "reward_functions": ["length"]}])
+def test_neftune_refused_for_sampling_stages(stage):
+    raw = recipe(training={"neftune_alpha": 5, "micro_batch_size": 4}, stage=stage)
+    assert only_problem(raw).startswith(f"training.neftune_alpha: stage '{stage['name']}' samples replies")
+
+
+def test_shift_attn_for_pt_and_sft_only():
+    assert validate_recipe(recipe(training={"shift_attn": True})).training.shift_attn
+    raw = recipe(training={"shift_attn": True}, stage={"name": "dpo"}, data={"train": "pairs.jsonl"})
+    assert only_problem(raw) == "training.shift_attn: S2-Attn is for the next-token stages pt and sft (got stage 'dpo'); remove it"
+
+
+def test_shift_attn_refuses_flash_attention():
+    raw = recipe(training={"shift_attn": True}, model={"attn_implementation": "flash_attention_2"})
+    assert only_problem(raw).startswith("training.shift_attn: works with model.attn_implementation sdpa or eager")
