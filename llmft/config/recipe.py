@@ -91,7 +91,7 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
 
 
 def _training_option_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """training.neftune_alpha / shift_attn against the stage and the attention kernel."""
+    """Training options against the stage and the attention kernel."""
     stage, t = recipe.stage.name, recipe.training
     problems = []
     if t.neftune_alpha is not None and stage in ("grpo", "ppo"):
@@ -99,6 +99,13 @@ def _training_option_problems(recipe: Recipe) -> list[tuple[str, str]]:
                          "embeddings would change the samples and their log-probs; remove it"))
     if t.shift_attn and stage not in ("pt", "sft"):
         problems.append(("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {stage!r}); remove it"))
+    next_token_only = [f"training.{k}" for k in ("chunked_loss", "fused_ops") if k in t.model_fields_set]
+    next_token_only += ["data.padding_free"] if "padding_free" in recipe.data.model_fields_set else []
+    if stage not in ("pt", "sft"):
+        for key in next_token_only:  # defaults stay quiet; a key someone set must not be ignored
+            problems.append((key, f"is part of the pt/sft fast path and has no effect on stage {stage!r}; remove it"))
+    if t.torch_compile and stage == "ppo":
+        problems.append(("training.torch_compile", "llmft's PPO trainer does not compile its model; remove it"))
     if t.shift_attn and recipe.model.attn_implementation == "flash_attention_2":
         problems.append(("training.shift_attn", "works with model.attn_implementation sdpa or eager (it needs a "
                          "block mask per group), not flash_attention_2"))

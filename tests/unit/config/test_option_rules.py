@@ -1,4 +1,4 @@
-"""Recipe rules for model.rope_scaling, training.neftune_alpha and training.shift_attn."""
+"""Recipe rules for model.rope_scaling, training.neftune_alpha, training.shift_attn and the pt/sft fast-path keys."""
 
 from __future__ import annotations
 
@@ -60,3 +60,20 @@ def test_shift_attn_for_pt_and_sft_only():
 def test_shift_attn_refuses_flash_attention():
     raw = recipe(training={"shift_attn": True}, model={"attn_implementation": "flash_attention_2"})
     assert only_problem(raw).startswith("training.shift_attn: works with model.attn_implementation sdpa or eager")
+
+
+
+@pytest.mark.parametrize("section, key", [("training", "chunked_loss"), ("training", "fused_ops"), ("data", "padding_free")])
+def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(section, key):
+    raw = recipe(stage={"name": "dpo"}, **{section: {key: False}})
+    assert only_problem(raw) == f"{section}.{key}: is part of the pt/sft fast path and has no effect on stage 'dpo'; remove it"
+
+
+def test_fast_path_keys_accepted_for_sft_and_defaults_quiet_elsewhere():
+    validate_recipe(recipe(training={"chunked_loss": False, "fused_ops": False}, data={"padding_free": False}))
+    validate_recipe(recipe(stage={"name": "dpo"}))
+
+
+def test_torch_compile_refused_for_ppo():
+    problem = only_problem(recipe(stage={"name": "ppo", "reward_model": "rm"}, training={"torch_compile": True}))
+    assert problem.startswith("training.torch_compile: llmft's PPO trainer does not compile")
