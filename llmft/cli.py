@@ -44,12 +44,14 @@ def _setup_logging(verbose: bool = False) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from llmft.allocator import reexec_with_tcmalloc
     from llmft.config import load_recipe
     from llmft.launch.ranks import is_main_process
     from llmft.launch.relaunch import needs_launch
     from llmft.run import train
 
     recipe = load_recipe(args.recipe, args.overrides)
+    reexec_with_tcmalloc(recipe.training)  # training.allocator: once, before anything is loaded
     if needs_launch(recipe, os.environ):  # more than one process or DeepSpeed: via accelerate launch
         return launch_processes(recipe, args)
     result = train(recipe)

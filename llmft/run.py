@@ -36,7 +36,7 @@ def prepare(recipe: Recipe) -> Any:
     """Checks, precision, tokenizer and template: everything before the builder runs."""
     from transformers import set_seed
 
-    from llmft.allocator import return_freed_memory
+    from llmft.allocator import configure as configure_allocator
     from llmft.launch.child import enter_process
     from llmft.modeling.precision import resolve_precision
     from llmft.preflight import preflight
@@ -44,9 +44,7 @@ def prepare(recipe: Recipe) -> Any:
 
     enter_process(recipe)  # launched as the recipe says (one process, or several via a launcher)
     output_dir = preflight(recipe)
-    if recipe.training.release_memory:
-        log.info("allocator: freed memory goes back to the OS (training.release_memory)" if return_freed_memory()
-                 else "allocator: training.release_memory has no effect here (no glibc)")
+    log.info(configure_allocator(recipe.training))
     precision, why = resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
     log.info("precision: %s (%s)", precision, why)
     set_seed(recipe.training.seed)

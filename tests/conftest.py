@@ -14,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="llmft-test-cache-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# `llmft train` re-executes itself with tcmalloc preloaded (training.allocator); in-process CLI tests
+# must not re-execute pytest. Subprocess tests that check the re-execution remove this.
+os.environ["LLMFT_ALLOCATOR_REEXEC"] = "off in tests"
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import build_tokenizer, save_tiny_model  # noqa: E402

@@ -260,3 +260,22 @@ def test_python_dash_m_validate_bad_recipe(bad_recipe):
     assert "finetune.rnak: unknown key; did you mean 'rank'?" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_train_preloads_tcmalloc_where_installed(tmp_path, tiny_model_dir, sft_file):
+    """`llmft train` re-executes itself once with tcmalloc when the machine has it; the training
+    process's log says which allocator it runs with."""
+    from llmft.allocator import REEXEC_MARK, find_tcmalloc
+
+    recipe = good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, data={"train": str(sft_file), "cache": False},
+                         training={"max_steps": 1, "precision": "fp32", "save_strategy": "no"})
+    env = {k: v for k, v in os.environ.items() if k not in (REEXEC_MARK, "LD_PRELOAD")}
+    proc = subprocess.run([sys.executable, "-m", "llmft", "train", str(write(tmp_path / "r.yaml", recipe))],
+                          capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    library = find_tcmalloc()
+    if library:
+        assert "[llmft] allocator: tcmalloc\n" in proc.stderr
+    else:
+        assert "allocator: glibc malloc; tcmalloc would train faster" in proc.stderr
+    assert proc.stderr.count("allocator:") == 1  # one training process, after at most one re-execution

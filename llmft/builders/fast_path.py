@@ -12,6 +12,8 @@ was not taken:
 - chunked cross-entropy (`training.chunked_loss`): the output projection runs only on supervised
   positions, a chunk at a time, and no [tokens, vocabulary] logits are kept (`llmft.modeling.chunked_loss`).
 - fused RMSNorm and SwiGLU (`training.fused_ops`) that keep less for backward (`llmft.modeling.fused_ops`).
+- micro-batches cut into passes of at most `training.max_tokens_per_forward` tokens at example
+  boundaries (`llmft.data.split`): the same gradient with one pass's activations alive at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from llmft.config.recipe import Recipe
 #: Model types whose causal-LM head is a plain linear projection of the final hidden states (no
 #: logit soft-capping or scaling after it), so the chunked loss equals the model's own.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"})
+#: `training.max_tokens_per_forward: auto` without a GPU. Measured on the SmolLM2-135M LoRA benchmark
+#: (docs/performance.md): peak RSS falls with the pass size down to here, speed stays level.
+AUTO_FORWARD_TOKENS_CPU = 512
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,13 @@ class FastPath:
     chunked_loss: bool
     fused_ops: bool
     reasons: list[str] = field(default_factory=list)
+    forward_tokens: int | None = None  # micro-batches cut into passes of at most this many tokens
 
     def describe(self) -> str:
         loss = "chunked cross-entropy" if self.chunked_loss else "the model's own loss"
         ops = ", fused RMSNorm/SwiGLU" if self.fused_ops else ""
-        text = f"batches {self.batching}, attention {self.attention}, {loss}{ops}"
+        passes = f", passes of <= {self.forward_tokens} tokens" if self.forward_tokens else ""
+        text = f"batches {self.batching}, attention {self.attention}, {loss}{ops}{passes}"
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
@@ -105,7 +112,33 @@ def choose(recipe: Recipe, model: Any) -> FastPath:
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
-    return FastPath(batching, attention, chunked, training.fused_ops, reasons)
+    forward_tokens = _forward_tokens(recipe, chunked, reasons)
+    return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
+
+
+def _forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) -> int | None:
+    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole)."""
+    import torch
+
+    from llmft.errors import UserError
+
+    wanted = recipe.training.max_tokens_per_forward
+    if wanted is None:
+        return None
+    blocker = None
+    if not chunked:
+        blocker = "the passes are part of the chunked loss, which is off"
+    elif recipe.distributed.launches or recipe.distributed.uses_deepspeed:
+        blocker = "several processes or DeepSpeed count each backward as a micro-batch"
+    if blocker:
+        if wanted != "auto":
+            raise UserError(f"training.max_tokens_per_forward: {blocker}; remove it or set it to null")
+        if chunked:  # without the chunked loss its own reason already says why
+            reasons.append(f"micro-batches run whole: {blocker}")
+        return None
+    if wanted == "auto":
+        return None if torch.cuda.is_available() else AUTO_FORWARD_TOKENS_CPU
+    return wanted
 
 
 def apply(path: FastPath, model: Any, precision: str) -> None:
@@ -144,14 +177,25 @@ def final_hidden(model: Any, inputs: dict[str, Any], causal_lm: Any | None = Non
         return model(**inputs).logits, head
 
 
-def chunked_loss_trainer_class() -> type:
+def chunked_loss_trainer_class(forward_tokens: int | None = None) -> type:
     from transformers import Trainer
     from transformers.modeling_outputs import CausalLMOutput
 
+    from llmft.data.split import split_batch
     from llmft.modeling.chunked_loss import IGNORE, causal_lm_loss_sum
 
     class ChunkedLossTrainer(Trainer):
-        """A Trainer whose next-token loss is `causal_lm_loss_sum` over the model's final hidden states."""
+        """A Trainer whose next-token loss is `causal_lm_loss_sum` over the model's final hidden states,
+        a micro-batch run in passes of at most `forward_tokens` tokens."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            pieces = split_batch(inputs, forward_tokens) if forward_tokens else [inputs]
+            if len(pieces) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:  # what the whole micro-batch would divide by, after accumulation
+                supervised = (inputs["labels"][:, 1:] != IGNORE).sum().clamp(min=1)
+                num_items_in_batch = supervised * self.current_gradient_accumulation_steps
+            return sum(super(ChunkedLossTrainer, self).training_step(model, piece, num_items_in_batch) for piece in pieces)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")

@@ -133,5 +133,5 @@ def next_token_trainer(ctx: RunContext, stage: str) -> Any:
         collator = FlatCollator()
     else:
         collator = PadCollator(pad_id)
-    trainer_class = fast_path.chunked_loss_trainer_class() if path.chunked_loss else None
+    trainer_class = fast_path.chunked_loss_trainer_class(path.forward_tokens) if path.chunked_loss else None
     return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator, trainer_class)

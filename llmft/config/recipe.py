@@ -99,11 +99,14 @@ def _training_option_problems(recipe: Recipe) -> list[tuple[str, str]]:
                          "embeddings would change the samples and their log-probs; remove it"))
     if t.shift_attn and stage not in ("pt", "sft"):
         problems.append(("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {stage!r}); remove it"))
-    next_token_only = [f"training.{k}" for k in ("chunked_loss", "fused_ops") if k in t.model_fields_set]
+    next_token_only = [f"training.{k}" for k in ("chunked_loss", "fused_ops", "max_tokens_per_forward") if k in t.model_fields_set]
     next_token_only += ["data.padding_free"] if "padding_free" in recipe.data.model_fields_set else []
     if stage not in ("pt", "sft"):
         for key in next_token_only:  # defaults stay quiet; a key someone set must not be ignored
             problems.append((key, f"is part of the pt/sft fast path and has no effect on stage {stage!r}; remove it"))
+    if t.release_memory and t.allocator == "tcmalloc":
+        problems.append(("training.release_memory", "sets glibc's malloc thresholds, which do nothing with training.allocator: "
+                         "tcmalloc; remove one of them"))
     if t.torch_compile and stage == "ppo":
         problems.append(("training.torch_compile", "llmft's PPO trainer does not compile its model; remove it"))
     if t.shift_attn and recipe.model.attn_implementation == "flash_attention_2":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmft.config.base import Section
 
@@ -70,6 +70,15 @@ class TrainingConfig(Section):
         "Used where the model's output head is a plain projection (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
         "and not under ZeRO-3; elsewhere the model's own loss is used and the run log says why.",
     )
+    max_tokens_per_forward: int | Literal["auto"] | None = Field(
+        default="auto",
+        description="pt/sft with the chunked loss: run a micro-batch with more tokens than this as several "
+        "forward/backward passes, cut at example boundaries (an example is never cut). The gradient is the "
+        "micro-batch's own (every pass divides by the same supervised-token count); only one pass's "
+        "activations are alive at a time. `auto`: 512 on CPU, where it lowers the peak memory of the "
+        "benchmark job by a third at no measurable cost in speed; off on GPUs. `null`: never cut. "
+        "Single-process runs only.",
+    )
     neftune_alpha: float | None = Field(
         default=None,
         gt=0,
@@ -90,6 +99,13 @@ class TrainingConfig(Section):
         description="pt/sft: RMSNorm and SwiGLU that keep only their inputs for backward and recompute the "
         "rest (same values; about a quarter less activation memory on Llama-family models). Applied to "
         "Llama, Mistral, Qwen2/3 and Phi-3 norms and gated MLPs; other modules run as they are.",
+    )
+    allocator: Literal["auto", "tcmalloc", "system"] = Field(
+        default="auto",
+        description="Host memory allocator. `auto`: tcmalloc when the machine has it (`llmft train` re-executes "
+        "itself once with LD_PRELOAD), else the system's malloc, and the run log says how to install it; "
+        "`tcmalloc`: required (an error if missing); `system`: never preload. Measured on the SmolLM2-135M "
+        "LoRA benchmark (2 CPU cores): 41.8 s and 1,994 MB peak with tcmalloc, 48.3 s and 2,301 MB with glibc.",
     )
     release_memory: bool = Field(
         default=False,
@@ -132,6 +148,13 @@ class TrainingConfig(Section):
         default_factory=lambda: ["tensorboard"],
         description="Metric sinks. `tensorboard` writes to `<output.dir>/logs`; `[]` turns it off.",
     )
+
+    @field_validator("max_tokens_per_forward")
+    @classmethod
+    def _positive_tokens(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a positive number of tokens, 'auto', or null (never cut micro-batches)")
+        return value
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainingConfig":

@@ -54,7 +54,7 @@ def layer_activation_bytes(dims, knobs: Knobs) -> float:
 
 def activation_bytes(dims, knobs: Knobs) -> tuple[int, str]:
     """Activations of one micro-batch at the end of its forward pass."""
-    t = knobs.tokens
+    t = knobs.pass_tokens
     layer = layer_activation_bytes(dims, knobs)
     outside = 16 * dims.hidden  # embeddings output, final norm
     if knobs.gradient_checkpointing:
@@ -73,7 +73,7 @@ def activation_bytes(dims, knobs: Knobs) -> tuple[int, str]:
 
 
 def logits_bytes(dims, knobs: Knobs, head_trains: bool) -> tuple[int, str]:
-    t, a = knobs.tokens, knobs.compute_bytes
+    t, a = knobs.pass_tokens, knobs.compute_bytes
     if knobs.task == "reward":
         return t * 4, "a one-score head"
     if knobs.chunked_loss:

@@ -35,6 +35,7 @@ class Knobs:
     attn_implementation: str = "sdpa"
     lora_input_cast: bool = True  # peft casts adapter inputs to fp32 (llmft's pt/sft fast path turns it off)
     fused_ops: bool = False  # llmft's RMSNorm/SwiGLU that keep less for backward (training.fused_ops)
+    forward_tokens: int | None = None  # micro-batches run in passes of at most this (training.max_tokens_per_forward)
     allocator_slack: float | None = None  # fraction of activations + logits; None: ALLOCATOR_SLACK[device]
     reference_model: bool = False  # a frozen copy of the weights (dpo/kto/ppo/grpo, full mode)
     task: str = "causal_lm"  # causal_lm | reward
@@ -56,3 +57,10 @@ class Knobs:
     def tokens(self) -> int:
         """Tokens of one micro-batch as the model sees them."""
         return self.micro_batch_size * self.seq_len * self.sequences_per_example
+
+    @property
+    def pass_tokens(self) -> int:
+        """Tokens whose activations are alive at once: one pass (an example is never cut)."""
+        if self.forward_tokens is None:
+            return self.tokens
+        return min(self.tokens, max(self.forward_tokens, self.seq_len * self.sequences_per_example))

@@ -45,7 +45,8 @@ def render(rp: RecipePlan, source: str = "") -> str:
                  + (", fused RMSNorm/SwiGLU" if k.fused_ops else ""))
     lines.append(f"batch      {s.micro_batch_size} micro x {s.gradient_accumulation_steps} accumulation x "
                  f"{s.num_processes} process{'es' if s.num_processes > 1 else ''} = {s.global_batch} per step; "
-                 f"largest micro-batch {p.tokens_per_micro_batch:,} tokens")
+                 f"largest micro-batch {p.tokens_per_micro_batch:,} tokens"
+                 + (f" in passes of <= {k.forward_tokens:,}" if k.forward_tokens and k.forward_tokens < p.tokens_per_micro_batch else ""))
     if s.examples is not None:
         steps = f"{s.steps_per_epoch} step{'s' if s.steps_per_epoch != 1 else ''} per epoch, {s.total_steps} in all"
         tokens = f"~{s.tokens_per_step:,.0f} tokens per step" if s.tokens_per_example is not None else (

@@ -20,7 +20,9 @@ def test_defaults_take_the_whole_fast_path():
     path = choose(recipe(), build_model(64))
     assert (path.batching, path.attention, path.chunked_loss, path.fused_ops) == ("padding-free", "llmft_sdpa_varlen", True, True)
     assert path.reasons == []
-    assert path.describe() == "batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU"
+    assert path.forward_tokens == 512  # `auto` without a GPU
+    assert path.describe() == ("batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU, "
+                               "passes of <= 512 tokens")
 
 
 def test_each_switch_turns_its_part_off_and_says_so():
@@ -61,3 +63,27 @@ def test_padding_free_needs_the_attention_registry():
     assert path.reasons[0].startswith("padding-free off: LlamaForCausalLM does not take its attention")
     with pytest.raises(UserError, match=r"^data.padding_free: .* set data.padding_free: false"):
         choose(recipe(data={"padding_free": True}), model)
+
+
+def test_pass_size_is_the_recipe_value_or_off():
+    assert choose(recipe(training={"max_tokens_per_forward": 96}), build_model(64)).forward_tokens == 96
+    assert choose(recipe(training={"max_tokens_per_forward": None}), build_model(64)).forward_tokens is None
+
+
+def test_auto_pass_size_is_off_on_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose(recipe(), build_model(64)).forward_tokens is None
+
+
+def test_passes_need_the_chunked_loss_and_one_process():
+    path = choose(recipe(training={"chunked_loss": False}), build_model(64))
+    assert path.forward_tokens is None and path.reasons == ["training.chunked_loss is false"]
+    with pytest.raises(UserError, match=r"^training.max_tokens_per_forward: the passes are part of the chunked loss"):
+        choose(recipe(training={"chunked_loss": False, "max_tokens_per_forward": 256}), build_model(64))
+    with pytest.raises(UserError, match=r"^training.max_tokens_per_forward: several processes or DeepSpeed"):
+        choose(recipe(training={"max_tokens_per_forward": 256}, distributed={"zero_stage": 2}), build_model(64))
+    path = choose(recipe(distributed={"zero_stage": 2}), build_model(64))
+    assert path.forward_tokens is None
+    assert path.reasons == ["micro-batches run whole: several processes or DeepSpeed count each backward as a micro-batch"]

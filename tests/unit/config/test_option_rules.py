@@ -63,15 +63,21 @@ def test_shift_attn_refuses_flash_attention():
 
 
 
-@pytest.mark.parametrize("section, key", [("training", "chunked_loss"), ("training", "fused_ops"), ("data", "padding_free")])
-def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(section, key):
-    raw = recipe(stage={"name": "dpo"}, **{section: {key: False}})
+@pytest.mark.parametrize("section, key, value", [("training", "chunked_loss", False), ("training", "fused_ops", False),
+                                                 ("training", "max_tokens_per_forward", None), ("data", "padding_free", False)])
+def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(section, key, value):
+    raw = recipe(stage={"name": "dpo"}, **{section: {key: value}})
     assert only_problem(raw) == f"{section}.{key}: is part of the pt/sft fast path and has no effect on stage 'dpo'; remove it"
 
 
 def test_fast_path_keys_accepted_for_sft_and_defaults_quiet_elsewhere():
     validate_recipe(recipe(training={"chunked_loss": False, "fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_pass_size_must_be_positive(value):
+    assert only_problem(recipe(training={"max_tokens_per_forward": value})).startswith("training.max_tokens_per_forward:")
 
 
 def test_torch_compile_refused_for_ppo():

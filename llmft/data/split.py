@@ -1,0 +1,49 @@
+"""Cut a collated micro-batch into pieces of at most N tokens, at example boundaries.
+
+`training.max_tokens_per_forward`: a micro-batch runs as several forward/backward passes whose
+gradients add up to the micro-batch's own (each piece's summed loss is divided by the same
+supervised-token count), so the step is unchanged while only one piece's activations are alive
+at a time. An example longer than N stays whole: examples are never cut.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _greedy(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """[first, last) index ranges of consecutive items whose lengths sum to <= max_tokens (an item
+    longer than that gets a range of its own)."""
+    ranges, first, used = [], 0, 0
+    for i, length in enumerate(lengths):
+        if i > first and used + length > max_tokens:
+            ranges.append((first, i))
+            first, used = i, 0
+        used += length
+    ranges.append((first, len(lengths)))
+    return ranges
+
+
+def example_starts(position_ids: torch.Tensor) -> list[int]:
+    """Where each example of a padding-free row begins (positions restart at 0)."""
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+    return starts if starts and starts[0] == 0 else [0, *starts]
+
+
+def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
+    """Pieces of `batch` (padding-free: one row of concatenated examples with `position_ids`; or
+    rows of a padded/packed batch) with at most `max_tokens` tokens each, in order."""
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    if rows == 1 and batch.get("position_ids") is not None:
+        starts = example_starts(batch["position_ids"])
+        ends = [*starts[1:], width]
+        pieces = _greedy([e - s for s, e in zip(starts, ends)], max_tokens)
+        cuts = [(starts[a], ends[b - 1]) for a, b in pieces]
+        return [{k: (v[:, s:e] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == width else v) for k, v in batch.items()}
+                for s, e in cuts]
+    pieces = _greedy([width] * rows, max_tokens)
+    return [{k: (v[a:b] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v) for k, v in batch.items()}
+            for a, b in pieces]

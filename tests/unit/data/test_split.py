@@ -1,0 +1,47 @@
+"""Cutting a micro-batch into passes: at example boundaries, never inside an example, nothing lost."""
+
+from __future__ import annotations
+
+import torch
+
+from llmft.data.collate import FlatCollator, PadCollator
+from llmft.data.split import split_batch
+
+
+def examples(*lengths: int) -> list[dict]:
+    out, token = [], 1
+    for n in lengths:
+        ids = list(range(token, token + n))
+        out.append({"input_ids": ids, "labels": [-100] + ids[1:]})
+        token += n
+    return out
+
+
+def test_flat_row_is_cut_where_examples_start():
+    batch = FlatCollator()(examples(3, 5, 2, 4))
+    pieces = split_batch(batch, 8)
+    assert [p["input_ids"].shape[1] for p in pieces] == [8, 6]  # 3+5 | 2+4
+    assert pieces[0]["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert pieces[1]["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3]]
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(torch.cat([p[key] for p in pieces], dim=1), batch[key])
+
+
+def test_an_example_longer_than_the_budget_stays_whole():
+    pieces = split_batch(FlatCollator()(examples(2, 10, 3)), 4)
+    assert [p["input_ids"].shape[1] for p in pieces] == [2, 10, 3]
+    assert [p["position_ids"][0, 0].item() for p in pieces] == [0, 0, 0]
+
+
+def test_no_cut_when_the_batch_fits():
+    batch = FlatCollator()(examples(3, 5))
+    (piece,) = split_batch(batch, 8)
+    assert all(torch.equal(piece[key], batch[key]) for key in batch)
+
+
+def test_padded_rows_are_cut_into_row_groups():
+    batch = PadCollator(pad_id=0, pad_to_multiple_of=1)(examples(3, 4, 2))  # 3 rows of width 4
+    pieces = split_batch(batch, 8)
+    assert [p["input_ids"].shape for p in pieces] == [(2, 4), (1, 4)]
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(torch.cat([p[key] for p in pieces]), batch[key])
