@@ -1,6 +1,7 @@
 """`llmft plan` against measured CPU peak memory.
 
-Each case trains three steps in a fresh process and reads the kernel's own counters
+Each case trains three steps in a fresh process (started as `llmft train` starts: with tcmalloc
+preloaded where installed, per `training.allocator`) and reads the kernel's own counters
 (/proc/self/status: VmRSS now, VmHWM the peak): the resident size just before the model is loaded
 (the baseline: interpreter, torch/transformers/peft/trl, tokenizer, data) and the peak over the
 whole run. `--mmap` measures each case again with glibc told to return freed memory at once
@@ -69,6 +70,9 @@ def child(recipe_path: str, overrides: list[str]) -> None:
 
     load.load_model = probed
     recipe = load_recipe(recipe_path, overrides)
+    from llmft.allocator import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc(recipe.training)  # as `llmft train` starts (training.allocator)
     result = train(recipe)
     marks["end"] = status()
     losses = [h["loss"] for h in result.log_history if "loss" in h]

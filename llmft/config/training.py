@@ -75,8 +75,8 @@ class TrainingConfig(Section):
         description="pt/sft with the chunked loss: run a micro-batch with more tokens than this as several "
         "forward/backward passes, cut at example boundaries (an example is never cut). The gradient is the "
         "micro-batch's own (every pass divides by the same supervised-token count); only one pass's "
-        "activations are alive at a time. `auto`: 512 on CPU, where it lowers the peak memory of the "
-        "benchmark job by a third at no measurable cost in speed; off on GPUs. `null`: never cut. "
+        "activations are alive at a time. `auto`: 512 on CPU (on the SmolLM2-135M LoRA benchmark: peak "
+        "1,646 MB instead of 1,993, training ~5% slower), off on GPUs. `null`: never cut. "
         "Single-process runs only.",
     )
     neftune_alpha: float | None = Field(
