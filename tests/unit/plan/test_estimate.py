@@ -139,3 +139,14 @@ def test_schedule():
     unknown = replace(s, examples=None, tokens_per_example=None)
     assert unknown.steps_per_epoch is None and unknown.total_steps is None
     assert unknown.tokens_per_step == 64 * 1024  # the most it can be
+
+
+def test_passes_hold_the_activations_of_one_pass():
+    """training.max_tokens_per_forward: 4 x 512 tokens in passes of 512 keep one pass's activations;
+    a pass never cuts an example, so 2,048-token sequences stay whole."""
+    whole = knobs(mode="lora", weight_bytes=2, micro_batch_size=4, seq_len=512)
+    passes = replace(whole, forward_tokens=512)
+    assert passes.pass_tokens == 512 and whole.pass_tokens == passes.tokens == 2048
+    assert estimate(L7B, passes).memory.activations == estimate(L7B, replace(whole, micro_batch_size=1)).memory.activations
+    assert replace(passes, seq_len=2048).pass_tokens == 2048 * 1  # one long example per pass
+    assert estimate(L7B, passes).tokens_per_micro_batch == 2048
