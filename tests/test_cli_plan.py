@@ -32,6 +32,8 @@ def test_plan_prints_memory_and_zero_table(tmp_path, tiny_model_dir, sft_file, c
     for row in ("0      none", "1      none", "2      none", "3      none", "2      optimizer", "3      optimizer_and_params"):
         assert row in table
     assert "<- recipe" in table
+    # the fast path as `llmft train` will take it on that machine (4 GPUs: no passes, DDP keeps the chunked loss for LoRA)
+    assert "path       batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU\n" in out
 
 
 def test_plan_json(tmp_path, tiny_model_dir, sft_file, capsys):
@@ -48,6 +50,16 @@ def test_plan_json(tmp_path, tiny_model_dir, sft_file, capsys):
     assert plan["schedule"]["examples"] == 4 and plan["schedule"]["steps_per_epoch"] == 2
     assert [(z["zero_stage"], z["offload"]) for z in plan["zero_stages"]][:4] == [(0, "none"), (1, "none"), (2, "none"), (3, "none")]
     assert plan["knobs"]["device"] == "cpu"
+    assert plan["path"].endswith("fused RMSNorm/SwiGLU, passes of <= 512 tokens")  # a CPU gets passes
+
+
+def test_plan_path_says_why_a_part_is_off(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file, training={"fused_ops": False}, data={"padding_free": False})
+    assert main(["plan", str(path), "--device", "cpu"]) == EXIT_OK
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("path "))
+    assert line.endswith("(data.padding_free is false; training.fused_ops is false)")
+    assert "batches padded, attention sdpa" in line
 
 
 def test_plan_without_countable_data(tmp_path, tiny_model_dir, capsys):
@@ -69,3 +81,16 @@ def test_plan_bad_memory_size(tmp_path, tiny_model_dir, sft_file, capsys):
     path = recipe_file(tmp_path, tiny_model_dir, sft_file)
     assert main(["plan", str(path), "--gpu-memory", "lots"]) == EXIT_USER
     assert "--gpu-memory: cannot read 'lots' as a size" in capsys.readouterr().err
+
+
+def test_no_path_line_for_stages_off_the_fast_path(tiny_model_dir):
+    from conftest import minimal_recipe
+
+    from llmft.config import validate_recipe
+    from llmft.modeling.load import read_config
+    from llmft.plan.from_recipe import fast_path_line
+
+    recipe = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "dpo"}))
+    assert fast_path_line(recipe, read_config(recipe.model), "cpu") is None
+    sft = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}))
+    assert fast_path_line(sft, read_config(sft.model), "cuda").endswith("fused RMSNorm/SwiGLU")  # no passes on a GPU

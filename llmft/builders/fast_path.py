@@ -79,8 +79,9 @@ def _padding_free_blocker(model: Any) -> str | None:
     return None
 
 
-def choose(recipe: Recipe, model: Any) -> FastPath:
-    """Decide the path; an explicit `true` that cannot be honoured is a UserError naming the key."""
+def choose(recipe: Recipe, model: Any, device: str | None = None) -> FastPath:
+    """Decide the path; an explicit `true` that cannot be honoured is a UserError naming the key.
+    `device` (cpu | cuda): the machine to decide for, default this one (`llmft plan` passes its own)."""
     from llmft.errors import UserError
 
     reasons: list[str] = []
@@ -112,11 +113,11 @@ def choose(recipe: Recipe, model: Any) -> FastPath:
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
-    forward_tokens = _forward_tokens(recipe, chunked, reasons)
+    forward_tokens = _forward_tokens(recipe, chunked, reasons, device)
     return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
 
 
-def _forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) -> int | None:
+def _forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None) -> int | None:
     """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole)."""
     import torch
 
@@ -137,7 +138,8 @@ def _forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) -> int | 
             reasons.append(f"micro-batches run whole: {blocker}")
         return None
     if wanted == "auto":
-        return None if torch.cuda.is_available() else AUTO_FORWARD_TOKENS_CPU
+        on_gpu = torch.cuda.is_available() if device is None else device == "cuda"
+        return None if on_gpu else AUTO_FORWARD_TOKENS_CPU
     return wanted
 
 

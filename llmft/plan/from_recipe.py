@@ -45,6 +45,7 @@ class RecipePlan:
     budget_source: str
     alternatives: list[Plan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    path: str | None = None  # pt/sft: the fast path `llmft train` takes (llmft.builders.fast_path), and why
 
     @property
     def fits(self) -> bool:
@@ -69,6 +70,7 @@ class RecipePlan:
             "zero_stages": [{"zero_stage": p.knobs.zero_stage, "offload": p.knobs.offload, "per_device_bytes": p.per_device_bytes,
                              "memory": p.to_dict()["memory"], "cpu_offload_bytes": p.cpu_offload,
                              "fits": p.fits(self.budget_bytes)} for p in self.alternatives],
+            "path": self.path,
             "notes": list(self.notes),
         }
 
@@ -152,12 +154,28 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
     return knobs, notes
 
 
-def read_dims(recipe: Recipe) -> ModelDims:
-    from llmft.modeling.load import read_config
-
-    config = read_config(recipe.model)
+def read_dims(recipe: Recipe, config: Any) -> ModelDims:
     return dims_from_config(config, task="reward" if recipe.stage.name == "rm" else "causal_lm",
                             trust_remote_code=recipe.model.trust_remote_code)
+
+
+def fast_path_line(recipe: Recipe, config: Any, device: str) -> str | None:
+    """What the run log's `path:` line will say (pt/sft), decided on a meta-device build of the model.
+    An explicit fast-path key the model cannot honour raises the same UserError as training would."""
+    if recipe.stage.name not in CHUNKED_LOSS_STAGES:
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmft.builders.fast_path import choose
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - an exotic model: the run log will say it
+        log.debug("fast path not planned: %s", exc)
+        return None
+    return choose(recipe, model, device).describe()
 
 
 def _data_bytes(recipe: Recipe) -> int:
@@ -262,7 +280,10 @@ def plan_recipe(
     """
     import torch
 
-    dims = read_dims(recipe)
+    from llmft.modeling.load import read_config
+
+    config = read_config(recipe.model)
+    dims = read_dims(recipe, config)
     device = device or ("cuda" if torch.cuda.is_available() or budget_bytes is not None or num_processes else "cpu")
     if budget_bytes is None:
         budget_bytes, source = machine_memory()
@@ -299,4 +320,5 @@ def plan_recipe(
     alternatives = compare_zero(dims, knobs)
     if knobs.num_processes == 1:
         notes.append("one process: ZeRO has nothing to shard across; only its offload changes the GPU's share")
-    return RecipePlan(plan, schedule, dims, counted, budget_bytes, source, alternatives, notes)
+    path = fast_path_line(recipe, config, device)
+    return RecipePlan(plan, schedule, dims, counted, budget_bytes, source, alternatives, notes, path)

@@ -43,6 +43,8 @@ def render(rp: RecipePlan, source: str = "") -> str:
     lines.append(f"precision  {k.precision} compute, {k.weight_bytes:g}-byte weights, optimizer {k.optimizer}"
                  + (", gradient checkpointing" if k.gradient_checkpointing else "")
                  + (", fused RMSNorm/SwiGLU" if k.fused_ops else ""))
+    if rp.path:
+        lines.append(f"path       {rp.path}")
     lines.append(f"batch      {s.micro_batch_size} micro x {s.gradient_accumulation_steps} accumulation x "
                  f"{s.num_processes} process{'es' if s.num_processes > 1 else ''} = {s.global_batch} per step; "
                  f"largest micro-batch {p.tokens_per_micro_batch:,} tokens"
