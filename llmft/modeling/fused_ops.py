@@ -1,4 +1,4 @@
-"""RMSNorm and SwiGLU that keep less for backward (`training.fused_ops`).
+"""RMSNorm and SwiGLU that keep less for backward (`training.fused_ops`; LoRA layers: `fused_lora`).
 
 Autograd keeps what each small op needs: transformers' Llama RMSNorm keeps an fp32 copy of its input
 ([tokens, hidden] x 4 bytes) and the MLP keeps gate, up, silu(gate) and their product. These
@@ -81,8 +81,11 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_fused_ops(model: torch.nn.Module) -> dict[str, int]:
-    """Swap in the lean forwards where the module is one of the known classes; returns counts."""
-    counts = {"rms_norm": 0, "swiglu": 0}
+    """Swap in the lean forwards where the module is one of the known classes (and peft's LoRA
+    linear layers, `llmft.modeling.fused_lora`); returns counts."""
+    from llmft.modeling.fused_lora import apply_fused_lora
+
+    counts = {"rms_norm": 0, "swiglu": 0, "lora": apply_fused_lora(model)}
     for module in model.modules():
         name = type(module).__name__
         if name in RMSNORM_CLASSES and hasattr(module, "weight"):

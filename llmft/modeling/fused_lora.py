@@ -1,0 +1,83 @@
+"""A LoRA linear layer as one autograd function (part of `training.fused_ops`).
+
+peft computes `base(x) + lora_B(lora_A(dropout(x))) * scaling` as five autograd nodes, each with its
+own casts of the fp32 adapter weights, a scaling pass and an add over the [tokens, out] output, and
+the same again in backward. Here the forward is `x W^T` with `(x A^T) B^T` added in place by one
+`addmm` (scaling as its alpha), and the backward takes dX = dY W + s (dY B) A, dA = s (dY B)^T x and
+dB = s dY^T (x A^T) directly. Same values (to rounding); it keeps x (which peft keeps too) and the
+rank-wide x A^T. Measured on the SmolLM2-135M LoRA benchmark (2 CPU cores): ~6% less training time
+(whole-process wall-time ratio 0.937, range 0.898-0.976, two runs each).
+
+Applied per module instance (its `forward` replaced) where the result is exactly peft's formula:
+one active adapter, not merged, no dropout, no DoRA, a plain frozen `nn.Linear` base without bias
+whose weight is materialised (not a ZeRO-3 placeholder) and of the input's dtype; any other call
+goes to peft's own forward.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+
+class _LoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, lora_a, lora_b, scaling):
+        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
+        flat = x.reshape(-1, x.shape[-1])
+        xa = flat @ a.t()
+        out = torch.nn.functional.linear(flat, weight).addmm_(xa, b.t(), alpha=scaling)
+        ctx.save_for_backward(flat, weight, a, b, xa)
+        ctx.scaling, ctx.input_shape, ctx.adapter_dtype = scaling, x.shape, lora_a.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight, a, b, xa = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad.reshape(-1, grad.shape[-1])
+        gb = g @ b  # [tokens, rank]
+        grad_x = (g @ weight).addmm_(gb, a, alpha=s).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        grad_a = (gb.t() @ flat).to(ctx.adapter_dtype).mul_(s) if ctx.needs_input_grad[2] else None
+        grad_b = (g.t() @ xa).to(ctx.adapter_dtype).mul_(s) if ctx.needs_input_grad[3] else None
+        return grad_x, None, grad_a, grad_b, None
+
+
+def _plain_adapter(module: Any, x: torch.Tensor) -> str | None:
+    """The active adapter's name when this call is exactly W x + s B A x; else None."""
+    names = module.active_adapters
+    if module.merged or module.disable_adapters or len(names) != 1:
+        return None
+    name = names[0]
+    base = module.base_layer
+    weight = getattr(base, "weight", None)
+    if (name not in module.lora_A or not isinstance(module.lora_dropout[name], torch.nn.Identity)
+            or module.use_dora.get(name, False) or type(base) is not torch.nn.Linear or base.bias is not None
+            or weight is None or weight.requires_grad or weight.dtype != x.dtype or weight.dim() != 2
+            or weight.numel() == 0 or getattr(module, "lora_bias", {}).get(name, False)):
+        return None
+    return name
+
+
+def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    name = None if (args or kwargs) else _plain_adapter(self, x)
+    if name is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    return _LoRALinear.apply(x, self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight,
+                             self.scaling[name])
+
+
+def apply_fused_lora(model: torch.nn.Module) -> int:
+    """Swap the one-function forward into every peft `lora.Linear`; returns how many."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.forward = types.MethodType(_forward, module)
+            count += 1
+    return count
