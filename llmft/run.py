@@ -43,8 +43,8 @@ def prepare(recipe: Recipe) -> Any:
     from llmft.run_context import RunContext
 
     enter_process(recipe)  # launched as the recipe says (one process, or several via a launcher)
+    log.info(configure_allocator(recipe.training))  # before the first matmul; may refuse the recipe
     output_dir = preflight(recipe)
-    log.info(configure_allocator(recipe.training))
     precision, why = resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
     log.info("precision: %s (%s)", precision, why)
     set_seed(recipe.training.seed)

@@ -113,12 +113,13 @@ def choose(recipe: Recipe, model: Any, device: str | None = None) -> FastPath:
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
-    forward_tokens = _forward_tokens(recipe, chunked, reasons, device)
+    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons, device)
     return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
 
 
-def _forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None) -> int | None:
-    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole)."""
+def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None) -> int | None:
+    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole); `llmft plan`
+    uses it too."""
     import torch
 
     from llmft.errors import UserError

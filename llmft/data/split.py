@@ -26,22 +26,17 @@ def _greedy(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def example_starts(position_ids: torch.Tensor) -> list[int]:
-    """Where each example of a padding-free row begins (positions restart at 0)."""
-    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
-    return starts if starts and starts[0] == 0 else [0, *starts]
-
-
 def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
     """Pieces of `batch` (padding-free: one row of concatenated examples with `position_ids`; or
     rows of a padded/packed batch) with at most `max_tokens` tokens each, in order."""
     ids = batch["input_ids"]
     rows, width = ids.shape
     if rows == 1 and batch.get("position_ids") is not None:
-        starts = example_starts(batch["position_ids"])
-        ends = [*starts[1:], width]
-        pieces = _greedy([e - s for s, e in zip(starts, ends)], max_tokens)
-        cuts = [(starts[a], ends[b - 1]) for a, b in pieces]
+        from llmft.modeling.varlen_attention import segments
+
+        spans = segments(batch["position_ids"], 0, width)
+        pieces = _greedy([end - start for start, end in spans], max_tokens)
+        cuts = [(spans[a][0], spans[b - 1][1]) for a, b in pieces]
         return [{k: (v[:, s:e] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == width else v) for k, v in batch.items()}
                 for s, e in cuts]
     pieces = _greedy([width] * rows, max_tokens)

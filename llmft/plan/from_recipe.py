@@ -87,20 +87,9 @@ def _precision(recipe: Recipe, device: str, notes: list[str]) -> str:
     return wanted
 
 
-def _forward_tokens(training, chunked: bool, dist, device: str) -> int | None:
-    """training.max_tokens_per_forward as the fast path resolves it (llmft.builders.fast_path)."""
-    from llmft.builders.fast_path import AUTO_FORWARD_TOKENS_CPU
-
-    wanted = getattr(training, "max_tokens_per_forward", None)
-    if wanted is None or not chunked or dist.launches or dist.uses_deepspeed:
-        return None
-    if wanted == "auto":
-        return AUTO_FORWARD_TOKENS_CPU if device == "cpu" else None
-    return wanted
-
-
 def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int | None = None, seq_len: int | None = None) -> tuple[Knobs, list[str]]:
     """The estimator's knobs for `recipe` on `device` (cuda | cpu)."""
+    from llmft.builders.fast_path import resolve_forward_tokens
     from llmft.modeling.precision import weight_dtype
 
     notes: list[str] = []
@@ -145,7 +134,7 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
         chunked_loss=chunked,
         attn_implementation=recipe.model.attn_implementation,
         lora_input_cast=stage.name not in CHUNKED_LOSS_STAGES,  # the pt/sft fast path keeps adapter inputs in bf16
-        forward_tokens=_forward_tokens(t, chunked and stage.name in CHUNKED_LOSS_STAGES, dist, device),
+        forward_tokens=resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [], device),
         fused_ops=bool(getattr(t, "fused_ops", False)) and stage.name in CHUNKED_LOSS_STAGES and dims.model_type in FUSED_OPS_MODEL_TYPES,
         reference_model=reference,
         task="reward" if stage.name == "rm" else "causal_lm",
