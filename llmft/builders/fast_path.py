@@ -200,10 +200,16 @@ def chunked_loss_trainer_class(forward_tokens: int | None = None) -> type:
                 num_items_in_batch = supervised * self.current_gradient_accumulation_steps
             return sum(super(ChunkedLossTrainer, self).training_step(model, piece, num_items_in_batch) for piece in pieces)
 
+        def _head_dtype(self, weight):
+            """The output projection's compute dtype on the plain path: autocast's under mixed precision."""
+            import torch
+
+            return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else weight.dtype
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             hidden, head = final_hidden(model, inputs, _causal_lm(self.accelerator.unwrap_model(model)))
-            total = causal_lm_loss_sum(hidden, head.weight, labels)
+            total = causal_lm_loss_sum(hidden, head.weight, labels, self._head_dtype(head.weight))
             self.loss_is_scaled_for_ga = num_items_in_batch is not None
             if num_items_in_batch is None:
                 loss = total / (labels[:, 1:] != IGNORE).sum().clamp(min=1)

@@ -14,9 +14,9 @@ from llmft.run import train
 PLAIN = {"chunked_loss": False, "fused_ops": False}
 
 
-def first_loss(tiny_model_dir, sft_file, out, attention="sdpa", training=None, **data) -> float:
+def first_loss(tiny_model_dir, sft_file, out, attention="sdpa", training=None, mode="full", **data) -> float:
     raw = make_recipe(
-        tiny_model_dir, sft_file, out, mode="full", model={"attn_implementation": attention},
+        tiny_model_dir, sft_file, out, mode=mode, model={"attn_implementation": attention},
         data={"max_length": 128, "cache": False, **data},
         training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0, **(training or {})},
     )
@@ -60,3 +60,30 @@ def test_cross_contamination_would_show(tiny_model_dir, sft_file, tmp_path, monk
     padding_free = first_loss(tiny_model_dir, sft_file, tmp_path / "c")
     assert abs(packed - plain) > 1e-3
     assert abs(padding_free - plain) > 1e-3
+
+
+@pytest.mark.skipif(not __import__("llmft.modeling.precision", fromlist=["x"]).cpu_has_fast_bf16(), reason="needs a bf16 CPU")
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_mixed_precision_projects_the_head_in_bf16_like_the_plain_path(mode, tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    """bf16 mixed precision: the chunked loss projects onto the vocabulary in bf16 (what autocast does to the
+    plain path's output layer) — for LoRA's bf16 weights and full fine-tuning's fp32 masters alike — and logs
+    the plain path's loss."""
+    import torch
+
+    import llmft.modeling.chunked_loss as chunked
+
+    seen = []
+    original = chunked.causal_lm_loss_sum
+
+    def spy(hidden, weight, labels, dtype=None):
+        seen.append((hidden.dtype, weight.dtype, dtype))
+        return original(hidden, weight, labels, dtype)
+
+    monkeypatch.setattr(chunked, "causal_lm_loss_sum", spy)
+    bf16 = {"precision": "bf16"}
+    plain = first_loss(tiny_model_dir, sft_file, tmp_path / "a", training={**PLAIN, **bf16}, padding_free=False, mode=mode)
+    assert seen == []
+    chunked_loss = first_loss(tiny_model_dir, sft_file, tmp_path / "b", training=bf16, padding_free=False, mode=mode)
+    assert seen and all(dtype == torch.bfloat16 for _, _, dtype in seen)
+    assert seen[0][1] == (torch.bfloat16 if mode == "lora" else torch.float32)
+    assert abs(chunked_loss - plain) < 2e-3 * abs(plain)
