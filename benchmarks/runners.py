@@ -93,8 +93,9 @@ def run_llmft(job: Job, out: Path, variant: str = "llmft") -> dict:
     for section, values in VARIANTS[variant].items():
         raw[section].update(values)
     recipe = validate_recipe(raw)
-    result = train(recipe)
+    # counted before training, as run_trl counts (after it, a second tokenizer would add to the peak)
     report = prepare_data("sft", DataConfig(**recipe.data.model_dump()), prepare_tokenizer(recipe), recipe.training.seed).reports["train"]
+    result = train(recipe)
     wall = time.perf_counter() - started
     train_s = result.metrics["train_runtime"]
     losses = [h["loss"] for h in result.log_history if "loss" in h]
