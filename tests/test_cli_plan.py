@@ -50,7 +50,7 @@ def test_plan_json(tmp_path, tiny_model_dir, sft_file, capsys):
     assert plan["schedule"]["examples"] == 4 and plan["schedule"]["steps_per_epoch"] == 2
     assert [(z["zero_stage"], z["offload"]) for z in plan["zero_stages"]][:4] == [(0, "none"), (1, "none"), (2, "none"), (3, "none")]
     assert plan["knobs"]["device"] == "cpu"
-    assert plan["path"].endswith("fused RMSNorm/SwiGLU, passes of <= 512 tokens")  # a CPU gets passes
+    assert plan["path"].endswith("chunked cross-entropy, fused RMSNorm/SwiGLU")  # whole micro-batches fit this machine
 
 
 def test_plan_path_says_why_a_part_is_off(tmp_path, tiny_model_dir, sft_file, capsys):
@@ -94,3 +94,16 @@ def test_no_path_line_for_stages_off_the_fast_path(tiny_model_dir):
     assert fast_path_line(recipe, read_config(recipe.model), "cpu") is None
     sft = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}))
     assert fast_path_line(sft, read_config(sft.model), "cuda").endswith("fused RMSNorm/SwiGLU")  # no passes on a GPU
+
+
+def test_plan_cuts_passes_when_the_planned_memory_is_too_small(tmp_path, tiny_model_dir, sft_file, capsys):
+    """`training.max_tokens_per_forward: auto` follows the plan's budget: on a 0.1 GiB GPU whole micro-batches of
+    4 x 512 tokens do not fit, so the path line shows passes, and the activations are one pass's."""
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file, training={"micro_batch_size": 4}, data={"max_length": 512})
+    assert main(["plan", str(path), "--gpu-memory", "0.1GiB", "--no-count-data", "--format", "json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert "passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need" in plan["path"]
+    assert plan["knobs"]["forward_tokens"] == 256
+    assert main(["plan", str(path), "--gpu-memory", "80GiB", "--no-count-data", "--format", "json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["knobs"]["forward_tokens"] is None and "passes" not in plan["path"]

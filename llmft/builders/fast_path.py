@@ -14,22 +14,21 @@ was not taken:
 - fused RMSNorm and SwiGLU (`training.fused_ops`) that keep less for backward (`llmft.modeling.fused_ops`).
 - micro-batches cut into passes of at most `training.max_tokens_per_forward` tokens at example
   boundaries (`llmft.data.split`): the same gradient with one pass's activations alive at a time.
+  `auto` cuts only when the memory plan says whole micro-batches do not fit the machine: each pass
+  streams every weight from memory again (~0.15 s for SmolLM2-135M on 2 CPU cores).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from llmft.config.recipe import Recipe
 
 #: Model types whose causal-LM head is a plain linear projection of the final hidden states (no
 #: logit soft-capping or scaling after it), so the chunked loss equals the model's own.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"})
-#: `training.max_tokens_per_forward: auto` without a GPU. Measured on the SmolLM2-135M LoRA benchmark
-#: (docs/performance.md): peak RSS 1,646 MB instead of 1,993 (whole micro-batches), ~5% slower.
-AUTO_FORWARD_TOKENS_CPU = 512
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,10 @@ def _padding_free_blocker(model: Any) -> str | None:
     return None
 
 
-def choose(recipe: Recipe, model: Any, device: str | None = None) -> FastPath:
+def choose(recipe: Recipe, model: Any, device: str | None = None, budget_bytes: int | None = None) -> FastPath:
     """Decide the path; an explicit `true` that cannot be honoured is a UserError naming the key.
-    `device` (cpu | cuda): the machine to decide for, default this one (`llmft plan` passes its own)."""
+    `device` (cpu | cuda) and its memory `budget_bytes`: the machine to decide for, default this one
+    (`llmft plan` passes its own)."""
     from llmft.errors import UserError
 
     reasons: list[str] = []
@@ -113,15 +113,25 @@ def choose(recipe: Recipe, model: Any, device: str | None = None) -> FastPath:
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
-    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons, device)
+    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons, device,
+                                            lambda: _planned_pass_size(recipe, model, device, reasons, budget_bytes))
     return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
 
 
-def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None) -> int | None:
-    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole); `llmft plan`
-    uses it too."""
+def _planned_pass_size(recipe: Recipe, model: Any, device: str | None, reasons: list[str], budget_bytes: int | None) -> int | None:
+    """`auto`: whole micro-batches unless the memory plan says they do not fit this machine."""
     import torch
 
+    from llmft.plan.from_recipe import planned_pass_size
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return planned_pass_size(recipe, _causal_lm(model).config, device, reasons, budget_bytes)
+
+
+def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None,
+                           auto: Callable[[], int | None] = lambda: None) -> int | None:
+    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole); `llmft plan`
+    uses it too. `auto` decides the `auto` value where passes can run (the memory plan's answer)."""
     from llmft.errors import UserError
 
     wanted = recipe.training.max_tokens_per_forward
@@ -139,8 +149,7 @@ def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], de
             reasons.append(f"micro-batches run whole: {blocker}")
         return None
     if wanted == "auto":
-        on_gpu = torch.cuda.is_available() if device is None else device == "cuda"
-        return None if on_gpu else AUTO_FORWARD_TOKENS_CPU
+        return auto()
     return wanted
 
 

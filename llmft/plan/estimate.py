@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from llmft.plan.activations import activation_bytes, logits_bytes, targeted_linears
 from llmft.plan.knobs import GIB, Knobs
 
-__all__ = ["GIB", "Knobs", "Memory", "Plan", "compare_zero", "checkpointing_needed", "estimate"]
+__all__ = ["GIB", "Knobs", "Memory", "Plan", "compare_zero", "checkpointing_needed", "estimate", "pass_size_needed"]
 
 #: Optimizer -> bytes of state per trainable parameter (beside any fp32 master copy), and a name.
 OPTIMIZER_STATE = {
@@ -239,6 +239,22 @@ def checkpointing_needed(dims, knobs: Knobs, budget_bytes: int) -> bool:
     """True when the run does not fit `budget_bytes` without gradient checkpointing but does with it."""
     without = estimate(dims, replace(knobs, gradient_checkpointing=False))
     return not without.fits(budget_bytes) and estimate(dims, replace(knobs, gradient_checkpointing=True)).fits(budget_bytes)
+
+
+#: The pass sizes `training.max_tokens_per_forward: auto` picks from, largest first.
+PASS_SIZES = (4096, 2048, 1024, 512, 256)
+
+
+def pass_size_needed(dims, knobs: Knobs, budget_bytes: int) -> int | None:
+    """`training.max_tokens_per_forward: auto`: None (whole micro-batches) when they fit `budget_bytes`;
+    else the largest of PASS_SIZES below a micro-batch's tokens that fits (the smallest if none does)."""
+    if estimate(dims, replace(knobs, forward_tokens=None)).fits(budget_bytes):
+        return None
+    sizes = [n for n in PASS_SIZES if n < knobs.tokens]
+    for n in sizes:
+        if estimate(dims, replace(knobs, forward_tokens=n)).fits(budget_bytes):
+            return n
+    return sizes[-1] if sizes else None
 
 
 #: The alternatives `llmft plan` compares: (ZeRO stage, offload).

@@ -4,13 +4,13 @@ knobs, and the batch/step schedule (from the data when it is cheap to count)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llmft.config.recipe import Recipe
 from llmft.plan.dims import ModelDims, dims_from_config
-from llmft.plan.estimate import Knobs, Plan, compare_zero, estimate
+from llmft.plan.estimate import GIB, Knobs, Plan, compare_zero, estimate, pass_size_needed
 from llmft.plan.schedule import Schedule
 
 log = logging.getLogger("llmft")
@@ -87,12 +87,15 @@ def _precision(recipe: Recipe, device: str, notes: list[str]) -> str:
     return wanted
 
 
-def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int | None = None, seq_len: int | None = None) -> tuple[Knobs, list[str]]:
-    """The estimator's knobs for `recipe` on `device` (cuda | cpu)."""
+def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int | None = None, seq_len: int | None = None,
+              budget_bytes: int | None = None) -> tuple[Knobs, list[str]]:
+    """The estimator's knobs for `recipe` on `device` (cuda | cpu). `budget_bytes`: the memory that
+    `training.max_tokens_per_forward: auto` plans against (None: auto means whole micro-batches)."""
     from llmft.builders.fast_path import resolve_forward_tokens
     from llmft.modeling.precision import weight_dtype
 
     notes: list[str] = []
+    auto_passes: list[bool] = []  # set when `auto` decides the pass size (where passes can run)
     ft, t, dist, stage = recipe.finetune, recipe.training, recipe.distributed, recipe.stage
     precision = _precision(recipe, device, notes)
     weight_bytes = weight_dtype(recipe.model, ft, precision).itemsize
@@ -134,13 +137,34 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
         chunked_loss=chunked,
         attn_implementation=recipe.model.attn_implementation,
         lora_input_cast=stage.name not in CHUNKED_LOSS_STAGES,  # the pt/sft fast path keeps adapter inputs in bf16
-        forward_tokens=resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [], device),
+        forward_tokens=resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [], device,
+                                              lambda: auto_passes.append(True)),
         fused_ops=bool(getattr(t, "fused_ops", False)) and stage.name in CHUNKED_LOSS_STAGES and dims.model_type in FUSED_OPS_MODEL_TYPES,
         reference_model=reference,
         task="reward" if stage.name == "rm" else "causal_lm",
         device=device,
     )
+    if auto_passes and budget_bytes is not None:
+        knobs = replace(knobs, forward_tokens=pass_size_needed(dims, knobs, budget_bytes))
     return knobs, notes
+
+
+def planned_pass_size(recipe: Recipe, config: Any, device: str, reasons: list[str], budget_bytes: int | None = None) -> int | None:
+    """`training.max_tokens_per_forward: auto` at run time: None (whole micro-batches of up to
+    micro_batch_size x data.max_length tokens) when the memory plan fits them in this machine's RAM
+    or GPU memory; else the largest pass size that fits, with the reason added to `reasons`."""
+    try:
+        dims = read_dims(recipe, config)
+    except Exception as exc:  # noqa: BLE001 - an exotic model: run whole, and say so
+        reasons.append(f"micro-batches run whole: memory not planned ({exc})")
+        return None
+    budget, source = (budget_bytes, "the planned device") if budget_bytes is not None else machine_memory()
+    knobs, _ = knobs_for(recipe, dims, device, budget_bytes=budget)
+    if knobs.forward_tokens is not None:
+        whole = estimate(dims, replace(knobs, forward_tokens=None)).per_device_bytes
+        reasons.append(f"passes: whole micro-batches of {knobs.tokens:,} tokens would need {whole / GIB:.1f} GiB, "
+                       f"{source} has {budget / GIB:.1f} GiB")
+    return knobs.forward_tokens
 
 
 def read_dims(recipe: Recipe, config: Any) -> ModelDims:
@@ -148,9 +172,10 @@ def read_dims(recipe: Recipe, config: Any) -> ModelDims:
                             trust_remote_code=recipe.model.trust_remote_code)
 
 
-def fast_path_line(recipe: Recipe, config: Any, device: str) -> str | None:
-    """What the run log's `path:` line will say (pt/sft), decided on a meta-device build of the model.
-    An explicit fast-path key the model cannot honour raises the same UserError as training would."""
+def fast_path_line(recipe: Recipe, config: Any, device: str, budget_bytes: int | None = None) -> str | None:
+    """What the run log's `path:` line will say (pt/sft), decided on a meta-device build of the model
+    for `device` with `budget_bytes` of memory (default: this machine's). An explicit fast-path key the
+    model cannot honour raises the same UserError as training would."""
     if recipe.stage.name not in CHUNKED_LOSS_STAGES:
         return None
     import torch
@@ -164,7 +189,7 @@ def fast_path_line(recipe: Recipe, config: Any, device: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - an exotic model: the run log will say it
         log.debug("fast path not planned: %s", exc)
         return None
-    return choose(recipe, model, device).describe()
+    return choose(recipe, model, device, budget_bytes).describe()
 
 
 def _data_bytes(recipe: Recipe) -> int:
@@ -289,7 +314,7 @@ def plan_recipe(
     seq_len = None
     if counted.longest_micro_batch:
         seq_len = max(1, round(counted.longest_micro_batch / (micro * per_sequence)))
-    knobs, notes = knobs_for(recipe, dims, device, num_processes, seq_len)
+    knobs, notes = knobs_for(recipe, dims, device, num_processes, seq_len, budget_bytes)
     if not dims.exact:
         notes.append(f"parameters counted with a Llama-shaped formula ({dims.model_type} could not be built on the meta device)")
     if seq_len is None:
@@ -309,5 +334,5 @@ def plan_recipe(
     alternatives = compare_zero(dims, knobs)
     if knobs.num_processes == 1:
         notes.append("one process: ZeRO has nothing to shard across; only its offload changes the GPU's share")
-    path = fast_path_line(recipe, config, device)
+    path = fast_path_line(recipe, config, device, budget_bytes)
     return RecipePlan(plan, schedule, dims, counted, budget_bytes, source, alternatives, notes, path)

@@ -20,9 +20,8 @@ def test_defaults_take_the_whole_fast_path():
     path = choose(recipe(), build_model(64))
     assert (path.batching, path.attention, path.chunked_loss, path.fused_ops) == ("padding-free", "llmft_sdpa_varlen", True, True)
     assert path.reasons == []
-    assert path.forward_tokens == 512  # `auto` without a GPU
-    assert path.describe() == ("batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU, "
-                               "passes of <= 512 tokens")
+    assert path.forward_tokens is None  # `auto`: whole micro-batches fit this machine's memory
+    assert path.describe() == "batches padding-free, attention llmft_sdpa_varlen, chunked cross-entropy, fused RMSNorm/SwiGLU"
 
 
 def test_each_switch_turns_its_part_off_and_says_so():
@@ -70,11 +69,24 @@ def test_pass_size_is_the_recipe_value_or_off():
     assert choose(recipe(training={"max_tokens_per_forward": None}), build_model(64)).forward_tokens is None
 
 
-def test_auto_pass_size_is_off_on_a_gpu(monkeypatch):
+def test_auto_cuts_passes_only_where_the_memory_plan_needs_them(monkeypatch):
+    """`auto` asks the memory plan: a machine too small for whole micro-batches (4 x 512 tokens) gets passes,
+    with the reason in the path line; one with room runs them whole (a GPU plans against its own memory)."""
     import torch
 
+    import llmft.plan.from_recipe as from_recipe
+
+    sections = {"training": {"micro_batch_size": 4}, "data": {"max_length": 512}}
+    monkeypatch.setattr(from_recipe, "machine_memory", lambda: (1 << 20, "this machine's RAM (no GPU)"))
+    path = choose(recipe(**sections), build_model(64))
+    assert path.forward_tokens == 256  # nothing fits 1 MiB: the smallest pass size
+    assert path.reasons == ["passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's RAM (no GPU) has 0.0 GiB"]
+    assert path.describe().endswith("passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, "
+                                    "this machine's RAM (no GPU) has 0.0 GiB)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert choose(recipe(), build_model(64)).forward_tokens is None
+    monkeypatch.setattr(from_recipe, "machine_memory", lambda: (80 << 30, "GPU 0 (test)"))
+    assert choose(recipe(**sections), build_model(64)).forward_tokens is None
+    assert choose(recipe(**sections, distributed={"zero_stage": 2}), build_model(64)).forward_tokens is None
 
 
 def test_passes_need_the_chunked_loss_and_one_process():

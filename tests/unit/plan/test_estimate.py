@@ -150,3 +150,18 @@ def test_passes_hold_the_activations_of_one_pass():
     assert estimate(L7B, passes).memory.activations == estimate(L7B, replace(whole, micro_batch_size=1)).memory.activations
     assert replace(passes, seq_len=2048).pass_tokens == 2048 * 1  # one long example per pass
     assert estimate(L7B, passes).tokens_per_micro_batch == 2048
+
+
+def test_auto_pass_size_is_the_largest_that_fits():
+    """training.max_tokens_per_forward: auto — whole micro-batches when they fit, else the largest pass size
+    that does, else the smallest."""
+    from llmft.plan.estimate import pass_size_needed
+
+    whole = knobs(mode="lora", weight_bytes=2, micro_batch_size=16, seq_len=256)  # 4,096 tokens
+    need = {n: estimate(L7B, replace(whole, forward_tokens=n)).per_device_bytes for n in (None, 2048, 1024, 512, 256)}
+    assert need[None] > need[2048] > need[1024] > need[512] > need[256]
+    assert pass_size_needed(L7B, whole, need[None]) is None
+    assert pass_size_needed(L7B, whole, need[None] - 1) == 2048
+    assert pass_size_needed(L7B, whole, need[1024]) == 1024
+    assert pass_size_needed(L7B, whole, need[256] - 1) == 256  # nothing fits: the least memory
+    assert pass_size_needed(L7B, replace(whole, micro_batch_size=1, seq_len=200), 1) is None  # nothing smaller to cut to
