@@ -144,8 +144,9 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
         task="reward" if stage.name == "rm" else "causal_lm",
         device=device,
     )
-    if auto_passes and budget_bytes is not None:
-        knobs = replace(knobs, forward_tokens=pass_size_needed(dims, knobs, budget_bytes))
+    if auto_passes and budget_bytes is not None:  # decided as the run decides: for full-length micro-batches
+        upper_bound = replace(knobs, seq_len=recipe.data.max_length)
+        knobs = replace(knobs, forward_tokens=pass_size_needed(dims, upper_bound, budget_bytes))
     return knobs, notes
 
 
