@@ -69,13 +69,14 @@ def llmft_recipe(job: Job, out: Path) -> dict:
     }
 
 
-#: llmft with one fast-path part switched off at a time (`--ablate`), and all of them.
+#: llmft with one fast-path part switched off at a time (`--ablate`), and all of them; `+passes` switches
+#: on the one part `auto` leaves off on this job (micro-batches in passes of <= 512 tokens).
 VARIANTS = {
     "llmft": {},
     "-chunked_loss": {"training": {"chunked_loss": False}},
     "-padding_free": {"data": {"padding_free": False}},
     "-fused_ops": {"training": {"fused_ops": False}},
-    "-passes": {"training": {"max_tokens_per_forward": None}},
+    "+passes": {"training": {"max_tokens_per_forward": 512}},  # off by default where memory allows
     "-tcmalloc": {"training": {"allocator": "system"}},
     "-all": {"training": {"chunked_loss": False, "fused_ops": False, "max_tokens_per_forward": None}, "data": {"padding_free": False}},
 }

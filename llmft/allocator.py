@@ -4,9 +4,10 @@ and caps on the CPU kernel caches.
 Measured on the issue-6 benchmark (SmolLM2-135M LoRA, 2 cores; docs/performance.md):
 
 - glibc's malloc keeps what each step freed in a heap that fragments as activation sizes change from
-  micro-batch to micro-batch. tcmalloc (gperftools) reuses it better and allocates faster: 41.8 s and
-  1,994 MB peak instead of 48.3 s and 2,301 MB. It must be loaded when the process starts, so
-  `llmft train` re-executes itself once with `LD_PRELOAD` when it finds the library (`auto`).
+  micro-batch to micro-batch. tcmalloc (gperftools) reuses it better: 1,756 MB peak instead of 2,054
+  (two alternating runs each, same speed within 2%; it was also 13% faster while every pass allocated
+  a 113 MB fp32 copy of the head weight). It must be loaded when the process starts, so `llmft train`
+  re-executes itself once with `LD_PRELOAD` when it finds the library (`auto`).
 - oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every matmul shape it meets in two caches
   of 1,024 entries each (~0.3-0.6 MB per shape); with padding-free batches every micro-batch length is
   a new shape, so a run grew by ~500 MB. llmft caps both caches at 128 entries unless the environment
@@ -125,7 +126,7 @@ def configure(training: Any) -> str:
     if training.allocator == "system":
         return "allocator: the system's malloc (training.allocator: system)"
     if library is None and sys.platform.startswith("linux"):
-        return f"allocator: glibc malloc; tcmalloc would train faster in less memory on CPU ({INSTALL_HINT})"
+        return f"allocator: glibc malloc; tcmalloc would train in less memory on CPU ({INSTALL_HINT})"
     if library is not None:
         return f"allocator: the system's malloc (start with `llmft train` to preload {library})"
     return "allocator: the system's malloc"

@@ -277,5 +277,5 @@ def test_train_preloads_tcmalloc_where_installed(tmp_path, tiny_model_dir, sft_f
     if library:
         assert "[llmft] allocator: tcmalloc\n" in proc.stderr
     else:
-        assert "allocator: glibc malloc; tcmalloc would train faster" in proc.stderr
+        assert "allocator: glibc malloc; tcmalloc would train in less memory" in proc.stderr
     assert proc.stderr.count("allocator:") == 1  # one training process, after at most one re-execution

@@ -48,7 +48,7 @@ CPU_FRAMEWORK_BYTES = int(0.6 * GIB)
 #: Memory the allocator holds beyond the live tensors that come and go each step (activations,
 #: logits), as a fraction of them. CUDA: the caching allocator's fragmentation, assumed 10% (not
 #: measured here). CPU: none — the CPU calibration runs (docs/plan.md) are within ~10% without a term
-#: for it (llmft/allocator.py: tcmalloc where installed, capped kernel caches, passes of <= 512 tokens).
+#: for it (llmft/allocator.py: tcmalloc where installed, capped kernel caches).
 ALLOCATOR_SLACK = {"cpu": 0.0, "cuda": 0.1}
 
 
