@@ -78,7 +78,8 @@ class TrainingConfig(Section):
         "activations are alive at a time, but every pass streams all weights again (on the SmolLM2-135M "
         "LoRA benchmark, passes of 512: peak RSS -18%, training time +11%). `auto`: whole micro-batches "
         "unless the memory plan (`llmft plan`) says micro_batch_size x data.max_length tokens do not fit "
-        "this machine's RAM (or GPU memory); then the largest of 4096/2048/1024/512/256 that fits. "
+        "the RAM available when the run starts (or the GPU's memory); then the largest of "
+        "4096/2048/1024/512/256 that fits. "
         "`null`: never cut. Single-process runs only.",
     )
     neftune_alpha: float | None = Field(

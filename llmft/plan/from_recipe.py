@@ -152,14 +152,15 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
 
 def planned_pass_size(recipe: Recipe, config: Any, device: str, reasons: list[str], budget_bytes: int | None = None) -> int | None:
     """`training.max_tokens_per_forward: auto` at run time: None (whole micro-batches of up to
-    micro_batch_size x data.max_length tokens) when the memory plan fits them in this machine's RAM
-    or GPU memory; else the largest pass size that fits, with the reason added to `reasons`."""
+    micro_batch_size x data.max_length tokens) when the memory plan fits them in the RAM available now
+    (or the GPU's memory, or `budget_bytes`); else the largest pass size that fits, with the reason
+    added to `reasons`."""
     try:
         dims = read_dims(recipe, config)
     except Exception as exc:  # noqa: BLE001 - an exotic model: run whole, and say so
         reasons.append(f"micro-batches run whole: memory not planned ({exc})")
         return None
-    budget, source = (budget_bytes, "the planned device") if budget_bytes is not None else machine_memory()
+    budget, source = (budget_bytes, "the planned device") if budget_bytes is not None else available_memory()
     knobs, _ = knobs_for(recipe, dims, device, budget_bytes=budget)
     if knobs.forward_tokens is not None:
         whole = estimate(dims, replace(knobs, forward_tokens=None)).per_device_bytes
@@ -277,6 +278,22 @@ def machine_memory() -> tuple[int, str]:
         props = torch.cuda.get_device_properties(0)
         return props.total_memory, f"GPU 0 ({props.name})"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM (no GPU)"
+
+
+def available_memory() -> tuple[int, str]:
+    """What a run starting now can use: a GPU's whole memory, or (no GPU) the RAM the kernel reports
+    available plus what this process already holds (the plan counts that too: framework, weights)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return machine_memory()
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024 + int(status["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        return machine_memory()
+    return min(free, machine_memory()[0]), "this machine's available RAM (no GPU)"
 
 
 def plan_recipe(

@@ -77,13 +77,16 @@ def test_auto_cuts_passes_only_where_the_memory_plan_needs_them(monkeypatch):
     import llmft.plan.from_recipe as from_recipe
 
     sections = {"training": {"micro_batch_size": 4}, "data": {"max_length": 512}}
-    monkeypatch.setattr(from_recipe, "machine_memory", lambda: (1 << 20, "this machine's RAM (no GPU)"))
+    assert choose(recipe(**sections), build_model(64)).forward_tokens is None  # this machine has room
+    available = from_recipe.available_memory
+    monkeypatch.setattr(from_recipe, "available_memory", lambda: (1 << 20, "this machine's available RAM (no GPU)"))
     path = choose(recipe(**sections), build_model(64))
     assert path.forward_tokens == 256  # nothing fits 1 MiB: the smallest pass size
-    assert path.reasons == ["passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's RAM (no GPU) has 0.0 GiB"]
+    assert path.reasons == ["passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's available RAM (no GPU) has 0.0 GiB"]
     assert path.describe().endswith("passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, "
-                                    "this machine's RAM (no GPU) has 0.0 GiB)")
+                                    "this machine's available RAM (no GPU) has 0.0 GiB)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(from_recipe, "available_memory", available)  # on a GPU: the GPU's memory
     monkeypatch.setattr(from_recipe, "machine_memory", lambda: (80 << 30, "GPU 0 (test)"))
     assert choose(recipe(**sections), build_model(64)).forward_tokens is None
     assert choose(recipe(**sections, distributed={"zero_stage": 2}), build_model(64)).forward_tokens is None
@@ -99,3 +102,12 @@ def test_passes_need_the_chunked_loss_and_one_process():
     path = choose(recipe(distributed={"zero_stage": 2}), build_model(64))
     assert path.forward_tokens is None
     assert path.reasons == ["micro-batches run whole: several processes or DeepSpeed count each backward as a micro-batch"]
+
+
+def test_available_memory_is_what_a_run_can_use_now():
+    """CPU: RAM the kernel reports available plus this process's own resident memory, never more than the machine has."""
+    from llmft.plan.from_recipe import available_memory, machine_memory
+
+    free, source = available_memory()
+    assert 0 < free <= machine_memory()[0]
+    assert source == "this machine's available RAM (no GPU)"
