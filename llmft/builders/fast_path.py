@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from llmft.config.recipe import Recipe
 
@@ -113,8 +113,9 @@ def choose(recipe: Recipe, model: Any, device: str | None = None, budget_bytes: 
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
-    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons, device,
-                                            lambda: _planned_pass_size(recipe, model, device, reasons, budget_bytes))
+    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons)
+    if forward_tokens == "auto":
+        forward_tokens = _planned_pass_size(recipe, model, device, reasons, budget_bytes)
     return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
 
 
@@ -128,10 +129,9 @@ def _planned_pass_size(recipe: Recipe, model: Any, device: str | None, reasons: 
     return planned_pass_size(recipe, _causal_lm(model).config, device, reasons, budget_bytes)
 
 
-def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], device: str | None,
-                           auto: Callable[[], int | None] = lambda: None) -> int | None:
-    """The pass size for `training.max_tokens_per_forward` (None: micro-batches run whole); `llmft plan`
-    uses it too. `auto` decides the `auto` value where passes can run (the memory plan's answer)."""
+def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) -> int | str | None:
+    """`training.max_tokens_per_forward` where passes can run (None: micro-batches run whole; "auto":
+    the memory plan decides, `llmft.plan.from_recipe`); `llmft plan` uses it too."""
     from llmft.errors import UserError
 
     wanted = recipe.training.max_tokens_per_forward
@@ -148,8 +148,6 @@ def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str], de
         if chunked:  # without the chunked loss its own reason already says why
             reasons.append(f"micro-batches run whole: {blocker}")
         return None
-    if wanted == "auto":
-        return auto()
     return wanted
 
 

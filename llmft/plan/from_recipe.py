@@ -95,7 +95,6 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
     from llmft.modeling.precision import weight_dtype
 
     notes: list[str] = []
-    auto_passes: list[bool] = []  # set when `auto` decides the pass size (where passes can run)
     ft, t, dist, stage = recipe.finetune, recipe.training, recipe.distributed, recipe.stage
     precision = _precision(recipe, device, notes)
     weight_bytes = weight_dtype(recipe.model, ft, precision).itemsize
@@ -137,16 +136,17 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
         chunked_loss=chunked,
         attn_implementation=recipe.model.attn_implementation,
         lora_input_cast=stage.name not in CHUNKED_LOSS_STAGES,  # the pt/sft fast path keeps adapter inputs in bf16
-        forward_tokens=resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [], device,
-                                              lambda: auto_passes.append(True)),
+        forward_tokens=None,  # decided below
         fused_ops=bool(getattr(t, "fused_ops", False)) and stage.name in CHUNKED_LOSS_STAGES and dims.model_type in FUSED_OPS_MODEL_TYPES,
         reference_model=reference,
         task="reward" if stage.name == "rm" else "causal_lm",
         device=device,
     )
-    if auto_passes and budget_bytes is not None:  # decided as the run decides: for full-length micro-batches
-        upper_bound = replace(knobs, seq_len=recipe.data.max_length)
-        knobs = replace(knobs, forward_tokens=pass_size_needed(dims, upper_bound, budget_bytes))
+    forward_tokens = resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [])
+    if forward_tokens == "auto":  # decided as the run decides: for full-length micro-batches
+        forward_tokens = None if budget_bytes is None else pass_size_needed(
+            dims, replace(knobs, seq_len=recipe.data.max_length), budget_bytes)
+    knobs = replace(knobs, forward_tokens=forward_tokens)
     return knobs, notes
 
 
