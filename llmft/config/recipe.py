@@ -104,6 +104,13 @@ def _training_option_problems(recipe: Recipe) -> list[tuple[str, str]]:
     if stage not in ("pt", "sft"):
         for key in next_token_only:  # defaults stay quiet; a key someone set must not be ignored
             problems.append((key, f"is part of the pt/sft fast path and has no effect on stage {stage!r}; remove it"))
+    if isinstance(t.max_tokens_per_forward, int) and stage in ("pt", "sft"):  # known before anything launches
+        if not t.chunked_loss:
+            problems.append(("training.max_tokens_per_forward", "the passes are part of the chunked loss, which "
+                             "training.chunked_loss: false turns off; remove one of them"))
+        elif recipe.distributed.launches or recipe.distributed.uses_deepspeed:
+            problems.append(("training.max_tokens_per_forward", "several processes or DeepSpeed count each backward "
+                             "as a micro-batch; remove it or set it to null"))
     if t.release_memory and t.allocator == "tcmalloc":
         problems.append(("training.release_memory", "sets glibc's malloc thresholds, which do nothing with training.allocator: "
                          "tcmalloc; remove one of them"))

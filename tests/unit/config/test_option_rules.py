@@ -80,6 +80,17 @@ def test_pass_size_must_be_positive(value):
     assert only_problem(recipe(training={"max_tokens_per_forward": value})).startswith("training.max_tokens_per_forward:")
 
 
+def test_explicit_pass_size_that_cannot_run_is_refused_before_launch():
+    """Known from the recipe alone, so refused at validation (exit 2 before anything launches or loads)."""
+    assert only_problem(recipe(training={"max_tokens_per_forward": 256, "chunked_loss": False})) == (
+        "training.max_tokens_per_forward: the passes are part of the chunked loss, which training.chunked_loss: false "
+        "turns off; remove one of them")
+    assert only_problem(recipe(training={"max_tokens_per_forward": 256}, distributed={"zero_stage": 2})) == (
+        "training.max_tokens_per_forward: several processes or DeepSpeed count each backward as a micro-batch; "
+        "remove it or set it to null")
+    validate_recipe(recipe(distributed={"zero_stage": 2}))  # `auto` just runs whole micro-batches there
+
+
 def test_torch_compile_refused_for_ppo():
     problem = only_problem(recipe(stage={"name": "ppo", "reward_model": "rm"}, training={"torch_compile": True}))
     assert problem.startswith("training.torch_compile: llmft's PPO trainer does not compile")
