@@ -153,7 +153,7 @@ def check_losses(args: argparse.Namespace, workdir: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sft" / "alpaca_en_demo.json"))
-    parser.add_argument("--only", choices=TOOLS + tuple(v for v in VARIANTS if v != "llmft"), help="one tool or llmft variant")
+    parser.add_argument("--only", choices=TOOLS + tuple(v for v in VARIANTS if v != "llmft"), help="one tool or llmft variant (write a variant that starts with - as --only=-tcmalloc)")
     parser.add_argument("--ablate", action="store_true", help="also llmft with each fast-path part off (-chunked_loss, ...)")
     parser.add_argument("--quick", action="store_true", help="small model built in code; exit 1 if llmft is slower than TRL")
     parser.add_argument("--check-losses", action="store_true", help="also compare per-token losses at lr 0 (fp32)")
