@@ -67,7 +67,9 @@ def _fmt(value: Any) -> str:
 def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
     from llmft.launch.ranks import is_main_process
 
-    callbacks: list[Any] = [RandomInitAlarm(vocab_size, recipe.model.path), LogLines()]
+    callbacks: list[Any] = [LogLines()]
+    if recipe.stage.traits.next_token_loss:  # ln(vocab) says nothing about pairwise, KTO or policy losses
+        callbacks.insert(0, RandomInitAlarm(vocab_size, recipe.model.path))
     if "tensorboard" in recipe.training.report_to and is_main_process():  # one events file per run
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback

@@ -123,7 +123,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     prepared, tokenizer, recipe = _prepared_data(args)
     rows = None
-    if recipe.data.packing and recipe.stage.name in ("pt", "sft"):
+    if recipe.data.packing and recipe.stage.traits.fast_path:
         from llmft.data.packing import pack
 
         rows = len(pack(prepared.train, recipe.data.max_length))
@@ -157,9 +157,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from llmft.registry import MODES, STAGES, available
+    from llmft.config.finetune import MODES
+    from llmft.config.matrix import SUPPORTED
+    from llmft.config.stage import STAGES
 
-    pairs = set(available())
+    pairs = set(SUPPORTED)
     print("stage  " + "  ".join(f"{m:<5}" for m in MODES))
     for stage in STAGES:
         print(f"{stage:<6} " + "  ".join(f"{'yes' if (stage, m) in pairs else '-':<5}" for m in MODES))

@@ -26,7 +26,7 @@ def prepare_tokenizer(recipe: Recipe) -> Any:
     from llmft.modeling.load import arrange_pad_token, load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model)
-    if recipe.stage.name != "pt":
+    if recipe.stage.traits.chat_template:
         log.info(install_template(tokenizer, recipe.data.template))
     log.info(arrange_pad_token(tokenizer))
     return tokenizer
@@ -40,7 +40,7 @@ def prepare(recipe: Recipe) -> Any:
     from llmft.launch.child import enter_process
     from llmft.modeling.precision import resolve_precision
     from llmft.preflight import preflight
-    from llmft.run_context import RunContext
+    from llmft.builders.context import RunContext
 
     enter_process(recipe)  # launched as the recipe says (one process, or several via a launcher)
     log.info(configure_allocator(recipe.training))  # before the first matmul; may refuse the recipe
@@ -80,7 +80,7 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
 
 def train(recipe: Recipe) -> RunResult:
     from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
-    from llmft.registry import get_builder
+    from llmft.builders import get_builder
 
     from llmft.launch.ranks import is_main_process
     from llmft.resume import check_same_recipe, resolve_checkpoint

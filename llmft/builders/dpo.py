@@ -24,9 +24,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import trl_config
+from llmft.config.stage import Reference
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+
+log = logging.getLogger("llmft")
 
 
 def trainer_class() -> type:
@@ -45,16 +50,14 @@ def trainer_class() -> type:
 def build_dpo(ctx: RunContext) -> Any:
     import copy
 
-    import torch
-    from peft import PeftModel
     from trl import DPOConfig
 
     from llmft.builders.preference import (
-        PairCollator, finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs, refuse_packing,
+        PairCollator, finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs,
     )
+    from llmft.builders.trl_common import settle_lora_reference
 
     stage = ctx.recipe.stage
-    refuse_packing(ctx)
     train, evaluation = prepared_pairs(ctx)  # before the model loads, so data errors surface fast
 
     def dataset(pairs: list) -> Any:
@@ -65,16 +68,16 @@ def build_dpo(ctx: RunContext) -> Any:
 
     model = ctx.model
     keep_only_adapter_dropout(model)
-    precomputed = stage.reference == "precomputed"
+    reference = stage.reference_source(ctx.recipe.finetune)
     ref_model = None  # LoRA: the base with the adapter disabled; precomputed: none kept
-    if not precomputed and not isinstance(model, PeftModel):
+    if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     args = trl_config(
         DPOConfig, ctx,
         beta=stage.beta,
         loss_type=[stage.loss_type],
         label_smoothing=stage.label_smoothing,
-        precompute_ref_log_probs=precomputed,
+        precompute_ref_log_probs=reference is Reference.PRECOMPUTED,
         max_length=None,  # llmft already fitted every pair to data.max_length (and counted the drops)
         disable_dropout=False,  # done above, keeping LoRA's dropout
     )
@@ -88,14 +91,6 @@ def build_dpo(ctx: RunContext) -> Any:
         processing_class=ctx.tokenizer,
         callbacks=llmft_callbacks(ctx, model),
     )
-    if isinstance(model, PeftModel) and "ref" in model.peft_config:
-        # TRL keeps a frozen copy of any adapter it is handed, as the reference.
-        if not ctx.recipe.finetune.adapter_path:
-            # a fresh adapter (lora_B = 0) is exactly the base: drop the copy, so the reference is
-            # the base with the adapter disabled and the output holds only the trained adapter
-            model.delete_adapter("ref")
-        else:  # the continued adapter's copy stays the reference: deterministic, so no dropout in it
-            for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Dropout) and name.endswith(".lora_dropout.ref"):
-                    module.p = 0.0
+    settle_lora_reference(model, continued=ctx.recipe.finetune.continues_adapter)
+    log.info(reference.describe())
     return finish(trainer)

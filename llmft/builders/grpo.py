@@ -19,9 +19,10 @@ from typing import Any, Sequence
 from llmft import rewards
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
+from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -158,28 +159,14 @@ def build_grpo(ctx: RunContext) -> Any:
     recipe = ctx.recipe
     stage = recipe.stage
     config = grpo_config(ctx)
-    full_reference = recipe.finetune.mode == "full" and stage.beta > 0
-    if full_reference and recipe.model.gguf_file:
-        raise UserError(
-            "stage.beta: full GRPO with beta > 0 reloads the reference from model.path, which cannot start from "
-            "model.gguf_file; use finetune.mode: lora or beta: 0"
-        )
-    max_prompt = recipe.data.max_length - stage.max_completion_length
-    if max_prompt <= 0:
-        raise UserError(
-            f"data.max_length ({recipe.data.max_length}) leaves no room for a prompt before "
-            f"stage.max_completion_length ({stage.max_completion_length}) generated tokens"
-        )
-    train, evaluation = trl_datasets(ctx, "grpo", lambda items: prompt_rows(items, ctx.tokenizer, max_prompt))
-    trainer = trl_trainer(
-        ctx, GRPOTrainer, config, train, evaluation, next_token_loss=False, reward_funcs=reward_functions(ctx)
-    )
+    max_prompt = recipe.data.max_length - stage.max_completion_length  # >= 1: checked with the recipe
+    train, evaluation = trl_datasets(ctx, lambda items: prompt_rows(items, ctx.tokenizer, max_prompt))
+    trainer = trl_trainer(ctx, GRPOTrainer, config, train, evaluation, reward_funcs=reward_functions(ctx))
     log.info("grpo: rewards %s", ", ".join(trainer.reward_func_names))
-    if full_reference:
+    reference = stage.reference_source(recipe.finetune)  # none with beta 0
+    if reference is Reference.RELOADED:
         check_rebuilt_reference(trainer)
-        log.info("reference: reloaded by TRL from model.path, checked equal to the starting policy")
-    elif stage.beta > 0:
-        log.info(settle_lora_reference(trainer, getattr(recipe.finetune, "adapter_path", None)))
     else:
-        log.info("reference: none (beta 0)")
+        settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), continued=recipe.finetune.continues_adapter)
+    log.info(reference.describe() + (" (beta 0)" if reference is Reference.NONE else ""))
     return trainer

@@ -11,10 +11,11 @@ import logging
 import random
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import training_kwargs
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
+from llmft.config.stage import Reference
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -56,14 +57,15 @@ def build_kto(ctx: RunContext) -> Any:
         return rows
 
     train, evaluation = trl_datasets(
-        ctx, "kto", lambda items: kto_rows(items, ctx.tokenizer, data.max_length, data.truncation), order=shuffled
+        ctx, lambda items: kto_rows(items, ctx.tokenizer, data.max_length, data.truncation), order=shuffled
     )
     labels = train["label"]
     log.info("kto: %d desirable, %d undesirable train replies", sum(labels), len(labels) - sum(labels))
-    ref_model = None
-    if recipe.finetune.mode == "full":
+    reference = recipe.stage.reference_source(recipe.finetune)
+    ref_model = None  # LoRA: the base with the adapter disabled (or TRL's frozen copy of a continued adapter)
+    if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
-    trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, next_token_loss=False, ref_model=ref_model)
-    lora = settle_lora_reference(trainer, getattr(recipe.finetune, "adapter_path", None))
-    log.info(lora or "reference: a frozen copy of the starting model (made in memory)")
+    trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, ref_model=ref_model)
+    settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), continued=recipe.finetune.continues_adapter)
+    log.info(reference.describe())
     return trainer

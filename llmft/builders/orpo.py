@@ -8,7 +8,7 @@ from typing import Any
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import trl_datasets, trl_trainer
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 
 def orpo_classes() -> tuple[type, type]:
@@ -43,6 +43,6 @@ def build_orpo(ctx: RunContext) -> Any:
     data = ctx.recipe.data
     config = orpo_config(ctx)
     train, evaluation = trl_datasets(
-        ctx, "orpo", lambda items: pair_rows(items, ctx.tokenizer, data.max_length, data.truncation, "orpo")
+        ctx, lambda items: pair_rows(items, ctx.tokenizer, data.max_length, data.truncation)
     )
-    return trl_trainer(ctx, orpo_classes()[1], config, train, evaluation, next_token_loss=True)
+    return trl_trainer(ctx, orpo_classes()[1], config, train, evaluation)

@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -40,13 +41,8 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
     from llmft.data.dataset import load_items
 
     recipe = ctx.recipe
-    budget = recipe.data.max_length - recipe.stage.max_new_tokens
-    if budget < 1:
-        raise UserError(
-            f"data.max_length: {recipe.data.max_length} leaves no room for a prompt before "
-            f"stage.max_new_tokens={recipe.stage.max_new_tokens} reply tokens; raise data.max_length"
-        )
-    items = load_items("ppo", recipe.data, recipe.training.seed)
+    budget = recipe.data.max_length - recipe.stage.max_new_tokens  # >= 1: checked with the recipe
+    items = load_items(recipe.stage.name, recipe.data, recipe.training.seed)
     for source in items.sources:
         log.info(source.line())
     splits = {}
@@ -65,15 +61,13 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
 def build_ppo(ctx: RunContext) -> Any:
     from llmft.alignment.ppo_trainer import PpoTrainer
     from llmft.builders.trainer import training_arguments
-    from llmft.callbacks import RandomInitAlarm, callbacks_for
+    from llmft.callbacks import callbacks_for
     from llmft.data.tokenize import end_of_turn_ids, turn_end_problem
     from llmft.modeling.precision import DTYPES
 
     recipe, stage = ctx.recipe, ctx.recipe.stage
     check_reward_model_path(stage.reward_model)
-    if recipe.data.packing:
-        raise UserError("data.packing: stage 'ppo' samples a reply to each prompt and does not pack; remove it")
-    if recipe.finetune.mode == "lora" and recipe.finetune.adapter_path:
+    if recipe.finetune.continues_adapter:
         log.warning(
             "WARNING: finetune.adapter_path: the PPO reference is the model with the adapter disabled, i.e. "
             "model.path without %s, so the KL penalty pulls towards the model before that adapter. To keep "
@@ -88,7 +82,7 @@ def build_ppo(ctx: RunContext) -> Any:
             "WARNING: training.gradient_accumulation_steps is not used by ppo: each optimizer step takes "
             "stage.mini_batch_size rollouts, run in chunks of training.micro_batch_size"
         )
-    if recipe.finetune.mode == "lora" and recipe.finetune.dropout:
+    if getattr(recipe.finetune, "dropout", 0):
         log.warning("WARNING: finetune.dropout=%s is not applied in ppo: dropout is off so that the "
                     "policy's log-probs in training match those of its rollouts", recipe.finetune.dropout)
     train_prompts, eval_prompts = read_prompts(ctx)
@@ -96,14 +90,12 @@ def build_ppo(ctx: RunContext) -> Any:
     log.info("reward model: %s", stage.reward_model)
 
     policy = ctx.model
-    if recipe.finetune.mode == "lora":
-        ref_model = None  # the policy with its adapter disabled
-    else:
+    reference = stage.reference_source(recipe.finetune)
+    ref_model = None  # LoRA and QLoRA: the policy with its adapter disabled, no second copy
+    if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
-    callbacks = [
-        c for c in callbacks_for(recipe, ctx.output_dir, vocab_size=policy.config.vocab_size)
-        if not isinstance(c, RandomInitAlarm)  # PPO's loss is not a next-token loss
-    ]
+    log.info(reference.describe())
+    callbacks = callbacks_for(recipe, ctx.output_dir, vocab_size=policy.config.vocab_size)
     return PpoTrainer(
         model=policy,
         tokenizer=ctx.tokenizer,

@@ -13,16 +13,9 @@ from llmft.data.collate import PadCollator
 from llmft.data.pairs import PairExample
 from llmft.data.tokenize import IGNORE
 from llmft.errors import UserError
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
-
-
-def refuse_packing(ctx: RunContext) -> None:
-    """Pairs are compared sequence by sequence; packing (which only pt/sft do) would be ignored."""
-    data = ctx.recipe.data
-    if data.packing:
-        raise UserError(f"data.packing: stage {ctx.recipe.stage.name!r} compares whole sequences and does not pack; remove it")
 
 
 def prepared_pairs(ctx: RunContext) -> tuple[list[PairExample], list[PairExample] | None]:
@@ -87,9 +80,7 @@ def finish(trainer: Any) -> Any:
 
 
 def llmft_callbacks(ctx: RunContext, model: Any) -> list[Any]:
-    """llmft's callbacks, less the random-init alarm: pairwise and DPO losses are not next-token
-    losses, so ln(vocab) says nothing about them (an IPO loss can start near it)."""
-    from llmft.callbacks import RandomInitAlarm, callbacks_for
+    """llmft's callbacks for the run (the random-init alarm only where the loss is a next-token loss)."""
+    from llmft.callbacks import callbacks_for
 
-    callbacks = callbacks_for(ctx.recipe, ctx.output_dir, vocab_size=model.config.vocab_size)
-    return [c for c in callbacks if not isinstance(c, RandomInitAlarm)]
+    return callbacks_for(ctx.recipe, ctx.output_dir, vocab_size=model.config.vocab_size)

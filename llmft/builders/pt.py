@@ -6,9 +6,9 @@ from typing import Any
 
 from llmft.builders.trainer import next_token_trainer
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 
 @register_builder("pt", modes=("full", "lora", "qlora"))
 def build_pt(ctx: RunContext) -> Any:
-    return next_token_trainer(ctx, "pt")
+    return next_token_trainer(ctx)

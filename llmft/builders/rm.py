@@ -22,17 +22,16 @@ from typing import Any
 
 from llmft.builders.trainer import trl_config
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 
 @register_builder("rm", modes=("full", "lora"))
 def build_rm(ctx: RunContext) -> Any:
     from trl import RewardConfig, RewardTrainer
 
-    from llmft.builders.preference import finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs, refuse_packing
+    from llmft.builders.preference import finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs
     from llmft.modeling.reward import through_reply
 
-    refuse_packing(ctx)
     train, evaluation = prepared_pairs(ctx)  # before the model loads, so data errors surface fast
 
     def dataset(pairs: list) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 from llmft.builders.trainer import next_token_trainer
 from llmft.data.tokenize import turn_end_problem
 from llmft.registry import register_builder
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -18,4 +18,4 @@ def build_sft(ctx: RunContext) -> Any:
     problem = turn_end_problem(ctx.tokenizer)
     if problem:
         log.warning("WARNING: %s", problem)
-    return next_token_trainer(ctx, "sft")
+    return next_token_trainer(ctx)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.config.recipe import Recipe
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -103,8 +103,8 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, 
     return trainer
 
 
-def next_token_trainer(ctx: RunContext, stage: str) -> Any:
-    """Prepare the train/eval examples for `stage` (before loading the model, so data errors
+def next_token_trainer(ctx: RunContext) -> Any:
+    """Prepare the train/eval examples of the run's stage (before loading the model, so data errors
     surface fast), choose the fast path (`llmft.builders.fast_path`), batch, build the Trainer."""
     from llmft.builders import fast_path
     from llmft.data.collate import FlatCollator, PackedCollator, PadCollator
@@ -112,7 +112,7 @@ def next_token_trainer(ctx: RunContext, stage: str) -> Any:
     from llmft.data.packing import pack
 
     data = ctx.recipe.data
-    prepared = prepare_data(stage, data, ctx.tokenizer, ctx.recipe.training.seed)
+    prepared = prepare_data(ctx.recipe.stage.name, data, ctx.tokenizer, ctx.recipe.training.seed)
     log_prepared(prepared)
     path = fast_path.choose(ctx.recipe, ctx.model)
     fast_path.apply(path, ctx.model, ctx.precision)

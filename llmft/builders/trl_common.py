@@ -1,4 +1,4 @@
-"""What the TRL-backed builders (kto, orpo, grpo) share: llmft's records as TRL datasets (with
+"""What the TRL-backed builders (dpo, kto, orpo, grpo) share: llmft's records as TRL datasets (with
 every left-out record counted), the trainer with llmft's callbacks, and the LoRA reference."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 
@@ -14,29 +14,15 @@ log = logging.getLogger("llmft")
 ToRows = Callable[[Sequence[Any]], tuple[list[dict], Any]]
 
 
-def refuse_unsupported(ctx: RunContext) -> None:
-    """Data keys that mean nothing once TRL tokenizes and samples the data itself: refused, not ignored."""
-    from llmft.errors import UserError
-
-    data, stage = ctx.recipe.data, ctx.recipe.stage.name
-    for key in ("group_by_length", "packing"):
-        if getattr(data, key):
-            raise UserError(
-                f"data.{key}: not available for stage {stage!r} (its TRL trainer tokenizes and batches the data "
-                "itself); remove the key"
-            )
-
-
-def trl_datasets(ctx: RunContext, stage: str, to_rows: ToRows, order: Callable[[list[dict]], list[dict]] | None = None) -> tuple[Any, Any | None]:
-    """Read the recipe's data for `stage` (before the model loads, so data errors surface fast) and
-    turn each split into a `datasets.Dataset` of TRL rows."""
+def trl_datasets(ctx: RunContext, to_rows: ToRows, order: Callable[[list[dict]], list[dict]] | None = None) -> tuple[Any, Any | None]:
+    """Read the recipe's data for its stage (before the model loads, so data errors surface fast)
+    and turn each split into a `datasets.Dataset` of TRL rows."""
     from datasets import Dataset
 
     from llmft.data.dataset import load_items
     from llmft.errors import UserError
 
-    refuse_unsupported(ctx)
-    loaded = load_items(stage, ctx.recipe.data, ctx.recipe.training.seed)
+    loaded = load_items(ctx.recipe.stage.name, ctx.recipe.data, ctx.recipe.training.seed)
     for source in loaded.sources:
         log.info(source.line())
     out = []
@@ -52,22 +38,18 @@ def trl_datasets(ctx: RunContext, stage: str, to_rows: ToRows, order: Callable[[
     return out[0], out[1]
 
 
-def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, evaluation: Any | None,
-                next_token_loss: bool, **kwargs: Any) -> Any:
+def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, evaluation: Any | None, **kwargs: Any) -> Any:
     """Build a TRL trainer on the run's model and tokenizer (TRL renders the chat template
-    installed on it), attach llmft's callbacks, and confirm TRL kept every row.
-    `next_token_loss`: the loss contains the LM loss (ORPO), so the random-init alarm applies."""
+    installed on it), attach llmft's callbacks, and confirm TRL kept every row."""
     from transformers.trainer_callback import PrinterCallback
 
     from llmft.builders.preference import keep_only_adapter_dropout
-    from llmft.callbacks import RandomInitAlarm, callbacks_for
+    from llmft.callbacks import callbacks_for
     from llmft.data.trl_rows import check_kept
 
     model = ctx.model
     keep_only_adapter_dropout(model)  # with disable_dropout=False in the config: finetune.dropout applies
     callbacks = callbacks_for(ctx.recipe, ctx.output_dir, vocab_size=model.config.vocab_size)
-    if not next_token_loss:
-        callbacks = [c for c in callbacks if not isinstance(c, RandomInitAlarm)]
     trainer = trainer_cls(
         model=model, args=config, train_dataset=train, eval_dataset=evaluation,
         processing_class=ctx.tokenizer, callbacks=callbacks, **kwargs,
@@ -79,20 +61,23 @@ def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, eva
     return trainer
 
 
-def settle_lora_reference(trainer: Any, adapter_path: str | None) -> str | None:
-    """Given a model that already carries its (LoRA) adapter, TRL's KTO and GRPO copy that adapter
-    into a frozen second adapter named "ref" and use it as the reference. A fresh adapter is zero
-    at the start (lora_B = 0), so the copy is the base model at the cost of a second adapter (and
-    a `ref/` folder in every save): delete it, and TRL computes the reference with the adapter
-    disabled. A continued adapter (`finetune.adapter_path`) keeps the copy: the reference is then
-    the adapter as training started (e.g. the SFT policy), not the bare base.
-    Returns what the reference is, for the log (None for a model without adapters)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+def settle_lora_reference(model: Any, continued: bool) -> None:
+    """Given a model that already carries its (LoRA) adapter, TRL's DPO, KTO and GRPO trainers copy
+    that adapter into a frozen second adapter named "ref" and use it as the reference. A fresh
+    adapter is zero at the start (lora_B = 0), so the copy is the base model at the cost of a second
+    adapter (and a `ref/` folder in every save): it is deleted, and TRL computes the reference with
+    the adapter disabled. A `continued` adapter (`finetune.adapter_path`: Reference.STARTING_ADAPTER,
+    and what dpo's precomputed log-probs are computed from) keeps the copy: the reference is then the
+    adapter as training started (e.g. the SFT policy), not the bare base; its dropout is switched off
+    so the reference is deterministic."""
+    import torch
+
     peft_config = getattr(model, "peft_config", None)
-    if peft_config is None:
-        return None
-    if "ref" in peft_config:
-        if adapter_path:
-            return f"reference: the continued adapter as it started ({adapter_path}, a frozen copy named 'ref')"
+    if peft_config is None or "ref" not in peft_config:
+        return
+    if not continued:
         model.delete_adapter("ref")
-    return "reference: the base model (the adapter disabled)"
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and name.endswith(".lora_dropout.ref"):
+            module.p = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
@@ -11,6 +12,10 @@ from llmft.config.base import Section
 
 class FullFinetune(Section):
     mode: Literal["full"] = Field(description="Train every parameter of the model.")
+
+    @property
+    def continues_adapter(self) -> bool:
+        return False
 
 
 class LoraFinetune(Section):
@@ -34,6 +39,11 @@ class LoraFinetune(Section):
         "targets apply; setting different ones here is an error.",
     )
 
+    @property
+    def continues_adapter(self) -> bool:
+        """True when training continues `adapter_path` rather than a fresh adapter."""
+        return self.adapter_path is not None
+
 
 class QLoraFinetune(LoraFinetune):
     mode: Literal["qlora"] = Field(  # type: ignore[assignment]
@@ -55,4 +65,7 @@ class QLoraFinetune(LoraFinetune):
         return self
 
 
-Finetune = Annotated[Union[FullFinetune, LoraFinetune, QLoraFinetune], Field(discriminator="mode")]
+#: Every finetune mode, in schema order.
+FINETUNE_VARIANTS = (FullFinetune, LoraFinetune, QLoraFinetune)
+Finetune = Annotated[Union[FINETUNE_VARIANTS], Field(discriminator="mode")]  # type: ignore[valid-type]
+MODES: tuple[str, ...] = tuple(typing.get_args(v.model_fields["mode"].annotation)[0] for v in FINETUNE_VARIANTS)

@@ -1,12 +1,116 @@
-"""`stage:` — the training objective. A tagged union on `name`; stage-only knobs live on their variant."""
+"""`stage:` — the training objective. A tagged union on `name`; stage-only knobs live on their variant.
+
+What a stage *is* lives on its variant too (`traits`, and `reference_source()` for how it gets its
+reference model): the data it trains on, its objective, which finetune modes have a builder,
+which data and training keys mean something for it. Builders, validation, `llmft data` and
+`llmft plan` all read it here; nothing outside `config/` and `builders/` compares stage names.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import enum
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmft.config.base import Section
+from llmft.config.finetune import MODES, FullFinetune, LoraFinetune
+from llmft.config.training import TrainingConfig
+
+#: Record layouts a conversation stage reads (`data.*.format`).
+CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv")
+#: What a stage's loss is: next-token cross-entropy, a preference loss (pairs or labelled replies),
+#: a reward model's pairwise score loss, or a policy-gradient loss on replies it samples itself.
+Objective = Literal["next_token", "preference", "reward", "rollout"]
+#: What a record becomes: `text` blocks (pt), a supervised `conversation` (sft), a chosen/rejected
+#: `pair`, a reply `labelled` desirable or not (kto), or a `prompt` the policy answers.
+Examples = Literal["text", "conversation", "pair", "labelled", "prompt"]
+TRUNCATIONS = ("truncate_right", "truncate_left", "drop")
+
+
+class Reference(enum.Enum):
+    """Where a stage's reference model (the policy as training started) comes from."""
+
+    NONE = "none"  # no reference
+    ADAPTER_DISABLED = "adapter disabled"  # LoRA: the base with the (fresh) adapter switched off, no second copy
+    STARTING_ADAPTER = "starting adapter"  # LoRA continuing finetune.adapter_path: a frozen copy of that adapter
+    FROZEN_COPY = "frozen copy"  # full: a frozen copy of the loaded model, in memory
+    RELOADED = "reloaded"  # full: the trainer (TRL) reloads model.path, checked equal to the policy
+    PRECOMPUTED = "precomputed"  # reference log-probs computed once before training; none kept
+
+    @property
+    def copies_weights(self) -> bool:
+        """True when a second full set of weights is kept in memory."""
+        return self in (Reference.FROZEN_COPY, Reference.RELOADED)
+
+    def describe(self) -> str:
+        return {
+            Reference.NONE: "reference: none",
+            Reference.ADAPTER_DISABLED: "reference: the base model (the adapter disabled, no second copy)",
+            Reference.STARTING_ADAPTER: "reference: the continued adapter as it started (a frozen copy named 'ref')",
+            Reference.FROZEN_COPY: "reference: a frozen copy of the starting model (made in memory)",
+            Reference.RELOADED: "reference: reloaded by TRL from model.path, checked equal to the starting policy",
+            Reference.PRECOMPUTED: "reference: log-probs precomputed once before training (no reference model kept)",
+        }[self]
+
+
+def policy_at_start(finetune: Any, full: Reference = Reference.FROZEN_COPY,
+                    continued: Reference = Reference.STARTING_ADAPTER) -> Reference:
+    """The reference "the policy as training started", for a finetune mode: `full` for full training,
+    the adapter disabled for a fresh LoRA/QLoRA adapter, `continued` for a continued one."""
+    if isinstance(finetune, FullFinetune):
+        return full
+    if finetune.continues_adapter:
+        return continued
+    return Reference.ADAPTER_DISABLED
+
+
+@dataclass(frozen=True)
+class StageTraits:
+    """What a stage is, as every consumer needs to know it."""
+
+    formats: tuple[str, ...]  # data formats it trains on (`data.*.format`; `auto` is checked once read)
+    objective: Objective
+    examples: Examples
+    modes: tuple[str, ...]  # finetune modes with a builder: this stage's row of the supported table
+    fast_path: bool = False  # the pt/sft fast path (padding-free, chunked loss, fused ops, passes, S2-Attn) and packing
+    next_token_loss: bool = False  # the loss contains a next-token loss (the random-init alarm applies)
+    group_by_length: bool = False  # its trainer honours data.group_by_length
+    truncation: tuple[str, ...] = TRUNCATIONS  # data.truncation values it honours; () = the key has no effect
+    supervision: bool = False  # data.mask_prompt / train_on choose what it supervises
+    chat_template: bool = True  # renders conversations with data.template (pt reads plain text)
+    task: Literal["causal_lm", "reward"] = "causal_lm"  # what the model is loaded as
+    samples: bool = False  # generates replies from the model it trains
+    head_adapter: bool = True  # a LoRA adapter on the output head trains (TRL's dpo/kto/grpo read its weight directly)
+    multi_process: bool = True  # trains in several processes / under DeepSpeed
+    torch_compile: bool = True  # its trainer can compile the model (training.torch_compile)
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences through the model per example: chosen and rejected (or KTO's reply and its
+        mismatched KL reply) go through together."""
+        return 2 if self.examples in ("pair", "labelled") else 1
+
+
+class StageSection(Section):
+    """A `stage:` variant: its knobs, its traits, and how it gets a reference model."""
+
+    traits: ClassVar[StageTraits]
+
+    def reference_source(self, finetune: Any) -> Reference:
+        """Where this stage's reference model comes from, given the finetune section."""
+        return Reference.NONE
+
+    def generated_tokens(self) -> tuple[str, int] | None:
+        """(key, tokens) of the longest reply a sampling stage generates, which data.max_length must leave room for."""
+        return None
+
+    def batch_problems(self, training: TrainingConfig, evaluates: bool) -> list[tuple[str, str]]:
+        """Batch shapes this stage needs, as (dotted.key, problem) pairs."""
+        return []
+
 
 #: DPO losses as TRL's DPOTrainer offers them.
 DpoLoss = Literal[
@@ -17,23 +121,37 @@ DpoLoss = Literal[
 SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 #: Built-in reward functions for GRPO (no code from a recipe is ever executed).
 RewardFunction = Literal["length", "format", "no_repeat", "ends_cleanly"]
+ALL_MODES = MODES
 
 
-class PtStage(Section):
+class PtStage(StageSection):
     name: Literal["pt"] = Field(description="Continued pre-training: next-token loss on every token.")
-
-
-class SftStage(Section):
-    name: Literal["sft"] = Field(description="Supervised fine-tuning on conversations.")
-
-
-class RmStage(Section):
-    name: Literal["rm"] = Field(
-        description="Reward model: a one-score head on the causal LM, pairwise loss on preference data."
+    traits = StageTraits(
+        formats=("text",), objective="next_token", examples="text", modes=ALL_MODES, fast_path=True,
+        next_token_loss=True, group_by_length=True, truncation=(), chat_template=False,
     )
 
 
-class DpoStage(Section):
+class SftStage(StageSection):
+    name: Literal["sft"] = Field(description="Supervised fine-tuning on conversations.")
+    traits = StageTraits(
+        formats=CONVERSATION_FORMATS, objective="next_token", examples="conversation", modes=ALL_MODES,
+        fast_path=True, next_token_loss=True, group_by_length=True, supervision=True,
+    )
+
+
+class RmStage(StageSection):
+    name: Literal["rm"] = Field(
+        description="Reward model: a one-score head on the causal LM, pairwise loss on preference data."
+    )
+    # no qlora: the score head hit a dtype mismatch under bitsandbytes
+    traits = StageTraits(
+        formats=("preference",), objective="reward", examples="pair", modes=("full", "lora"),
+        group_by_length=True, task="reward",
+    )
+
+
+class DpoStage(StageSection):
     name: Literal["dpo"] = Field(description="Direct preference optimisation (TRL's DPOTrainer).")
     beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL constraint to the reference.")
     loss_type: DpoLoss = Field(default="sigmoid", description="DPO loss variant, as TRL names them.")
@@ -45,6 +163,10 @@ class DpoStage(Section):
         default="model",
         description="Reference log-probs: from a reference model during training (LoRA: the base with "
         "the adapter disabled, no second copy; full: a frozen copy), or computed once before training.",
+    )
+    traits = StageTraits(
+        formats=("preference",), objective="preference", examples="pair", modes=ALL_MODES, group_by_length=True,
+        head_adapter=False,
     )
 
     @field_validator("label_smoothing")
@@ -62,20 +184,42 @@ class DpoStage(Section):
             raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper uses 1e-3)")
         return value
 
+    def reference_source(self, finetune: Any) -> Reference:
+        return Reference.PRECOMPUTED if self.reference == "precomputed" else policy_at_start(finetune)
 
-class KtoStage(Section):
+
+class KtoStage(StageSection):
     name: Literal["kto"] = Field(description="Kahneman-Tversky optimisation on single replies labelled desirable or not.")
     beta: float = Field(default=0.1, gt=0, description="Strength of the KL constraint to the reference.")
     desirable_weight: float = Field(default=1.0, gt=0, description="Loss weight of desirable replies.")
     undesirable_weight: float = Field(default=1.0, gt=0, description="Loss weight of undesirable replies.")
+    # TRL's KTOTrainer tokenizes and batches itself: it cuts over-long sequences at the end
+    traits = StageTraits(
+        formats=("kto",), objective="preference", examples="labelled", modes=ALL_MODES,
+        truncation=("truncate_right", "drop"), head_adapter=False,
+    )
+
+    def reference_source(self, finetune: Any) -> Reference:
+        return policy_at_start(finetune)
+
+    def batch_problems(self, training: TrainingConfig, evaluates: bool) -> list[tuple[str, str]]:
+        if training.micro_batch_size < 2:
+            return [("training.micro_batch_size", "KTO needs at least 2 (its KL term pairs each prompt with another "
+                     f"reply in the same micro-batch); got {training.micro_batch_size}")]
+        return []
 
 
-class OrpoStage(Section):
+class OrpoStage(StageSection):
     name: Literal["orpo"] = Field(description="Odds-ratio preference optimisation: SFT and preference in one loss, no reference.")
     beta: float = Field(default=0.1, gt=0, description="Weight of the odds-ratio term (lambda in the paper).")
+    # TRL's ORPOTrainer tokenizes and batches itself: it cuts over-long sequences at the end
+    traits = StageTraits(
+        formats=("preference",), objective="preference", examples="pair", modes=ALL_MODES, next_token_loss=True,
+        truncation=("truncate_right", "drop"),
+    )
 
 
-class GrpoStage(Section):
+class GrpoStage(StageSection):
     name: Literal["grpo"] = Field(description="Group relative policy optimisation with built-in rewards and/or a reward model.")
     num_generations: int = Field(default=4, ge=2, description="Completions sampled per prompt (the group).")
     max_completion_length: int = Field(default=64, gt=0, description="Longest sampled completion, in tokens.")
@@ -88,6 +232,10 @@ class GrpoStage(Section):
         "(stops with end-of-turn).",
     )
     reward_model: str | None = Field(default=None, description="Directory of an `rm` stage output to score completions.")
+    traits = StageTraits(
+        formats=CONVERSATION_FORMATS, objective="rollout", examples="prompt", modes=ALL_MODES, truncation=(),
+        samples=True, head_adapter=False,
+    )
 
     @model_validator(mode="after")
     def _some_reward(self) -> "GrpoStage":
@@ -95,8 +243,24 @@ class GrpoStage(Section):
             raise ValueError("set reward_functions, reward_model, or both")
         return self
 
+    def reference_source(self, finetune: Any) -> Reference:
+        return Reference.NONE if self.beta == 0 else policy_at_start(finetune, full=Reference.RELOADED)
 
-class PpoStage(Section):
+    def generated_tokens(self) -> tuple[str, int]:
+        return "max_completion_length", self.max_completion_length
+
+    def batch_problems(self, training: TrainingConfig, evaluates: bool) -> list[tuple[str, str]]:
+        group, per_round = self.num_generations, training.micro_batch_size * training.gradient_accumulation_steps
+        if per_round % group:
+            return [("training.micro_batch_size", f"x gradient_accumulation_steps = {per_round} completions per generation "
+                     f"round must be a multiple of stage.num_generations ({group}): each prompt's group is sampled whole")]
+        if evaluates and training.micro_batch_size % group:
+            return [("training.micro_batch_size", f"({training.micro_batch_size}) must be a multiple of stage.num_generations "
+                     f"({group}) to evaluate: an eval batch holds whole groups")]
+        return []
+
+
+class PpoStage(StageSection):
     name: Literal["ppo"] = Field(description="Proximal policy optimisation against a reward model (llmft's own trainer).")
     reward_model: str = Field(description="Directory of an `rm` stage output (adapter or full) that scores replies.")
     rollout_batch_size: int = Field(default=8, gt=0, description="Prompts per rollout (one PPO iteration).")
@@ -118,6 +282,11 @@ class PpoStage(Section):
     cliprange_value: float = Field(default=0.2, gt=0, description="Value prediction clip.")
     vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
     whiten_rewards: bool = Field(default=False, description="Whiten rewards before GAE (advantages are always whitened).")
+    # llmft's own PPO loop keeps policy, value head and reference together in one process
+    traits = StageTraits(
+        formats=CONVERSATION_FORMATS, objective="rollout", examples="prompt", modes=ALL_MODES, truncation=(),
+        samples=True, multi_process=False, torch_compile=False,
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> "PpoStage":
@@ -125,8 +294,25 @@ class PpoStage(Section):
             raise ValueError("rollout_batch_size must be a multiple of mini_batch_size")
         return self
 
+    def reference_source(self, finetune: Any) -> Reference:
+        # the PPO loop's LoRA reference is always the policy with its adapter disabled (a continued
+        # adapter included: the builder warns that the KL then pulls towards the model before it)
+        return policy_at_start(finetune, continued=Reference.ADAPTER_DISABLED)
 
-Stage = Annotated[
-    Union[PtStage, SftStage, RmStage, DpoStage, KtoStage, OrpoStage, GrpoStage, PpoStage],
-    Field(discriminator="name"),
-]
+    def generated_tokens(self) -> tuple[str, int]:
+        return "max_new_tokens", self.max_new_tokens
+
+
+#: Every stage, in schema order. A new stage is one variant here (with its traits) and one builder
+#: module `llmft/builders/<name>.py`.
+STAGE_VARIANTS: tuple[type[StageSection], ...] = (PtStage, SftStage, RmStage, DpoStage, KtoStage, OrpoStage, GrpoStage, PpoStage)
+Stage = Annotated[Union[STAGE_VARIANTS], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+def _name(variant: type[StageSection]) -> str:
+    return typing.get_args(variant.model_fields["name"].annotation)[0]
+
+
+#: Stage names in schema order, and each stage's traits by name.
+STAGES: tuple[str, ...] = tuple(_name(v) for v in STAGE_VARIANTS)
+TRAITS: dict[str, StageTraits] = {_name(v): v.traits for v in STAGE_VARIANTS}

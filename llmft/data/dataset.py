@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from llmft.config.data import DataConfig, DatasetSpec
-from llmft.config.recipe import STAGE_FORMATS
+from llmft.config.stage import TRAITS
 from llmft.data import cache
 from llmft.data.formats import detect_format, normalise
 from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
@@ -75,8 +75,8 @@ def read_split(stage: str, specs: Sequence[DatasetSpec], split: str, data: DataC
         fmt, detected = spec.format, spec.format == "auto"
         if detected:  # from the first record that read cleanly
             fmt = detect_format(next((r for r in records if r.problem is None), records[0]))
-        if fmt not in STAGE_FORMATS[stage]:
-            expected = " or ".join(STAGE_FORMATS[stage])
+        if fmt not in TRAITS[stage].formats:
+            expected = " or ".join(TRAITS[stage].formats)
             raise UserError(f"{key}: {spec.path} is {fmt} data, but stage {stage!r} trains on {expected} data")
         good, bad = normalise(records, fmt, data.on_bad_record)
         used = resample(good, spec, random.Random(f"{seed}:{key}"))
@@ -115,13 +115,16 @@ def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any) -> None:
 
 
 def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Any], DataReport]:
-    if stage in ("rm", "dpo", "orpo"):
+    """Token ids and labels for what the stage's records become (`StageTraits.examples`)."""
+    examples = TRAITS[stage].examples
+    if examples == "pair":
         return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
-    if stage == "kto":
+    if examples == "labelled":
         return build_kto_examples(tokenizer, items, data.max_length, data.truncation)
     warn_unrendered_tools(items, tokenizer)
-    if stage == "pt":  # one batched call; the fast tokenizer spreads it over threads itself
+    if examples == "text":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
+    # conversations (and, for the sampling stages, the conversations their prompts come from)
     if data.num_proc == 1 or len(items) < 2 * data.num_proc:
         return _sft_chunk(tokenizer, items, data)
     # rendering chat templates is Python-bound: split the records into contiguous chunks

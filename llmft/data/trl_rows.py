@@ -58,25 +58,16 @@ def _per_item(items: Sequence[Any], build: Callable[[list[Any]], tuple[list[Any]
     return kept, report
 
 
-def _trl_truncation(truncation: str, stage: str) -> str:
-    if truncation == "truncate_left":
-        raise UserError(
-            f"data.truncation: 'truncate_left' is not available for stage {stage!r}: its TRL trainer cuts "
-            "over-long sequences at the end. Use 'truncate_right' (keep the start) or 'drop'"
-        )
-    return truncation
-
-
 def kto_rows(items: Sequence[Completion], tokenizer: Any, max_length: int, truncation: str) -> tuple[list[dict], DataReport]:
-    """Rows for KTO; records whose reply `max_length` would cut away entirely are left out and counted."""
-    truncation = _trl_truncation(truncation, "kto")
+    """Rows for KTO; records whose reply `max_length` would cut away entirely are left out and counted.
+    `truncation` is one TRL's trainer honours (validation refuses truncate_left, `StageTraits.truncation`)."""
     kept, report = _per_item(items, lambda one: build_kto_examples(tokenizer, one, max_length, truncation))
     return [kto_row(i) for i in kept], report
 
 
-def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation: str, stage: str) -> tuple[list[dict], DataReport]:
-    """Rows for pairwise trainers; pairs where `max_length` would cut away a whole reply are left out and counted."""
-    truncation = _trl_truncation(truncation, stage)
+def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation: str) -> tuple[list[dict], DataReport]:
+    """Rows for pairwise trainers; pairs where `max_length` would cut away a whole reply are left out and
+    counted. `truncation` is one TRL's trainer honours (validation refuses truncate_left)."""
     kept, report = _per_item(items, lambda one: build_pair_examples(tokenizer, one, max_length, truncation))
     return [pair_row(i) for i in kept], report
 

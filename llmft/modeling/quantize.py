@@ -21,11 +21,6 @@ def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str, zero
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("finetune.mode: qlora needs the bitsandbytes package (pip install bitsandbytes)")
-    if model.gguf_file:
-        raise UserError(
-            "finetune.mode: qlora cannot quantize a model loaded from model.gguf_file (transformers does "
-            "not combine the two); use finetune.mode: lora, or a safetensors checkpoint"
-        )
     from transformers import BitsAndBytesConfig
 
     compute = PRECISION_DTYPE[precision] if finetune.compute_dtype == "auto" else COMPUTE[finetune.compute_dtype]

@@ -17,11 +17,6 @@ log = logging.getLogger("llmft")
 
 #: Data files up to this size are tokenized to count them when the cache does not have them yet.
 COUNT_LIMIT_BYTES = 32 << 20
-#: Stages that put a chosen and a rejected reply (or KTO's mismatched KL pair) through per example.
-TWO_SEQUENCE_STAGES = ("rm", "dpo", "orpo", "kto")
-#: Stages that train through llmft's fast path (llmft.builders.fast_path): chunked loss, adapter
-#: inputs left in the compute dtype.
-CHUNKED_LOSS_STAGES = ("pt", "sft")
 #: Model types whose norm and MLP classes llmft.modeling.fused_ops replaces.
 FUSED_OPS_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -96,20 +91,16 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
 
     notes: list[str] = []
     ft, t, dist, stage = recipe.finetune, recipe.training, recipe.distributed, recipe.stage
+    traits = stage.traits
     precision = _precision(recipe, device, notes)
     weight_bytes = weight_dtype(recipe.model, ft, precision).itemsize
     lora = ft.mode != "full"
-    chunked = bool(getattr(t, "chunked_loss", True)) and stage.name in CHUNKED_LOSS_STAGES and dist.zero_stage != 3
+    chunked = t.chunked_loss and traits.fast_path and dist.zero_stage != 3
     if chunked:
-        try:
-            from llmft.builders.fast_path import PLAIN_HEAD_MODEL_TYPES
-        except ImportError:  # pragma: no cover - the fast path ships with llmft
-            PLAIN_HEAD_MODEL_TYPES = frozenset()
+        from llmft.builders.fast_path import PLAIN_HEAD_MODEL_TYPES
+
         chunked = dims.model_type in PLAIN_HEAD_MODEL_TYPES
-    reference = ft.mode == "full" and (
-        (stage.name == "dpo" and getattr(stage, "reference", None) != "precomputed")
-        or stage.name in ("kto", "ppo") or (stage.name == "grpo" and getattr(stage, "beta", 0) > 0))
-    if stage.name in ("ppo", "grpo"):
+    if traits.samples:
         notes.append(f"stage {stage.name}: generation (KV cache) and the reward model are not counted")
     if dist.deepspeed_config:
         notes.append("distributed.deepspeed_config: your JSON decides the stage and offload; planned as zero_stage "
@@ -128,21 +119,21 @@ def knobs_for(recipe: Recipe, dims: ModelDims, device: str, num_processes: int |
         micro_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         seq_len=seq_len or recipe.data.max_length,
-        sequences_per_example=2 if stage.name in TWO_SEQUENCE_STAGES else 1,
+        sequences_per_example=traits.sequences_per_example,
         num_processes=num_processes or dist.num_processes,
         zero_stage=dist.zero_stage,
         offload=dist.offload,
         gradient_checkpointing=t.gradient_checkpointing,
         chunked_loss=chunked,
         attn_implementation=recipe.model.attn_implementation,
-        lora_input_cast=stage.name not in CHUNKED_LOSS_STAGES,  # the pt/sft fast path keeps adapter inputs in bf16
+        lora_input_cast=not traits.fast_path,  # the pt/sft fast path keeps adapter inputs in bf16
         forward_tokens=None,  # decided below
-        fused_ops=bool(getattr(t, "fused_ops", False)) and stage.name in CHUNKED_LOSS_STAGES and dims.model_type in FUSED_OPS_MODEL_TYPES,
-        reference_model=reference,
-        task="reward" if stage.name == "rm" else "causal_lm",
+        fused_ops=t.fused_ops and traits.fast_path and dims.model_type in FUSED_OPS_MODEL_TYPES,
+        reference_model=stage.reference_source(ft).copies_weights,
+        task=traits.task,
         device=device,
     )
-    forward_tokens = resolve_forward_tokens(recipe, chunked and stage.name in CHUNKED_LOSS_STAGES, [])
+    forward_tokens = resolve_forward_tokens(recipe, chunked, [])
     if forward_tokens == "auto":  # decided as the run decides: for full-length micro-batches
         forward_tokens = None if budget_bytes is None else pass_size_needed(
             dims, replace(knobs, seq_len=recipe.data.max_length), budget_bytes)
@@ -170,15 +161,14 @@ def planned_pass_size(recipe: Recipe, config: Any, device: str, reasons: list[st
 
 
 def read_dims(recipe: Recipe, config: Any) -> ModelDims:
-    return dims_from_config(config, task="reward" if recipe.stage.name == "rm" else "causal_lm",
-                            trust_remote_code=recipe.model.trust_remote_code)
+    return dims_from_config(config, task=recipe.stage.traits.task, trust_remote_code=recipe.model.trust_remote_code)
 
 
 def fast_path_line(recipe: Recipe, config: Any, device: str, budget_bytes: int | None = None) -> str | None:
     """What the run log's `path:` line will say (pt/sft), decided on a meta-device build of the model
     for `device` with `budget_bytes` of memory (default: this machine's). An explicit fast-path key the
     model cannot honour raises the same UserError as training would."""
-    if recipe.stage.name not in CHUNKED_LOSS_STAGES:
+    if not recipe.stage.traits.fast_path:
         return None
     import torch
     from transformers import AutoModelForCausalLM
@@ -211,7 +201,7 @@ def count_training_data(recipe: Recipe, force: bool = False) -> DataCount:
     stage = recipe.stage.name
     size = _data_bytes(recipe)
     try:
-        if stage in ("grpo", "ppo"):  # prompts: count the records, no tokenizing
+        if recipe.stage.traits.examples == "prompt":  # count the records, no tokenizing
             from llmft.data.dataset import load_items
 
             items = load_items(stage, recipe.data, recipe.training.seed)
@@ -245,15 +235,15 @@ def _count_prepared(recipe: Recipe, prepared: Any) -> DataCount:
     data, micro = recipe.data, recipe.training.micro_batch_size
     examples = list(prepared.train)
     origin = "cache" if prepared.from_cache else "tokenized now"
-    if data.packing and recipe.stage.name in ("pt", "sft"):
+    if data.packing:  # only the fast-path stages pack (validated)
         from llmft.data.packing import pack
 
         examples = pack(examples, data.max_length)
         origin += f", packed into {len(examples)} rows"
     lengths = [_lengths(e) for e in examples]
     tokens = sorted((n for n, _ in lengths), reverse=True)
-    per_sequence = 2 if recipe.stage.name in TWO_SEQUENCE_STAGES else 1
-    if getattr(data, "padding_free", False) and recipe.stage.name in ("pt", "sft") and not data.packing:
+    per_sequence = recipe.stage.traits.sequences_per_example
+    if data.padding_free and recipe.stage.traits.fast_path and not data.packing:
         longest = sum(tokens[:micro])  # one row of the micro-batch's examples
     else:
         widest = tokens[0] // per_sequence
@@ -328,7 +318,7 @@ def plan_recipe(
     else:
         counted = count_training_data(recipe, force=bool(count_data))
     micro = recipe.training.micro_batch_size
-    per_sequence = 2 if recipe.stage.name in TWO_SEQUENCE_STAGES else 1
+    per_sequence = recipe.stage.traits.sequences_per_example
     seq_len = None
     if counted.longest_micro_batch:
         seq_len = max(1, round(counted.longest_micro_batch / (micro * per_sequence)))

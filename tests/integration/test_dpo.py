@@ -19,7 +19,7 @@ from llmft.data.dataset import load_items
 from llmft.data.pairs import encode_reply
 from llmft.data.tokenize import IGNORE
 from llmft.modeling.load import load_model
-from llmft.registry import get_builder
+from llmft.builders import get_builder
 from llmft.run import prepare, prepare_tokenizer, train
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

@@ -100,7 +100,7 @@ def test_lora_reference_is_the_adapter_disabled(tiny_model_dir, data, tmp_path):
     after training, the reference log-probs are the base model's, not the policy's."""
     from transformers import AutoModelForCausalLM
 
-    from llmft.registry import get_builder
+    from llmft.builders import get_builder
     from llmft.run import prepare
 
     recipe = validate_recipe(_recipe("kto", "lora", tiny_model_dir, data, tmp_path / "run"))
@@ -116,7 +116,7 @@ def test_lora_reference_is_the_adapter_disabled(tiny_model_dir, data, tmp_path):
 
 
 def test_kto_full_reference_is_a_frozen_copy(tiny_model_dir, data, tmp_path):
-    from llmft.registry import get_builder
+    from llmft.builders import get_builder
     from llmft.run import prepare
 
     ctx = prepare(validate_recipe(_recipe("kto", "full", tiny_model_dir, data, tmp_path / "run")))
@@ -162,7 +162,7 @@ def test_what_trl_supervises_with_a_chatml_template(tiny_model_dir, data, tmp_pa
     a newline after the end-of-turn token (ChatML) its completions keep that newline — and ORPO then
     appends one more end-of-turn token, since the completion does not end with one. llmft's sft/dpo
     supervise the reply through its end-of-turn token only. If TRL changes this, this test says so."""
-    from llmft.registry import get_builder
+    from llmft.builders import get_builder
     from llmft.run import prepare
 
     seen = {}
@@ -181,7 +181,7 @@ def test_what_trl_supervises_with_a_chatml_template(tiny_model_dir, data, tmp_pa
 def test_continued_adapter_reference_is_the_adapter_as_it_started(tiny_model_dir, data, tmp_path, sft_file):
     """Continuing an adapter (e.g. an SFT run's), the reference is that adapter as training
     starts — TRL's frozen copy named "ref" — not the bare base model."""
-    from llmft.registry import get_builder
+    from llmft.builders import get_builder
     from llmft.run import prepare
 
     first = tmp_path / "sft"

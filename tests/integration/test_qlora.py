@@ -92,10 +92,11 @@ def test_qlora_sft_trains(tiny_model_dir, sft_file, tmp_path):
 
 
 def test_qlora_refuses_gguf_and_4bit_knobs_on_8bit():
-    with pytest.raises(UserError, match="finetune.mode: qlora cannot quantize a model loaded from model.gguf_file"):
-        bnb_config(QLoraFinetune(mode="qlora"), ModelConfig(path="x", gguf_file="m.gguf"), "fp32")
     from llmft.errors import RecipeError
     from conftest import minimal_recipe
+
+    with pytest.raises(RecipeError, match="finetune.mode: qlora cannot quantize a model loaded from model.gguf_file"):
+        validate_recipe(minimal_recipe(model={"path": "x", "gguf_file": "m.gguf"}, finetune={"mode": "qlora"}))
 
     with pytest.raises(RecipeError, match="quant_type only apply with bits: 4"):
         validate_recipe(minimal_recipe(finetune={"mode": "qlora", "bits": 8, "quant_type": "fp4"}))
@@ -110,9 +111,11 @@ def test_bnb_config_maps_every_knob():
 
 
 @pytest.mark.parametrize("stage", ["pt", "dpo", "kto", "orpo", "grpo", "ppo"])
-def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_path):
-    """Each stage that registers qlora trains two steps on the 4-bit base without error."""
+def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_path, caplog):
+    """Each stage that registers qlora trains two steps on the 4-bit base without error; a stage
+    with a reference takes it from the base with the adapter disabled, never a copy of the 4-bit model."""
     import json
+    import logging
 
     from conftest import CONVERSATIONS, write_jsonl
 
@@ -138,7 +141,11 @@ def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_pa
         raw["stage"] = {"name": "ppo", "reward_model": str(save_reward_model_dir(tmp_path / "rm")), "max_new_tokens": 8,
                         "rollout_batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1}
         raw["data"]["max_length"] = 256
-    result = train(validate_recipe(raw))
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        result = train(validate_recipe(raw))
     logged = [h for h in result.log_history if "loss" in h]
     assert logged and all(math.isfinite(h["loss"]) for h in logged)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    if stage in ("dpo", "kto", "ppo"):
+        assert "reference: the base model (the adapter disabled, no second copy)" in caplog.text
+        assert "frozen copy" not in caplog.text

@@ -115,20 +115,6 @@ def test_load_reward_model_refuses_what_is_not_one(tiny_model_dir, tmp_path):
         load_reward_model(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize(
-    "section,values,message",
-    [
-        ("data", {"packing": True}, "data.packing: stage 'rm' .* does not pack"),
-    ],
-)
-def test_rm_refuses_what_it_would_ignore_or_break(section, values, message, tiny_model_dir, tmp_path):
-    recipe = validate_recipe(make_recipe(
-        tiny_model_dir, write_toy(tmp_path)[0], tmp_path / "run", stage="rm", **{section: values}
-    ))
-    with pytest.raises(UserError, match=message):
-        train(recipe)
-
-
 def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path):
     """output.merge_adapter on an rm run writes a standalone reward model scoring as the adapter did."""
     from transformers import AutoModelForSequenceClassification

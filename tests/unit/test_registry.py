@@ -1,17 +1,23 @@
-"""(stage, mode) -> builder registry: the supported matrix, and registration mistakes."""
+"""(stage, mode) -> builder registry: the supported table read off the stages' traits, the registry
+checked against it, and registration mistakes (in sandboxed registries of their own)."""
 
 from __future__ import annotations
 
+import typing
 
 import pytest
 from conftest import minimal_recipe
 
-from llmft import registry
+from llmft.builders import get_builder
 from llmft.config import validate_recipe
+from llmft.config.finetune import FINETUNE_VARIANTS, MODES
+from llmft.config.matrix import SUPPORTED, is_supported
+from llmft.config.recipe import Recipe
+from llmft.config.stage import STAGE_VARIANTS, STAGES, TRAITS
 from llmft.errors import RecipeError
-from llmft.registry import MODES, STAGES, RegistryError, available, get_builder, is_available, register_builder
+from llmft.registry import REGISTRY, Registry, RegistryError
 
-SUPPORTED = [
+PINNED = [
     ("pt", "full"), ("pt", "lora"), ("pt", "qlora"), ("sft", "full"), ("sft", "lora"), ("sft", "qlora"),
     ("rm", "full"), ("rm", "lora"),
     ("dpo", "full"), ("dpo", "lora"), ("dpo", "qlora"),
@@ -20,17 +26,7 @@ SUPPORTED = [
     ("grpo", "full"), ("grpo", "lora"), ("grpo", "qlora"),
     ("ppo", "full"), ("ppo", "lora"), ("ppo", "qlora"),
 ]
-PAIRS = ", ".join(f"{s}/{m}" for s, m in SUPPORTED)
-
-
-@pytest.fixture
-def clean_registry():
-    """Registrations made in a test are removed afterwards (built-ins loaded first)."""
-    registry.available()  # import the built-in builders before taking the snapshot
-    saved = dict(registry._BUILDERS)
-    yield
-    registry._BUILDERS.clear()
-    registry._BUILDERS.update(saved)
+PAIRS = ", ".join(f"{s}/{m}" for s, m in PINNED)
 
 
 def builder(ctx):  # a stand-in; never called
@@ -42,126 +38,92 @@ def other_builder(ctx):
 
 
 def test_supported_matrix_is_pinned():
-    assert available() == SUPPORTED
+    assert list(SUPPORTED) == PINNED
+    assert REGISTRY.available() == PINNED  # every pair of the table has its builder
 
 
-def test_is_available_matches_matrix():
+def test_stages_and_modes_are_the_schema_unions():
+    """STAGES/MODES are read off the Recipe's own tagged unions, so they cannot drift from them."""
+    stage_union = typing.get_args(Recipe.model_fields["stage"].annotation)
+    mode_union = typing.get_args(Recipe.model_fields["finetune"].annotation)
+    assert stage_union == STAGE_VARIANTS and mode_union == FINETUNE_VARIANTS
+    assert STAGES == tuple(typing.get_args(v.model_fields["name"].annotation)[0] for v in stage_union)
+    assert MODES == tuple(typing.get_args(v.model_fields["mode"].annotation)[0] for v in mode_union)
+    assert set(TRAITS) == set(STAGES)
+
+
+def test_every_stage_has_a_builder_module_named_for_it():
     for stage in STAGES:
-        for mode in MODES:
-            assert is_available(stage, mode) is ((stage, mode) in SUPPORTED), (stage, mode)
-
-
-def test_schema_knows_every_stage_and_mode():
-    assert STAGES == ("pt", "sft", "rm", "dpo", "kto", "orpo", "grpo", "ppo")
-    assert MODES == ("full", "lora", "qlora")
-
-
-def test_builtin_builders():
-    from llmft.builders.pt import build_pt
-    from llmft.builders.sft import build_sft
-
-    assert get_builder("pt", "full") is get_builder("pt", "lora") is build_pt
-    assert get_builder("sft", "full") is get_builder("sft", "lora") is build_sft
-    from llmft.builders.dpo import build_dpo
-    from llmft.builders.rm import build_rm
-
-    assert get_builder("rm", "full") is get_builder("rm", "lora") is build_rm
-    assert get_builder("dpo", "full") is get_builder("dpo", "lora") is build_dpo
-    from llmft.builders.grpo import build_grpo
-    from llmft.builders.kto import build_kto
-    from llmft.builders.orpo import build_orpo
-
-    assert get_builder("kto", "full") is get_builder("kto", "lora") is build_kto
-    assert get_builder("orpo", "full") is get_builder("orpo", "lora") is build_orpo
-    assert get_builder("grpo", "full") is get_builder("grpo", "lora") is build_grpo
-    from llmft.builders.ppo import build_ppo
-
-    assert get_builder("ppo", "full") is get_builder("ppo", "lora") is build_ppo
+        fn = get_builder(stage, TRAITS[stage].modes[0])
+        assert fn.__module__ == f"llmft.builders.{stage}", stage
 
 
 @pytest.mark.parametrize("stage,mode", [("rm", "qlora"), ("nope", "lora")])
 def test_get_builder_unknown_pair(stage, mode):
     with pytest.raises(RegistryError) as info:
         get_builder(stage, mode)
-    message = str(info.value)
-    assert message == (
+    assert str(info.value) == (
         f"stage {stage!r} with finetune mode {mode!r} is not available; available stage/mode pairs: {PAIRS}"
     )
 
 
-def in_schema_order(pairs):
-    return sorted(pairs, key=lambda p: (STAGES.index(p[0]), MODES.index(p[1])))
-
-
-def test_register_and_get(clean_registry):
-    returned = register_builder("rm", modes=("qlora",))(builder)
+def test_a_new_stage_is_a_table_row_and_one_builder():
+    """A sandboxed registry for a table with a dummy stage: registering its builder completes it."""
+    sandbox = Registry([("toy", "lora"), ("toy", "full")])
+    with pytest.raises(RegistryError, match=r"no builder registered for toy/lora, toy/full"):
+        sandbox.check_complete()
+    returned = sandbox.register("toy", modes=("lora", "full"))(builder)
     assert returned is builder
-    assert get_builder("rm", "qlora") is builder
-    assert available() == in_schema_order(SUPPORTED + [("rm", "qlora")])
+    sandbox.check_complete()
+    assert sandbox.get("toy", "full") is builder and sandbox.available() == [("toy", "lora"), ("toy", "full")]
 
 
-def test_available_in_schema_order(clean_registry):
-    register_builder("rm", modes=("qlora",))(other_builder)
-    pairs = available()
-    assert pairs == in_schema_order(SUPPORTED + [("rm", "qlora")])
-    assert pairs.index(("rm", "qlora")) == pairs.index(("rm", "lora")) + 1 and pairs[-1] == ("ppo", "qlora")
-
-
-def test_register_twice_raises(clean_registry):
-    register_builder("rm", modes=("qlora",))(builder)
+def test_register_outside_the_table_is_refused():
+    sandbox = Registry([("toy", "lora")])
     with pytest.raises(RegistryError) as info:
-        register_builder("rm", modes=("qlora",))(other_builder)
+        sandbox.register("toy", modes=("lora", "qlora"))(builder)  # all or nothing
+    assert "(toy, qlora) is not in the supported table; add the mode to the stage's traits" in str(info.value)
+    assert sandbox.available() == []
+    with pytest.raises(RegistryError, match="not in the supported table"):
+        sandbox.register("simpo", modes=("lora",))(builder)
+
+
+def test_register_twice_raises():
+    sandbox = Registry([("toy", "lora"), ("toy", "full")])
+    sandbox.register("toy", modes=("lora",))(builder)
+    with pytest.raises(RegistryError) as info:
+        sandbox.register("toy", modes=("full", "lora"))(other_builder)
     message = str(info.value)
-    assert "(rm, qlora) registered twice" in message
+    assert "(toy, lora) registered twice" in message
     assert f"{__name__}.builder" in message and f"{__name__}.other_builder" in message
-    assert get_builder("rm", "qlora") is builder
+    assert sandbox.available() == [("toy", "lora")]  # the failed registration registered nothing
 
 
-def test_register_over_builtin_raises(clean_registry):
+def test_register_over_builtin_raises():
     with pytest.raises(RegistryError, match=r"\(sft, lora\) registered twice.*build_sft"):
-        register_builder("sft", modes=("lora",))(builder)
+        REGISTRY.register("sft", modes=("lora",))(builder)
+    assert REGISTRY.available() == PINNED
 
 
-def test_failed_registration_registers_nothing(clean_registry):
-    # qlora is free, lora is taken: the whole registration fails, qlora stays unregistered
-    with pytest.raises(RegistryError, match="registered twice"):
-        register_builder("rm", modes=("qlora", "lora"))(builder)
-    assert not is_available("rm", "qlora")
-    with pytest.raises(RegistryError, match="unknown mode 'bogus'"):
-        register_builder("rm", modes=("qlora", "bogus"))(builder)
-    assert not is_available("rm", "qlora")
-    assert available() == SUPPORTED
-
-
-def test_register_unknown_stage(clean_registry):
-    with pytest.raises(RegistryError) as info:
-        register_builder("simpo", modes=("lora",))(builder)
-    assert "unknown stage 'simpo'" in str(info.value)
-    assert all(s in str(info.value) for s in STAGES)
-    assert available() == SUPPORTED
-
-
-def test_register_unknown_mode(clean_registry):
-    with pytest.raises(RegistryError) as info:
-        register_builder("dpo", modes=("dora",))(builder)
-    assert "unknown mode 'dora'" in str(info.value)
-    assert all(m in str(info.value) for m in MODES)
-    assert available() == SUPPORTED
-
-
-def test_recipe_validation_consults_registry(clean_registry):
+def test_recipe_validation_reads_the_table_without_the_builders():
     qlora = {"mode": "qlora"}
-    two = {"micro_batch_size": 2}  # kto's minimum
     with pytest.raises(RecipeError) as info:
-        validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora, training=two))
-    assert info.value.problems[0].startswith("stage.name: stage 'rm' with finetune mode 'qlora' is not available")
-    register_builder("rm", modes=("qlora",))(builder)
-    assert validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora, training=two)).stage.name == "rm"
-    pairs = ", ".join(f"{s}/{m}" for s, m in in_schema_order(SUPPORTED + [("rm", "qlora")]))
-    assert pairs.count("rm/qlora") == 1  # listed among the available pairs once registered
-    assert available() == in_schema_order(SUPPORTED + [("rm", "qlora")])
+        validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora))
+    assert info.value.problems[0] == f"stage.name: stage 'rm' with finetune mode 'qlora' is not available; available stage/mode pairs: {PAIRS}"
+    assert not is_supported("rm", "qlora")
+    # commands that only read the data accept it
+    assert validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora), require_builder=False).stage.name == "rm"
 
 
-def test_fixture_left_registry_clean():
-    # runs after the tests above in file order: nothing they registered is left behind
-    assert available() == SUPPORTED
+def test_validating_a_recipe_imports_no_builder():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llmft.config import validate_recipe; import conftest; "
+        "validate_recipe(conftest.minimal_recipe()); "
+        "print(sorted(m for m in sys.modules if m.startswith(('llmft.builders', 'llmft.registry', 'trl', 'peft'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=__import__("pathlib").Path(__file__).parents[1]).stdout
+    assert out.strip() == "[]"

@@ -13,7 +13,7 @@ from trl import DPOConfig, RewardConfig
 
 from llmft.builders.trainer import training_arguments, training_kwargs, trl_config
 from llmft.config import validate_recipe
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
 
 def _ctx(tmp_path: Path) -> RunContext:

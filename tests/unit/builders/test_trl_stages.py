@@ -17,9 +17,9 @@ from llmft.config import validate_recipe
 from llmft.data.formats import Completion, Conversation, Pair
 from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_row, prompt_rows
 from llmft.errors import UserError
-from llmft.run_context import RunContext
+from llmft.builders.context import RunContext
 
-GRPO = {"name": "grpo", "reward_functions": ["length"], "num_generations": 2}
+GRPO = {"name": "grpo", "reward_functions": ["length"], "num_generations": 2, "max_completion_length": 16}
 
 
 def _ctx(tmp_path: Path, tokenizer, stage: dict, **sections) -> RunContext:
@@ -75,14 +75,6 @@ def test_grpo_round_holds_whole_groups(tmp_path, tokenizer):
                          training={"micro_batch_size": 3, "gradient_accumulation_steps": 2}))
 
 
-@pytest.mark.parametrize("key", ["group_by_length", "packing"])
-def test_data_keys_trl_cannot_honour_are_refused(key, tmp_path, tokenizer):
-    from llmft.builders.trl_common import refuse_unsupported
-
-    with pytest.raises(UserError, match=f"data.{key}: not available for stage 'orpo'"):
-        refuse_unsupported(_ctx(tmp_path, tokenizer, {"name": "orpo"}, data={key: True}))
-
-
 # --- records -> TRL rows -------------------------------------------------------------------------
 
 U = {"role": "user", "content": "Who are you?"}
@@ -127,13 +119,8 @@ def test_kto_and_pair_rows_apply_llmfts_length_rules(tokenizer):
 
     prompt_only_fits = ({"role": "user", "content": "Write a short poem about the sea. " * 6},)
     pairs = [Pair((U,), (A,), reply, "p:1"), Pair(prompt_only_fits, (A,), (A,), "p:2")]
-    rows, report = pair_rows(pairs, tokenizer, max_length=64, truncation="truncate_right", stage="orpo")
+    rows, report = pair_rows(pairs, tokenizer, max_length=64, truncation="truncate_right")
     assert [r["where"] for r in rows] == ["p:1"] and report.dropped == {"reply truncated away by max_length": 1}
-
-
-def test_truncate_left_is_refused(tokenizer):
-    with pytest.raises(UserError, match="data.truncation: 'truncate_left' is not available for stage 'kto'"):
-        kto_rows([], tokenizer, 64, "truncate_left")
 
 
 # --- GRPO rewards in TRL's calling convention -----------------------------------------------------

@@ -93,4 +93,4 @@ def test_explicit_pass_size_that_cannot_run_is_refused_before_launch():
 
 def test_torch_compile_refused_for_ppo():
     problem = only_problem(recipe(stage={"name": "ppo", "reward_model": "rm"}, training={"torch_compile": True}))
-    assert problem.startswith("training.torch_compile: llmft's PPO trainer does not compile")
+    assert problem == "training.torch_compile: stage 'ppo' trains with llmft's own loop, which does not compile the model; remove it"

@@ -24,7 +24,7 @@ class RunContext:
     def task(self) -> str:
         """What the model is loaded as (`llmft.modeling.load.TASKS`): `reward` (a one-score head
         on the checkpoint) for the rm stage, the causal LM itself for every other stage."""
-        return "reward" if self.recipe.stage.name == "rm" else "causal_lm"
+        return self.recipe.stage.traits.task
 
     @property
     def model(self) -> Any:
