@@ -1,4 +1,4 @@
-"""Causal attention backward on CPU in bf16: torch's flash kernel vs `llmft.modeling.causal_spans`.
+"""Causal attention backward on CPU in bf16: torch's flash kernel vs `llmft.fastpath.causal_spans`.
 
     python benchmarks/attention_backward.py
 
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmft.modeling.causal_spans import CausalSpans  # noqa: E402
+from llmft.fastpath.causal_spans import CausalSpans  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 

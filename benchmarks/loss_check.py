@@ -39,25 +39,25 @@ def reference_losses(job: Job) -> list[tuple[tuple[int, ...], dict[int, float]]]
 
 
 def llmft_losses(job: Job, out: Path) -> list[tuple[tuple[int, ...], dict[int, float]]]:
-    from llmft.builders import fast_path
     from llmft.config import validate_recipe
     from llmft.data.collate import FlatCollator
     from llmft.data.dataset import prepare_data
-    from llmft.modeling.chunked_loss import per_token_losses
+    from llmft.fastpath.chunked_loss import per_token_losses
+    from llmft.fastpath.decide import apply, choose
+    from llmft.fastpath.trainer import final_hidden
     from llmft.run import prepare
 
     recipe = validate_recipe(llmft_recipe(job, out) | {"training": {"learning_rate": 0.0, "precision": "fp32", "report_to": []}})
     ctx = prepare(recipe)
     examples = prepare_data("sft", recipe.data, ctx.tokenizer, recipe.training.seed).train
-    path = fast_path.choose(recipe, ctx.model)
-    fast_path.apply(path, ctx.model, ctx.precision)
+    apply(choose(recipe, ctx.model, ctx.settings), ctx.model, ctx.settings)
     rows = []
     for start in range(0, len(examples), job.micro):
         batch = examples[start : start + job.micro]
         inputs = FlatCollator()([vars(e) for e in batch])
         labels = inputs.pop("labels")
         with torch.no_grad():
-            hidden, head = fast_path.final_hidden(ctx.model, inputs)
+            hidden, head = final_hidden(ctx.model, inputs)
         losses = per_token_losses(hidden, head.weight, labels).tolist()
         for e in batch:
             positions = [t for t in range(1, len(e.labels)) if e.labels[t] != -100]

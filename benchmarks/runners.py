@@ -87,7 +87,8 @@ def run_llmft(job: Job, out: Path, variant: str = "llmft") -> dict:
     from llmft.config import validate_recipe
     from llmft.config.data import DataConfig
     from llmft.data.dataset import prepare_data
-    from llmft.run import prepare_tokenizer, train
+    from llmft.modeling.load import prepare_tokenizer
+    from llmft.run import train
 
     raw = llmft_recipe(job, out)
     for section, values in VARIANTS[variant].items():

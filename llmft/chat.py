@@ -12,7 +12,7 @@ import yaml
 
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError
-from llmft.outputs import RESOLVED_RECIPE
+from llmft.rundir import read_resolved
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,9 @@ class ChatSource:
 def resolve_source(model: str, gguf_file: str | None = None) -> ChatSource:
     """Work out what `--model` names: an llmft run, an adapter directory, or a model."""
     path = Path(model).expanduser()
-    resolved = path / RESOLVED_RECIPE
+    recipe = read_resolved(path)
     has_adapter = (path / "adapter_config.json").is_file()
-    if resolved.is_file():
-        recipe = yaml.safe_load(resolved.read_text())
+    if recipe is not None:
         if has_adapter:
             return ChatSource(ModelConfig(**recipe["model"]), adapter=path, tokenizer=str(path))
         return ChatSource(ModelConfig(path=str(path)), tokenizer=str(path))

@@ -65,12 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def launch_processes(recipe, args: argparse.Namespace) -> int:
     """Check what can be checked here (exit 2 before starting anything), then launch."""
     from llmft.launch import relaunch
-    from llmft.modeling.precision import resolve_precision
     from llmft.preflight import preflight
+    from llmft.resolve import resolve
 
     preflight(recipe)
-    resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
-    launched = relaunch.relaunch(recipe, args.recipe, args.overrides, verbose=args.verbose)
+    settings = resolve(recipe)  # the precision and the DeepSpeed JSON, refused here rather than in every process
+    launched = relaunch.relaunch(recipe, settings.deepspeed, args.recipe, args.overrides, verbose=args.verbose)
     if launched.signal_name:
         print(f"stopped: {launched.signal_name} passed on to the training processes, which checkpoint and stop "
               "(see their messages above); continue with training.resume_from_checkpoint=auto", file=sys.stderr)
@@ -111,7 +111,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _prepared_data(args: argparse.Namespace) -> tuple:
     from llmft.config import load_recipe
     from llmft.data.dataset import prepare_data
-    from llmft.run import prepare_tokenizer
+    from llmft.modeling.load import prepare_tokenizer
 
     recipe = load_recipe(args.recipe, args.overrides, require_builder=False)
     tokenizer = prepare_tokenizer(recipe)
@@ -181,7 +181,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from llmft.config.model import ModelConfig
-    from llmft.modeling.merge import base_of, merge_adapter
+    from llmft.modeling.merge import merge_adapter
+    from llmft.rundir import base_of
 
     base = ModelConfig(path=args.base, gguf_file=args.gguf_file) if args.base else base_of(args.adapter)
     result = merge_adapter(base, args.adapter, args.out, verify=not args.no_verify)

@@ -10,8 +10,7 @@ from typing import Any
 import yaml
 
 from llmft.config.recipe import Recipe
-
-RESOLVED_RECIPE = "recipe.resolved.yaml"
+from llmft.rundir import RESOLVED_RECIPE
 
 
 def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 from llmft.config.recipe import Recipe
 from llmft.config.training import BNB_OPTIMIZERS
 from llmft.errors import UserError
+from llmft.rundir import RUN_MARKERS
 
-RUN_MARKERS = ("recipe.resolved.yaml", "trainer_state.json", "adapter_model.safetensors", "model.safetensors")
 
 
 def check_output_dir(recipe: Recipe) -> Path:

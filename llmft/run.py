@@ -20,36 +20,25 @@ class RunResult:
     model: Any  # the trained model (a peft model for adapter modes), for callers that use it next
 
 
-def prepare_tokenizer(recipe: Recipe) -> Any:
-    """The tokenizer with the run's chat template and a pad token distinct from EOS."""
-    from llmft.data.templates import install_template
-    from llmft.modeling.load import arrange_pad_token, load_tokenizer
-
-    tokenizer = load_tokenizer(recipe.model)
-    if recipe.stage.traits.chat_template:
-        log.info(install_template(tokenizer, recipe.data.template))
-    log.info(arrange_pad_token(tokenizer))
-    return tokenizer
-
-
 def prepare(recipe: Recipe) -> Any:
     """Checks, precision, tokenizer and template: everything before the builder runs."""
     from transformers import set_seed
 
     from llmft.allocator import configure as configure_allocator
-    from llmft.launch.child import enter_process
-    from llmft.modeling.precision import resolve_precision
-    from llmft.preflight import preflight
     from llmft.builders.context import RunContext
+    from llmft.launch.child import enter_process
+    from llmft.modeling.load import prepare_tokenizer
+    from llmft.preflight import preflight
+    from llmft.resolve import resolve
 
-    enter_process(recipe)  # launched as the recipe says (one process, or several via a launcher)
+    settings = resolve(recipe)  # precision, dtypes, DeepSpeed config: decided once, here
+    enter_process(recipe, settings.deepspeed)  # launched as the recipe says (one process, or several via a launcher)
     log.info(configure_allocator(recipe.training))  # before the first matmul; may refuse the recipe
     output_dir = preflight(recipe)
-    precision, why = resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed)
-    log.info("precision: %s (%s)", precision, why)
+    log.info("precision: %s (%s)", settings.precision, settings.precision_reason)
     set_seed(recipe.training.seed)
     tokenizer = prepare_tokenizer(recipe)
-    return RunContext(recipe=recipe, tokenizer=tokenizer, precision=precision, output_dir=output_dir)
+    return RunContext(recipe=recipe, tokenizer=tokenizer, settings=settings, output_dir=output_dir)
 
 
 def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
@@ -84,7 +73,7 @@ def train(recipe: Recipe) -> RunResult:
 
     from llmft.launch.ranks import is_main_process
     from llmft.resume import check_same_recipe, resolve_checkpoint
-    from llmft.outputs import RESOLVED_RECIPE
+    from llmft.rundir import RESOLVED_RECIPE
 
     ctx = prepare(recipe)
     checkpoint = resolve_checkpoint(recipe, ctx.output_dir)

@@ -140,3 +140,13 @@ def restore_process_state():
         logging.getLogger(name).setLevel(lvl)
     os.environ.clear()
     os.environ.update(environ)
+
+
+def settings_for(recipe, precision: str | None = None):
+    """The recipe resolved for this machine (`llmft.resolve`), with `precision` forced when given."""
+    from dataclasses import replace
+
+    from llmft.resolve import resolve
+
+    resolved = resolve(recipe)
+    return replace(resolved, precision=precision) if precision else resolved

@@ -212,7 +212,7 @@ def test_train_launches_with_the_recipe_and_its_overrides(tmp_path, capsys, tiny
 
     calls = []
     monkeypatch.setattr(llmft.launch.relaunch, "relaunch",
-                        lambda recipe, path, overrides, verbose: calls.append((path, overrides)) or Launched(0, None))
+                        lambda recipe, deepspeed, path, overrides, verbose: calls.append((path, overrides)) or Launched(0, None))
     path = write(tmp_path / "r.yaml", good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, training={"precision": "fp32"}))
     assert main(["train", str(path), "distributed.num_processes=2", "training.learning_rate=0.1"]) == EXIT_OK
     assert calls == [(str(path), ["distributed.num_processes=2", "training.learning_rate=0.1"])]

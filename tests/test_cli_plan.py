@@ -88,12 +88,14 @@ def test_no_path_line_for_stages_off_the_fast_path(tiny_model_dir):
 
     from llmft.config import validate_recipe
     from llmft.modeling.load import read_config
-    from llmft.plan.from_recipe import fast_path_line
+    from llmft.plan.from_recipe import planned_path
+    from llmft.resolve import resolve
 
     recipe = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "dpo"}))
-    assert fast_path_line(recipe, read_config(recipe.model), "cpu") is None
+    assert planned_path(recipe, read_config(recipe.model), resolve(recipe, "cpu")) is None
     sft = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}))
-    assert fast_path_line(sft, read_config(sft.model), "cuda").endswith("fused RMSNorm/SwiGLU")  # no passes on a GPU
+    path = planned_path(sft, read_config(sft.model), resolve(sft, "cuda"), budget_bytes=80 << 30)
+    assert path.describe().endswith("fused RMSNorm/SwiGLU")  # no passes on an 80 GiB GPU
 
 
 def test_plan_cuts_passes_when_the_planned_memory_is_too_small(tmp_path, tiny_model_dir, sft_file, capsys):

@@ -44,6 +44,7 @@ from llmft.alignment.rollout import (
 )
 from llmft.alignment.stats import masked_mean, whiten
 from llmft.alignment.value_head import ValueHead, hidden_size
+from llmft.modeling.precision import autocast_dtype
 
 log = logging.getLogger("llmft")
 
@@ -191,10 +192,8 @@ class PpoTrainer:
         )
 
     def _autocast(self) -> Any:
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(self.device.type, dtype=dtype)
-        return contextlib.nullcontext()
+        dtype = autocast_dtype(self.precision)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _reference(self) -> tuple[Any, Any]:
         """(model, context) giving reference log-probs: the frozen copy, or (LoRA) the policy

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmft.config.finetune import QLoraFinetune
 from llmft.config.recipe import Recipe
+from llmft.resolve import Resolved
 
 log = logging.getLogger("llmft")
 
@@ -16,9 +18,14 @@ log = logging.getLogger("llmft")
 class RunContext:
     recipe: Recipe
     tokenizer: Any
-    precision: str  # bf16 | fp16 | fp32, resolved for this machine
+    settings: Resolved  # precision, dtypes and DeepSpeed config, resolved once for this machine
     output_dir: Path
     _model: Any = field(default=None, repr=False)
+
+    @property
+    def precision(self) -> str:
+        """bf16 | fp16 | fp32, resolved for this machine."""
+        return self.settings.precision
 
     @property
     def task(self) -> str:
@@ -33,20 +40,16 @@ class RunContext:
         if self._model is None:
             from llmft.modeling.adapters import apply_finetune, count_parameters
             from llmft.modeling.load import load_model
-            from llmft.modeling.precision import weight_dtype
-
-            from llmft.config.finetune import QLoraFinetune
+            from llmft.modeling.precision import quantized_compute_dtype
             from llmft.modeling.quantize import bnb_config
 
-            recipe = self.recipe
-            dtype = weight_dtype(recipe.model, recipe.finetune, self.precision)
+            recipe, settings = self.recipe, self.settings
             quantization = None
             if isinstance(recipe.finetune, QLoraFinetune):
-                from llmft.launch.deepspeed import zero_stage
-
-                zero3 = zero_stage(recipe.distributed) == 3
-                quantization = bnb_config(recipe.finetune, recipe.model, self.precision, zero3=zero3)
-            model = load_model(recipe.model, dtype, vocab_size=len(self.tokenizer), task=self.task, quantization=quantization)
+                compute = quantized_compute_dtype(recipe.finetune, settings.precision)
+                quantization = bnb_config(recipe.finetune, compute, zero3=settings.zero3)
+            model = load_model(recipe.model, settings.weight_dtype, vocab_size=len(self.tokenizer), task=self.task,
+                               quantization=quantization)
             model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = self.tokenizer.pad_token_id
@@ -54,7 +57,7 @@ class RunContext:
             trainable, total = count_parameters(model)
             log.info(
                 "model: %s (%s weights), finetune %s: %s trainable of %s parameters (%.2f%%)",
-                recipe.model.path, str(dtype).removeprefix("torch."), recipe.finetune.mode,
+                recipe.model.path, str(settings.weight_dtype).removeprefix("torch."), recipe.finetune.mode,
                 f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1),
             )
             self._model = model

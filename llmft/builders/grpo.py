@@ -100,12 +100,11 @@ class RewardModelScore:
         return scores.float().tolist()
 
 
-def load_reward_scorer(path: str, precision: str) -> RewardModelScore:
+def load_reward_scorer(path: str, dtype: Any) -> RewardModelScore:
     import torch
 
     from llmft.modeling.reward import load_reward_model
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     model, tokenizer = load_reward_model(path, dtype=dtype)
     if torch.cuda.is_available():
         model.to("cuda")
@@ -121,23 +120,22 @@ def reward_functions(ctx: RunContext) -> list[Any]:
     end_ids = sorted({ctx.tokenizer.eos_token_id, *declared})  # what TRL stops generation at
     funcs: list[Any] = [BuiltinReward(name, end_ids) for name in stage.reward_functions]
     if stage.reward_model:
-        funcs.append(load_reward_scorer(stage.reward_model, ctx.precision))
+        funcs.append(load_reward_scorer(stage.reward_model, ctx.settings.frozen_dtype))
     return funcs
 
 
-def check_rebuilt_reference(trainer: Any) -> None:
+def check_rebuilt_reference(trainer: Any, zero3: bool) -> None:
     """Full GRPO with beta > 0: TRL reloads the reference from the model's path. It must equal the
     policy as training starts (it would not after a resized vocabulary, for instance)."""
     import contextlib
 
     import torch
-    from transformers.integrations import is_deepspeed_zero3_enabled
 
     ref = dict(trainer.accelerator.unwrap_model(trainer.ref_model).named_parameters())
     for name, param in trainer.accelerator.unwrap_model(trainer.model).named_parameters():
         other = ref.get(name)
         whole = contextlib.nullcontext()
-        if other is not None and is_deepspeed_zero3_enabled():  # compare whole tensors, not this process's shards
+        if other is not None and zero3:  # compare whole tensors, not this process's shards
             import deepspeed
 
             whole = deepspeed.zero.GatheredParameters([param, other])
@@ -165,7 +163,7 @@ def build_grpo(ctx: RunContext) -> Any:
     log.info("grpo: rewards %s", ", ".join(trainer.reward_func_names))
     reference = stage.reference_source(recipe.finetune)  # none with beta 0
     if reference is Reference.RELOADED:
-        check_rebuilt_reference(trainer)
+        check_rebuilt_reference(trainer, ctx.settings.zero3)
     else:
         settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), continued=recipe.finetune.continues_adapter)
     log.info(reference.describe() + (" (beta 0)" if reference is Reference.NONE else ""))

@@ -25,7 +25,7 @@ def kto_config(ctx: RunContext) -> Any:
 
     recipe = ctx.recipe
     stage = recipe.stage
-    kwargs = training_kwargs(recipe, ctx.precision, ctx.output_dir)
+    kwargs = training_kwargs(recipe, ctx.settings, ctx.output_dir)
     # the KL pairs are built from neighbouring rows, so TRL requires sequential sampling; the rows
     # are shuffled once (seeded) instead, see `build_kto`
     kwargs["train_sampling_strategy"] = "sequential"

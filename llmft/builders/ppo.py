@@ -63,7 +63,6 @@ def build_ppo(ctx: RunContext) -> Any:
     from llmft.builders.trainer import training_arguments
     from llmft.callbacks import callbacks_for
     from llmft.data.tokenize import end_of_turn_ids, turn_end_problem
-    from llmft.modeling.precision import DTYPES
 
     recipe, stage = ctx.recipe, ctx.recipe.stage
     check_reward_model_path(stage.reward_model)
@@ -86,7 +85,7 @@ def build_ppo(ctx: RunContext) -> Any:
         log.warning("WARNING: finetune.dropout=%s is not applied in ppo: dropout is off so that the "
                     "policy's log-probs in training match those of its rollouts", recipe.finetune.dropout)
     train_prompts, eval_prompts = read_prompts(ctx)
-    reward_model, reward_tokenizer = load_reward(stage.reward_model, DTYPES[ctx.precision])
+    reward_model, reward_tokenizer = load_reward(stage.reward_model, ctx.settings.frozen_dtype)
     log.info("reward model: %s", stage.reward_model)
 
     policy = ctx.model
@@ -102,7 +101,7 @@ def build_ppo(ctx: RunContext) -> Any:
         reward_model=reward_model,
         reward_tokenizer=reward_tokenizer,
         stage=stage,
-        args=training_arguments(recipe, ctx.precision, ctx.output_dir),
+        args=training_arguments(recipe, ctx.settings, ctx.output_dir),
         train_prompts=train_prompts,
         eval_prompts=eval_prompts,
         stop_ids=end_of_turn_ids(ctx.tokenizer),

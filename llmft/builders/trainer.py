@@ -7,16 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llmft.config.recipe import Recipe
 from llmft.builders.context import RunContext
+from llmft.config.recipe import Recipe
+from llmft.resolve import Resolved
 
 log = logging.getLogger("llmft")
 
 
-def training_arguments(recipe: Recipe, precision: str, output_dir: Path) -> Any:
+def training_arguments(recipe: Recipe, settings: Resolved, output_dir: Path) -> Any:
     from transformers import TrainingArguments
 
-    return TrainingArguments(**training_kwargs(recipe, precision, output_dir))
+    return TrainingArguments(**training_kwargs(recipe, settings, output_dir))
 
 
 def trl_config(config_cls: type, ctx: RunContext, **stage_kwargs: Any) -> Any:
@@ -24,21 +25,17 @@ def trl_config(config_cls: type, ctx: RunContext, **stage_kwargs: Any) -> Any:
     llmft training key, mapped once by `training_kwargs`, plus the stage's own knobs. TRL changes
     some TrainingArguments defaults (gradient_checkpointing, bf16, logging_steps, learning_rate);
     each of those is a recipe key set explicitly here, so no TRL default overrides the recipe."""
-    kwargs = training_kwargs(ctx.recipe, ctx.precision, ctx.output_dir)
+    kwargs = training_kwargs(ctx.recipe, ctx.settings, ctx.output_dir)
     clash = sorted(kwargs.keys() & stage_kwargs.keys())
     if clash:
         raise ValueError(f"stage kwargs would override llmft training keys: {', '.join(clash)}")
     return config_cls(**kwargs, **stage_kwargs)
 
 
-def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[str, Any]:
+def training_kwargs(recipe: Recipe, settings: Resolved, output_dir: Path) -> dict[str, Any]:
     """The recipe's training keys as TrainingArguments keyword arguments: the one mapping, shared by
-    transformers' Trainer and TRL's trainers."""
-    import torch
-
-    from llmft.launch.deepspeed import deepspeed_config
-
-    t = recipe.training
+    transformers' Trainer and TRL's trainers. Precision and DeepSpeed config as resolved for the run."""
+    t, precision = recipe.training, settings.precision
     evaluates = recipe.evaluates
     return dict(
         output_dir=str(output_dir),
@@ -76,8 +73,8 @@ def training_kwargs(recipe: Recipe, precision: str, output_dir: Path) -> dict[st
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if recipe.data.group_by_length else "random",
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        deepspeed=deepspeed_config(recipe.distributed),  # None without DeepSpeed (llmft.launch.deepspeed)
+        use_cpu=settings.device == "cpu",
+        deepspeed=settings.deepspeed,  # None without DeepSpeed
     )
 
 
@@ -92,7 +89,7 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, 
     model = ctx.model
     trainer = (trainer_class or Trainer)(
         model=model,
-        args=training_arguments(recipe, ctx.precision, ctx.output_dir),
+        args=training_arguments(recipe, ctx.settings, ctx.output_dir),
         data_collator=collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if recipe.evaluates else None,
@@ -105,17 +102,21 @@ def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, 
 
 def next_token_trainer(ctx: RunContext) -> Any:
     """Prepare the train/eval examples of the run's stage (before loading the model, so data errors
-    surface fast), choose the fast path (`llmft.builders.fast_path`), batch, build the Trainer."""
-    from llmft.builders import fast_path
+    surface fast), choose the fast path (`llmft.fastpath.decide`, its passes sized by the memory plan),
+    batch, build the Trainer."""
     from llmft.data.collate import FlatCollator, PackedCollator, PadCollator
     from llmft.data.dataset import ExampleDataset, log_prepared, prepare_data
     from llmft.data.packing import pack
+    from llmft.fastpath.decide import apply, causal_lm, choose
+    from llmft.fastpath.trainer import chunked_loss_trainer_class
+    from llmft.plan.passes import settle_passes
 
     data = ctx.recipe.data
     prepared = prepare_data(ctx.recipe.stage.name, data, ctx.tokenizer, ctx.recipe.training.seed)
     log_prepared(prepared)
-    path = fast_path.choose(ctx.recipe, ctx.model)
-    fast_path.apply(path, ctx.model, ctx.precision)
+    path = choose(ctx.recipe, ctx.model, ctx.settings)
+    path = settle_passes(path, ctx.recipe, causal_lm(ctx.model).config, ctx.settings)
+    apply(path, ctx.model, ctx.settings)
     log.info("path: %s", path.describe())
     if ctx.recipe.training.shift_attn:  # wraps the attention the path chose, in training only
         from llmft.modeling import shift_attn
@@ -133,5 +134,7 @@ def next_token_trainer(ctx: RunContext) -> Any:
         collator = FlatCollator()
     else:
         collator = PadCollator(pad_id)
-    trainer_class = fast_path.chunked_loss_trainer_class(path.forward_tokens) if path.chunked_loss else None
+    trainer_class = None
+    if path.chunked_loss:
+        trainer_class = chunked_loss_trainer_class(path.forward_tokens, head_dtype=ctx.settings.autocast_dtype)
     return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator, trainer_class)

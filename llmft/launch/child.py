@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
-from llmft.launch.deepspeed import deepspeed_config, offloads, replaced_training_keys
+from llmft.launch.deepspeed import offloads, replaced_training_keys
 from llmft.launch.environment import check_launcher, read_launcher
 from llmft.launch.ranks import quiet_other_ranks
 
 log = logging.getLogger("llmft")
 
 
-def enter_process(recipe: Recipe) -> None:
-    """Refuse a launcher that contradicts `distributed:` (every mismatch in one error), or a
-    multi-process recipe run without one; quiet the logs of every process but the first."""
+def enter_process(recipe: Recipe, config: dict[str, Any] | None) -> None:
+    """Refuse a launcher that contradicts `distributed:` and its DeepSpeed `config` (every mismatch in
+    one error), or a multi-process recipe run without one; quiet the logs of every process but the first."""
     d = recipe.distributed
     launcher = read_launcher(os.environ)
     if launcher is None:
@@ -28,7 +29,6 @@ def enter_process(recipe: Recipe) -> None:
             )
         return
     quiet_other_ranks()
-    config = deepspeed_config(d)
     stage = 0 if config is None else int(config["zero_optimization"]["stage"])
     check_launcher(d, stage, offloads(config), launcher)
     replaced = replaced_training_keys(config) if config is not None else []

@@ -20,7 +20,7 @@ from llmft.config.distributed import DistributedConfig
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
 from llmft.launch.argv import LAUNCHED_MARKER, accelerate_config, launch_argv
-from llmft.launch.deepspeed import config_source, deepspeed_config
+from llmft.launch.deepspeed import config_source
 from llmft.launch.environment import launched
 
 log = logging.getLogger("llmft")
@@ -49,15 +49,14 @@ class Launched:
     signal_name: str | None  # SIGINT/SIGTERM passed on to the processes, which checkpoint and stop
 
 
-def relaunch(recipe: Recipe, recipe_path: str, overrides: Sequence[str], verbose: bool = False) -> Launched:
-    """Run the recipe through `accelerate launch` and wait for it."""
+def relaunch(recipe: Recipe, deepspeed: dict | None, recipe_path: str, overrides: Sequence[str], verbose: bool = False) -> Launched:
+    """Run the recipe through `accelerate launch` with its resolved DeepSpeed config, and wait for it."""
     import torch
 
     d = recipe.distributed
     check_devices(d, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     with tempfile.TemporaryDirectory(prefix="llmft-launch-") as tmp:
-        ds_file = None
-        ds = deepspeed_config(d)
+        ds_file, ds = None, deepspeed
         if ds is not None:
             ds_file = Path(tmp) / "deepspeed.json"
             ds_file.write_text(json.dumps(ds, indent=2))

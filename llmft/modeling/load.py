@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from llmft.config.model import ModelConfig
+from llmft.config.recipe import Recipe
 from llmft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,18 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{key}: {source} gives a slow (Python) tokenizer; llmft needs a fast one for exact label masks")
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def prepare_tokenizer(recipe: Recipe) -> Any:
+    """The run's tokenizer: the chat template the stage renders with (`data.template`, or the
+    tokenizer's own) installed, and a pad token distinct from EOS."""
+    from llmft.data.templates import install_template
+
+    tokenizer = load_tokenizer(recipe.model)
+    if recipe.stage.traits.chat_template:
+        log.info(install_template(tokenizer, recipe.data.template))
+    log.info(arrange_pad_token(tokenizer))
     return tokenizer
 
 

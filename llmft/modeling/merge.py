@@ -74,15 +74,3 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
     log.info("merged %s into %s -> %s%s", adapter_dir, base.path, out_dir,
              f" (max |logit diff| {diff:.1e})" if diff is not None else " (not verified)")
     return MergeResult(out_dir, diff)
-
-
-def base_of(adapter_dir: str | Path) -> ModelConfig:
-    """The base model an llmft run's adapter was trained on (from its recipe.resolved.yaml)."""
-    import yaml
-
-    from llmft.outputs import RESOLVED_RECIPE
-
-    resolved = Path(adapter_dir) / RESOLVED_RECIPE
-    if not resolved.is_file():
-        raise UserError(f"--base: not given and {adapter_dir} has no {RESOLVED_RECIPE} naming it")
-    return ModelConfig(**yaml.safe_load(resolved.read_text())["model"])

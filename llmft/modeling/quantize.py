@@ -7,15 +7,12 @@ from typing import Any
 import torch
 
 from llmft.config.finetune import QLoraFinetune
-from llmft.config.model import ModelConfig
 from llmft.errors import UserError
 
-COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-
-def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str, zero3: bool = False) -> Any:
-    """`zero3`: DeepSpeed ZeRO-3 shards these weights; they are then stored in the compute dtype
+def bnb_config(finetune: QLoraFinetune, compute: torch.dtype, zero3: bool = False) -> Any:
+    """The BitsAndBytesConfig of `finetune`, computing in `compute` (`precision.quantized_compute_dtype`).
+    `zero3`: DeepSpeed ZeRO-3 shards these weights; they are then stored in the compute dtype
     (`bnb_4bit_quant_storage`), so every parameter ZeRO-3 partitions has one dtype."""
     import importlib.util
 
@@ -23,7 +20,6 @@ def bnb_config(finetune: QLoraFinetune, model: ModelConfig, precision: str, zero
         raise UserError("finetune.mode: qlora needs the bitsandbytes package (pip install bitsandbytes)")
     from transformers import BitsAndBytesConfig
 
-    compute = PRECISION_DTYPE[precision] if finetune.compute_dtype == "auto" else COMPUTE[finetune.compute_dtype]
     if finetune.bits == 8:
         if zero3:
             raise UserError("finetune.bits: 8-bit bitsandbytes weights cannot be sharded by ZeRO-3 "

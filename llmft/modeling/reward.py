@@ -69,7 +69,7 @@ def _adapter_reward_model(directory: Path, adapter_config: Path, dtype: torch.dt
     from peft import PeftModel
 
     from llmft.modeling.load import load_model
-    from llmft.modeling.merge import base_of
+    from llmft.rundir import base_of
 
     saved = json.loads(adapter_config.read_text())
     if saved.get("task_type") != "SEQ_CLS" or "score" not in (saved.get("modules_to_save") or []):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmft.plan.knobs import Knobs
 
-#: Output-head logits elements per chunk of the chunked cross-entropy (llmft.modeling.chunked_loss).
+#: Output-head logits elements per chunk of the chunked cross-entropy (llmft.fastpath.chunked_loss).
 CHUNK_ELEMENTS = 1 << 23
 #: Bytes one decoder layer keeps for backward, per token: (per hidden unit, per MLP unit, per
 #: key/value unit), by (finetune kind, compute precision, whether peft casts adapter inputs to fp32,

@@ -20,7 +20,8 @@ from llmft.data.pairs import encode_reply
 from llmft.data.tokenize import IGNORE
 from llmft.modeling.load import load_model
 from llmft.builders import get_builder
-from llmft.run import prepare, prepare_tokenizer, train
+from llmft.modeling.load import prepare_tokenizer
+from llmft.run import prepare, train
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 

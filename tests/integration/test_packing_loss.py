@@ -70,7 +70,7 @@ def test_mixed_precision_projects_the_head_in_bf16_like_the_plain_path(mode, tin
     the plain path's loss."""
     import torch
 
-    import llmft.modeling.chunked_loss as chunked
+    import llmft.fastpath.chunked_loss as chunked
 
     seen = []
     original = chunked.causal_lm_loss_sum

@@ -17,6 +17,7 @@ from conftest import make_recipe
 from llmft.config import validate_recipe
 from llmft.config.finetune import QLoraFinetune
 from llmft.config.model import ModelConfig
+from llmft.modeling.precision import quantized_compute_dtype
 from llmft.errors import UserError
 from llmft.modeling.adapters import apply_finetune
 from llmft.modeling.load import load_model
@@ -30,7 +31,7 @@ def lora_model(model_dir, quantized: bool, weights_from=None):
     """LoRA on the tiny model: quantized (QLoRA), or a plain fp32 reference whose linear weights are
     the dequantized weights of `weights_from` — so only the gradient path differs, not the numbers."""
     finetune = QLoraFinetune(mode="qlora", rank=4, alpha=8, dropout=0.0)
-    config = bnb_config(finetune, ModelConfig(path=str(model_dir)), "fp32") if quantized else None
+    config = bnb_config(finetune, torch.float32) if quantized else None
     model = load_model(ModelConfig(path=str(model_dir)), torch.float32, quantization=config)
     if weights_from is not None:
         import bitsandbytes as bnb
@@ -103,11 +104,13 @@ def test_qlora_refuses_gguf_and_4bit_knobs_on_8bit():
 
 
 def test_bnb_config_maps_every_knob():
-    cfg = bnb_config(QLoraFinetune(mode="qlora", quant_type="fp4", double_quant=False, compute_dtype="bfloat16"), ModelConfig(path="x"), "fp32")
+    fp4 = QLoraFinetune(mode="qlora", quant_type="fp4", double_quant=False, compute_dtype="bfloat16")
+    cfg = bnb_config(fp4, quantized_compute_dtype(fp4, "fp32"))
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "fp4" and not cfg.bnb_4bit_use_double_quant
     assert cfg.bnb_4bit_compute_dtype == torch.bfloat16
-    assert bnb_config(QLoraFinetune(mode="qlora"), ModelConfig(path="x"), "bf16").bnb_4bit_compute_dtype == torch.bfloat16
-    assert bnb_config(QLoraFinetune(mode="qlora", bits=8), ModelConfig(path="x"), "fp32").load_in_8bit
+    auto = QLoraFinetune(mode="qlora")
+    assert bnb_config(auto, quantized_compute_dtype(auto, "bf16")).bnb_4bit_compute_dtype == torch.bfloat16
+    assert bnb_config(QLoraFinetune(mode="qlora", bits=8), torch.float32).load_in_8bit
 
 
 @pytest.mark.parametrize("stage", ["pt", "dpo", "kto", "orpo", "grpo", "ppo"])

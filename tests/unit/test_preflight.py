@@ -73,7 +73,7 @@ def test_release_memory_sets_the_allocator_only_when_asked(tmp_path, monkeypatch
 
     calls = []
     monkeypatch.setattr(allocator, "return_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr("llmft.run.prepare_tokenizer", lambda recipe: None)
+    monkeypatch.setattr("llmft.modeling.load.prepare_tokenizer", lambda recipe: None)
     monkeypatch.setattr("llmft.preflight.preflight", lambda recipe: tmp_path)
     base = {"model": {"path": str(tmp_path)}, "data": {"train": "t.jsonl"}, "finetune": {"mode": "lora"},
             "stage": {"name": "sft"}, "training": {"precision": "fp32"}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_recipe
+from conftest import make_recipe, settings_for
 
 from llmft.builders.trainer import training_arguments
 from llmft.config import validate_recipe
@@ -15,7 +15,7 @@ def _args(tmp_path: Path, precision: str = "fp32", with_eval: bool = False, **tr
     if with_eval:
         sections["data"] = {"eval": "eval.jsonl"}
     recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", **sections))
-    return training_arguments(recipe, precision, tmp_path / "out")
+    return training_arguments(recipe, settings_for(recipe, precision), tmp_path / "out")
 
 
 def test_every_training_key_maps(tmp_path):
@@ -58,7 +58,7 @@ def test_eval_cadence_only_with_eval_data(tmp_path):
 
 def test_group_by_length_selects_the_length_grouped_sampler(tmp_path):
     recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", data={"group_by_length": True}))
-    assert training_arguments(recipe, "fp32", tmp_path / "out").train_sampling_strategy == "group_by_length"
+    assert training_arguments(recipe, settings_for(recipe), tmp_path / "out").train_sampling_strategy == "group_by_length"
     assert _args(tmp_path).train_sampling_strategy == "random"
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import make_recipe
+from conftest import make_recipe, settings_for
 from transformers import TrainingArguments
 from trl import DPOConfig, RewardConfig
 
@@ -21,15 +21,15 @@ def _ctx(tmp_path: Path) -> RunContext:
         Path("m"), Path("t.jsonl"), tmp_path / "out", stage="dpo",
         training={"learning_rate": 3e-4, "logging_steps": 7, "gradient_checkpointing": False, "micro_batch_size": 3},
     ))
-    return RunContext(recipe=recipe, tokenizer=None, precision="fp32", output_dir=tmp_path / "out")
+    return RunContext(recipe=recipe, tokenizer=None, settings=settings_for(recipe), output_dir=tmp_path / "out")
 
 
 @pytest.mark.parametrize("config_cls", [RewardConfig, DPOConfig])
 def test_trl_config_carries_every_training_key(config_cls, tmp_path):
     ctx = _ctx(tmp_path)
-    hf = training_arguments(ctx.recipe, ctx.precision, ctx.output_dir)
+    hf = training_arguments(ctx.recipe, ctx.settings, ctx.output_dir)
     trl = trl_config(config_cls, ctx, beta=0.3) if config_cls is DPOConfig else trl_config(config_cls, ctx)
-    for key in training_kwargs(ctx.recipe, ctx.precision, ctx.output_dir):
+    for key in training_kwargs(ctx.recipe, ctx.settings, ctx.output_dir):
         assert getattr(trl, key) == getattr(hf, key), key
     assert (trl.learning_rate, trl.logging_steps, trl.gradient_checkpointing, trl.bf16) == (3e-4, 7, False, False)
 
@@ -37,7 +37,8 @@ def test_trl_config_carries_every_training_key(config_cls, tmp_path):
 @pytest.mark.parametrize("config_cls", [RewardConfig, DPOConfig])
 def test_every_default_trl_changes_is_set_from_the_recipe(config_cls, tmp_path):
     """If a TRL release changes another TrainingArguments default, this names it."""
-    ours = training_kwargs(_ctx(tmp_path).recipe, "fp32", tmp_path / "out")
+    ctx = _ctx(tmp_path)
+    ours = training_kwargs(ctx.recipe, ctx.settings, tmp_path / "out")
     base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
     changed = [
         f.name for f in dataclasses.fields(config_cls)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_recipe
+from conftest import make_recipe, settings_for
 
 from llmft.builders.trainer import training_kwargs
 from llmft.config import validate_recipe
@@ -87,10 +87,10 @@ def test_a_broken_users_json_names_the_key(tmp_path, content, problem):
 
 def test_the_config_reaches_training_arguments(tmp_path):
     recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", distributed={"zero_stage": 3, "num_processes": 2}))
-    kwargs = training_kwargs(recipe, "fp32", tmp_path / "out")
+    kwargs = training_kwargs(recipe, settings_for(recipe), tmp_path / "out")
     assert kwargs["deepspeed"]["zero_optimization"]["stage"] == 3
     plain = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out"))
-    assert training_kwargs(plain, "fp32", tmp_path / "out")["deepspeed"] is None
+    assert training_kwargs(plain, settings_for(plain), tmp_path / "out")["deepspeed"] is None
 
 
 def test_a_users_zero3_json_must_gather_weights_for_the_final_save(tmp_path):

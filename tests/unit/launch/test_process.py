@@ -12,6 +12,7 @@ from llmft.errors import UserError
 from llmft.launch.child import enter_process
 from llmft.config.distributed import DistributedConfig
 from llmft.launch.relaunch import check_devices, needs_launch
+from llmft.resolve import resolve
 
 
 def recipe(tmp_path, **distributed):
@@ -29,8 +30,8 @@ def test_a_multi_process_recipe_run_in_one_plain_process_is_refused(tmp_path, mo
     for name in ("LLMFT_LAUNCHED", "LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UserError, match=r"2 process\(es\) need a launcher; start the run with `llmft train RECIPE`"):
-        enter_process(recipe(tmp_path, num_processes=2))
-    enter_process(recipe(tmp_path))  # one process: nothing to check
+        enter_process(recipe(tmp_path, num_processes=2), None)
+    enter_process(recipe(tmp_path), None)  # one process: nothing to check
 
 
 def test_agreeing_launcher_hands_deepspeed_settings_to_the_recipes_json(tmp_path, monkeypatch):
@@ -42,7 +43,8 @@ def test_agreeing_launcher_hands_deepspeed_settings_to_the_recipes_json(tmp_path
 
     started = []
     monkeypatch.setattr(cpu_shims, "init_deepspeed_comm", lambda: started.append(True))
-    enter_process(recipe(tmp_path, num_processes=2, zero_stage=2))
+    two = recipe(tmp_path, num_processes=2, zero_stage=2)
+    enter_process(two, resolve(two).deepspeed)
     import os
 
     import torch

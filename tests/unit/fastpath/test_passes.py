@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from llmft.data.collate import FlatCollator, PadCollator
-from llmft.data.split import split_batch
+from llmft.fastpath.passes import split_batch
 
 
 def examples(*lengths: int) -> list[dict]:

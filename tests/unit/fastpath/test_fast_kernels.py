@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny import build_model
 
-from llmft.modeling.chunked_loss import causal_lm_loss_sum, per_token_losses
-from llmft.modeling.fused_ops import apply_fused_ops
-from llmft.modeling.varlen_attention import register, segments
+from llmft.fastpath.chunked_loss import causal_lm_loss_sum, per_token_losses
+from llmft.fastpath.fused_ops import apply_fused_ops
+from llmft.fastpath.varlen_attention import register, segments
 
 
 def reference_ce_sum(hidden, weight, labels):
@@ -23,7 +23,7 @@ def reference_ce_sum(hidden, weight, labels):
 
 @pytest.mark.parametrize("train_weight", [False, True])
 def test_chunked_loss_matches_cross_entropy_value_and_gradients(train_weight, monkeypatch):
-    import llmft.modeling.chunked_loss as chunked
+    import llmft.fastpath.chunked_loss as chunked
 
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 7 * 300)  # several chunks, the last one partial
     torch.manual_seed(0)

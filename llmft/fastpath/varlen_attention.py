@@ -4,7 +4,7 @@ Padding-free batches (`data.padding_free`) put a micro-batch's examples one afte
 row, with `position_ids` restarting at 0 for each. transformers' own SDPA path turns that into a
 dense block-diagonal [row, row] mask, and the SDPA kernel then computes every block, masked or not.
 Here each example's span gets its own `is_causal` SDPA call: no mask is built, and the kernel skips
-the upper triangle (bf16 training on CPU uses `llmft.modeling.causal_spans`, the same kernel forward
+the upper triangle (bf16 training on CPU uses `llmft.fastpath.causal_spans`, the same kernel forward
 with a faster backward that does not grow memory per sequence length). Whenever a real mask is needed (left/right padding with an attention mask, a
 KV cache during generation) the call falls through to transformers' SDPA unchanged.
 """
@@ -45,9 +45,9 @@ def varlen_sdpa_forward(
     q_len, kv_len = query.shape[2], key.shape[2]
     if attention_mask is not None or q_len != kv_len or not getattr(module, "is_causal", True):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    from llmft.modeling import causal_spans
+    from llmft.fastpath import causal_spans
 
-    if causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.modeling.causal_spans
+    if causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         outs = [causal_spans.CausalSpans.apply(query[row : row + 1], key[row : row + 1], value[row : row + 1],
                                                segments(position_ids, row, q_len), scale)

@@ -17,10 +17,13 @@ from typing import Any
 
 import torch
 
-#: RMSNorm classes computing weight * (x / rms(x)) with the normalisation in fp32.
-RMSNORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"})
+from llmft.fastpath.fused_lora import apply_fused_lora
+from llmft.modeling.families import FAMILIES
+
+#: RMSNorm classes computing weight * (x / rms(x)) with the normalisation in fp32 (`llmft.modeling.families`).
+RMSNORM_CLASSES = frozenset(f.rms_norm for f in FAMILIES.values() if f.rms_norm)
 #: MLP classes computing down(act(gate(x)) * up(x)).
-GATED_MLP_CLASSES = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+GATED_MLP_CLASSES = frozenset(f.gated_mlp for f in FAMILIES.values() if f.gated_mlp)
 SILU_CLASSES = frozenset({"SiLU", "SiLUActivation"})
 
 
@@ -82,9 +85,7 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 def apply_fused_ops(model: torch.nn.Module) -> dict[str, int]:
     """Swap in the lean forwards where the module is one of the known classes (and peft's LoRA
-    linear layers, `llmft.modeling.fused_lora`); returns counts."""
-    from llmft.modeling.fused_lora import apply_fused_lora
-
+    linear layers, `llmft.fastpath.fused_lora`); returns counts."""
     counts = {"rms_norm": 0, "swiglu": 0, "lora": apply_fused_lora(model)}
     for module in model.modules():
         name = type(module).__name__

@@ -7,13 +7,21 @@ import pytest
 from conftest import minimal_recipe
 from tiny import build_model
 
-from llmft.builders.fast_path import choose
 from llmft.config import validate_recipe
 from llmft.errors import UserError
+from llmft.fastpath.decide import choose as choose_for
+from llmft.plan.passes import settle_passes
+from llmft.resolve import resolve
 
 
 def recipe(**sections):
     return validate_recipe(minimal_recipe(**sections))
+
+
+def choose(recipe, model, settings=None):
+    """The path a run takes: decided for the model, its "auto" passes sized by the memory plan."""
+    settings = settings or resolve(recipe)
+    return settle_passes(choose_for(recipe, model, settings), recipe, model.config, settings)
 
 
 def test_defaults_take_the_whole_fast_path():
@@ -74,22 +82,24 @@ def test_auto_cuts_passes_only_where_the_memory_plan_needs_them(monkeypatch):
     with the reason in the path line; one with room runs them whole (a GPU plans against its own memory)."""
     import torch
 
-    import llmft.plan.from_recipe as from_recipe
+    import llmft.plan.machine as machine
+    import llmft.plan.passes as passes
 
     sections = {"training": {"micro_batch_size": 4}, "data": {"max_length": 512}}
     assert choose(recipe(**sections), build_model(64)).forward_tokens is None  # this machine has room
-    available = from_recipe.available_memory
-    monkeypatch.setattr(from_recipe, "available_memory", lambda: (1 << 20, "this machine's available RAM (no GPU)"))
+    monkeypatch.setattr(passes, "available_memory", lambda: (1 << 20, "this machine's available RAM (no GPU)"))
     path = choose(recipe(**sections), build_model(64))
     assert path.forward_tokens == 256  # nothing fits 1 MiB: the smallest pass size
     assert path.reasons == ["passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's available RAM (no GPU) has 0.0 GiB"]
     assert path.describe().endswith("passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, "
                                     "this machine's available RAM (no GPU) has 0.0 GiB)")
+    settings, zero2 = resolve(recipe(**sections)), recipe(**sections, distributed={"zero_stage": 2})
+    zero2_settings = resolve(zero2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(from_recipe, "available_memory", available)  # on a GPU: the GPU's memory
-    monkeypatch.setattr(from_recipe, "machine_memory", lambda: (80 << 30, "GPU 0 (test)"))
-    assert choose(recipe(**sections), build_model(64)).forward_tokens is None
-    assert choose(recipe(**sections, distributed={"zero_stage": 2}), build_model(64)).forward_tokens is None
+    monkeypatch.setattr(passes, "available_memory", machine.available_memory)  # on a GPU: the GPU's memory
+    monkeypatch.setattr(machine, "machine_memory", lambda: (80 << 30, "GPU 0 (test)"))
+    assert choose(recipe(**sections), build_model(64), settings).forward_tokens is None
+    assert choose(zero2, build_model(64), zero2_settings).forward_tokens is None
 
 
 def test_passes_need_the_chunked_loss_and_one_process():
@@ -107,8 +117,35 @@ def test_passes_need_the_chunked_loss_and_one_process():
 
 def test_available_memory_is_what_a_run_can_use_now():
     """CPU: RAM the kernel reports available plus this process's own resident memory, never more than the machine has."""
-    from llmft.plan.from_recipe import available_memory, machine_memory
+    from llmft.plan.machine import available_memory, machine_memory
 
     free, source = available_memory()
     assert 0 < free <= machine_memory()[0]
     assert source == "this machine's available RAM (no GPU)"
+
+
+def test_a_lora_adapter_on_the_output_head_turns_the_chunked_loss_off():
+    """The chunked loss projects with the head's weight directly: an adapter on the head would never
+    train (measured before this check: lora_B of lm_head stayed exactly 0 after 3 steps at lr 1e-2)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_model(64), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    path = choose(recipe(), model)
+    assert not path.chunked_loss
+    assert "chunked loss off: the output head carries a LoRA adapter (finetune.target_modules)" in path.describe()
+    with pytest.raises(UserError, match=r"^training.chunked_loss: the output head carries a LoRA adapter"):
+        choose(recipe(training={"chunked_loss": True}), model)
+    trained_in_full = get_peft_model(build_model(64), LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert choose(recipe(), trained_in_full).chunked_loss  # modules_to_save: the head's own weight trains
+
+
+def test_zero3_is_read_from_the_users_deepspeed_json(tmp_path):
+    """`distributed.deepspeed_config` decides the ZeRO stage (the bare zero_stage field stays 0)."""
+    import json
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}))
+    r = recipe(distributed={"deepspeed_config": str(ds)})
+    assert r.distributed.zero_stage == 0 and resolve(r).zero3
+    path = choose(r, build_model(64))
+    assert not path.chunked_loss and "chunked loss off: ZeRO-3 shards the output head's weight" in path.describe()

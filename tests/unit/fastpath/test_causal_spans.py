@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmft.modeling import causal_spans
-from llmft.modeling.causal_spans import CausalSpans
+from llmft.fastpath import causal_spans
+from llmft.fastpath.causal_spans import CausalSpans
 
 SPANS = [(0, 5), (5, 70), (70, 71), (71, 400)]  # one token, and spans longer than a query block
 
@@ -87,7 +87,7 @@ def test_bf16_training_through_the_model_uses_it_with_the_same_loss_and_gradient
     the loss equals the per-span SDPA path's (same forward kernel), gradients agree to bf16 rounding."""
     from tiny import build_model
 
-    from llmft.modeling.varlen_attention import register
+    from llmft.fastpath.varlen_attention import register
 
     torch.manual_seed(0)
     model = build_model(64).to(torch.bfloat16).train()

@@ -32,7 +32,7 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
     ids = batch["input_ids"]
     rows, width = ids.shape
     if rows == 1 and batch.get("position_ids") is not None:
-        from llmft.modeling.varlen_attention import segments
+        from llmft.fastpath.varlen_attention import segments
 
         spans = segments(batch["position_ids"], 0, width)
         pieces = _greedy([end - start for start, end in spans], max_tokens)

@@ -8,8 +8,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tiny import build_model
 
-from llmft.modeling import fused_lora
-from llmft.modeling.fused_lora import apply_fused_lora
+from llmft.fastpath import fused_lora
+from llmft.fastpath.fused_lora import apply_fused_lora
 
 
 def lora_model(dtype=torch.float32, dropout=0.0, **config):

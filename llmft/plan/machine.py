@@ -1,0 +1,31 @@
+"""Machine probes for the memory plan: how much memory this machine has, and how much a run
+starting now can use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def machine_memory() -> tuple[int, str]:
+    """Memory of this machine's first GPU, or (no GPU) its RAM."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return props.total_memory, f"GPU 0 ({props.name})"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM (no GPU)"
+
+
+def available_memory() -> tuple[int, str]:
+    """What a run starting now can use: a GPU's whole memory, or (no GPU) the RAM the kernel reports
+    available plus what this process already holds (the plan counts that too: framework, weights)."""
+    if torch.cuda.is_available():
+        return machine_memory()
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024 + int(status["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        return machine_memory()
+    return min(free, machine_memory()[0]), "this machine's available RAM (no GPU)"

@@ -1,0 +1,32 @@
+"""What an llmft run directory (`output.dir`) holds, by name, and the recipe it recorded: the one
+place that knows the layout, for the commands that read a run back (merge, chat, reward models,
+resume) and the checks that refuse to write over one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmft.config.model import ModelConfig
+from llmft.errors import UserError
+
+#: The run's exact recipe: every default filled in, interpolations resolved.
+RESOLVED_RECIPE = "recipe.resolved.yaml"
+#: Files whose presence means a directory already holds a run.
+RUN_MARKERS = (RESOLVED_RECIPE, "trainer_state.json", "adapter_model.safetensors", "model.safetensors")
+
+
+def read_resolved(run_dir: str | Path) -> dict[str, Any] | None:
+    """The recipe a run recorded (as a dict), or None when `run_dir` holds none."""
+    path = Path(run_dir) / RESOLVED_RECIPE
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def base_of(adapter_dir: str | Path) -> ModelConfig:
+    """The base model an llmft run's adapter was trained on (from its recipe.resolved.yaml)."""
+    recorded = read_resolved(adapter_dir)
+    if recorded is None:
+        raise UserError(f"--base: not given and {adapter_dir} has no {RESOLVED_RECIPE} naming it")
+    return ModelConfig(**recorded["model"])
