@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from jobs import Job
 from runners import llmft_recipe
 
@@ -68,7 +67,7 @@ def llmft_losses(job: Job, out: Path) -> list[tuple[tuple[int, ...], dict[int, f
 
 def compare(reference: list, ours: list) -> dict:
     """Rows matched by token ids; per common supervised token, |difference|."""
-    by_ids = {ids: losses for ids, losses in ours}
+    by_ids = dict(ours)
     diffs, only_ref, only_ours, unmatched = [], 0, 0, 0
     for ids, ref in reference:
         mine = by_ids.get(ids)

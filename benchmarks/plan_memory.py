@@ -101,7 +101,7 @@ def _tiny_recipe(directory: Path, mode: str = "lora") -> Path:
 
 
 def _long_data(directory: Path) -> Path:
-    words = "the quiet river carried small boats past old stone bridges while people watched".split()
+    words = ["the", "quiet", "river", "carried", "small", "boats", "past", "old", "stone", "bridges", "while", "people", "watched"]
     rows = [{"messages": [{"role": "user", "content": f"Tell story number {i}."},
                           {"role": "assistant", "content": " ".join(words[(i + j) % len(words)] for j in range(900))}]}
             for i in range(16)]

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from jobs import ROOT, Job
+from jobs import Job
 
 
 def completion_tokens(tokenizer, job: Job) -> int:

@@ -107,7 +107,7 @@ def table(results: dict[str, dict]) -> str:
         losses = " ".join(f"{x:.3f}" for x in r["losses"])
         lines.append(f"{tool:<14} {r['train_s']:>8.1f} {r['first_step_s']:>10.1f} {tps:>7.1f} {sps:>9.1f} {r['peak_rss_mb']:>7.0f} {mfu:>6.1%}  {losses}")
     if "trl" in results and "llmft" in results:
-        t, l = results["trl"], results["llmft"]
+        l = results["llmft"]
         for base in ("trl", "trl-packed", "trl-tcmalloc"):
             if base in results:
                 b = results[base]

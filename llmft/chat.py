@@ -4,11 +4,10 @@ the same chat template that training used."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Any
 
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from llmft import __version__
 from llmft.errors import TrainingDiverged, TrainingInterrupted, UserError

@@ -11,7 +11,6 @@ from llmft.errors import UserError
 from llmft.rundir import RUN_MARKERS
 
 
-
 def check_output_dir(recipe: Recipe) -> Path:
     out = Path(recipe.output.dir).expanduser()
     if out.exists() and not out.is_dir():

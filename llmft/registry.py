@@ -8,7 +8,8 @@ import that every pair of the table has its builder. The registry never imports 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from llmft.config.matrix import SUPPORTED, Pair, unsupported_message
 

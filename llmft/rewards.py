@@ -19,7 +19,7 @@ in [0, 1], higher is better:
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 #: The built-in reward names, as `stage.reward_functions` accepts them.
 NAMES = ("length", "format", "no_repeat", "ends_cleanly")

@@ -68,10 +68,9 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
 
 
 def train(recipe: Recipe) -> RunResult:
-    from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.builders import get_builder
-
     from llmft.launch.ranks import is_main_process
+    from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.rundir import RESOLVED_RECIPE
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 def save_tiny_reward_model(directory: Path) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     from tiny import build_tokenizer
+    from transformers import LlamaConfig, LlamaForSequenceClassification
 
     tokenizer = build_tokenizer()
     tokenizer.pad_token = "<|endoftext|>"

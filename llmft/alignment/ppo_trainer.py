@@ -30,9 +30,10 @@ import math
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,12 @@ from llmft.alignment.gae import gae
 from llmft.alignment.kl import kl_controller, kl_penalised_rewards
 from llmft.alignment.losses import entropy_from_logits, policy_loss, value_loss
 from llmft.alignment.rollout import (
-    Prompt, RewardScorer, Sampling, forward_replies, generate, pad_width,
+    Prompt,
+    RewardScorer,
+    Sampling,
+    forward_replies,
+    generate,
+    pad_width,
 )
 from llmft.alignment.stats import masked_mean, whiten
 from llmft.alignment.value_head import ValueHead, hidden_size
@@ -73,7 +79,7 @@ class Rollout:
     advantages: torch.Tensor
     returns: torch.Tensor
 
-    def select(self, rows: torch.Tensor) -> "Rollout":
+    def select(self, rows: torch.Tensor) -> Rollout:
         """The given rows, without the padding columns none of them uses."""
         query_mask, reply_mask = self.query_mask[rows], self.reply_mask[rows]
         first = int((query_mask.sum(0) > 0).nonzero().min())

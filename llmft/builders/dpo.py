@@ -22,9 +22,8 @@ once before training, from the model before any update, and keeps no reference a
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 from llmft.builders.context import RunContext
 from llmft.builders.trainer import trl_config
@@ -53,7 +52,12 @@ def build_dpo(ctx: RunContext) -> Any:
     from trl import DPOConfig
 
     from llmft.builders.preference import (
-        PairCollator, finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs,
+        PairCollator,
+        finish,
+        keep_only_adapter_dropout,
+        llmft_callbacks,
+        pair_dataset,
+        prepared_pairs,
     )
     from llmft.builders.trl_common import settle_lora_reference
 

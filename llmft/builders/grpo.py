@@ -14,15 +14,16 @@ equal the starting policy.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmft import rewards
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
 from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 

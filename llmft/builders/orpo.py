@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import trl_datasets, trl_trainer
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 
 def orpo_classes() -> tuple[type, type]:

@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 

@@ -4,16 +4,16 @@ TRL's trainers take, the batch layout of TRL's DPO loss, the checks and the call
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from llmft.builders.context import RunContext
 from llmft.data.collate import PadCollator
 from llmft.data.pairs import PairExample
 from llmft.data.tokenize import IGNORE
-from llmft.errors import UserError
-from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import next_token_trainer
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 
 @register_builder("pt", modes=("full", "lora", "qlora"))

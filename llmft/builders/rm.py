@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import trl_config
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 
 @register_builder("rm", modes=("full", "lora"))

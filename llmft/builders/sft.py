@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import next_token_trainer
 from llmft.data.tokenize import turn_end_problem
 from llmft.registry import register_builder
-from llmft.builders.context import RunContext
 
 log = logging.getLogger("llmft")
 

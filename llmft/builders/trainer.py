@@ -80,10 +80,9 @@ def training_kwargs(recipe: Recipe, settings: Resolved, output_dir: Path) -> dic
 
 def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any, trainer_class: type | None = None) -> Any:
     from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
 
     from llmft.callbacks import callbacks_for
-
-    from transformers.trainer_callback import PrinterCallback
 
     recipe = ctx.recipe
     model = ctx.model

@@ -4,7 +4,8 @@ every left-out record counted), the trainer with llmft's callbacks, and the LoRA
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from llmft.builders.context import RunContext
 

@@ -48,7 +48,7 @@ class DatasetSpec(Section):
     )
 
     @model_validator(mode="after")
-    def _samples_or_weight(self) -> "DatasetSpec":
+    def _samples_or_weight(self) -> DatasetSpec:
         if self.samples is not None and self.weight is not None:
             raise ValueError("set samples or weight, not both")
         return self
@@ -152,7 +152,7 @@ class DataConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DataConfig":
+    def _consistent(self) -> DataConfig:
         if self.eval_split is not None and self.eval:
             raise ValueError("set eval or eval_split, not both")
         if not self.mask_prompt and "train_on" in self.model_fields_set and self.train_on != "all":

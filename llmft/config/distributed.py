@@ -41,7 +41,7 @@ class DistributedConfig(Section):
     main_process_port: int = Field(default=29500, ge=1, le=65535, description="Port on machine 0 for the rendezvous.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DistributedConfig":
+    def _consistent(self) -> DistributedConfig:
         problems = []
         if self.offload == "optimizer_and_params" and self.zero_stage != 3 and self.deepspeed_config is None:
             problems.append(f"offload: optimizer_and_params needs zero_stage: 3 (parameters are only sharded by ZeRO-3; got zero_stage {self.zero_stage})")

@@ -57,7 +57,7 @@ class QLoraFinetune(LoraFinetune):
     )
 
     @model_validator(mode="after")
-    def _four_bit_knobs(self) -> "QLoraFinetune":
+    def _four_bit_knobs(self) -> QLoraFinetune:
         if self.bits == 8:
             set_4bit = sorted({"quant_type", "double_quant"} & self.model_fields_set)
             if set_4bit:
@@ -67,5 +67,5 @@ class QLoraFinetune(LoraFinetune):
 
 #: Every finetune mode, in schema order.
 FINETUNE_VARIANTS = (FullFinetune, LoraFinetune, QLoraFinetune)
-Finetune = Annotated[Union[FINETUNE_VARIANTS], Field(discriminator="mode")]  # type: ignore[valid-type]
+Finetune = Annotated[Union[FINETUNE_VARIANTS], Field(discriminator="mode")]  # type: ignore[valid-type]  # noqa: UP007
 MODES: tuple[str, ...] = tuple(typing.get_args(v.model_fields["mode"].annotation)[0] for v in FINETUNE_VARIANTS)

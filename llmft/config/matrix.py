@@ -6,7 +6,7 @@ checked against it when the builders load, so the two cannot drift.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from llmft.config.finetune import MODES
 from llmft.config.stage import STAGES, TRAITS

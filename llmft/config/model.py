@@ -29,7 +29,7 @@ class RopeScaling(Section):
     )
 
     @model_validator(mode="after")
-    def _yarn_only(self) -> "RopeScaling":
+    def _yarn_only(self) -> RopeScaling:
         if self.original_max_position_embeddings is not None and self.type != "yarn":
             raise ValueError(f"original_max_position_embeddings only applies to type: yarn (got type: {self.type})")
         return self

@@ -35,7 +35,7 @@ class Recipe(Section):
     output: OutputConfig = Field(description="Where results go.")
 
     @model_validator(mode="after")
-    def _cross_section(self, info: ValidationInfo) -> "Recipe":
+    def _cross_section(self, info: ValidationInfo) -> Recipe:
         require_builder = (info.context or {}).get("require_builder", True)
         problems = cross_section_problems(self, require_builder)
         if problems:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmft.config.base import Section
-from llmft.config.finetune import MODES, FullFinetune, LoraFinetune
+from llmft.config.finetune import MODES, FullFinetune
 from llmft.config.training import TrainingConfig
 
 #: Record layouts a conversation stage reads (`data.*.format`).
@@ -238,7 +238,7 @@ class GrpoStage(StageSection):
     )
 
     @model_validator(mode="after")
-    def _some_reward(self) -> "GrpoStage":
+    def _some_reward(self) -> GrpoStage:
         if not self.reward_functions and not self.reward_model:
             raise ValueError("set reward_functions, reward_model, or both")
         return self
@@ -289,7 +289,7 @@ class PpoStage(StageSection):
     )
 
     @model_validator(mode="after")
-    def _batches(self) -> "PpoStage":
+    def _batches(self) -> PpoStage:
         if self.rollout_batch_size % self.mini_batch_size:
             raise ValueError("rollout_batch_size must be a multiple of mini_batch_size")
         return self
@@ -306,7 +306,7 @@ class PpoStage(StageSection):
 #: Every stage, in schema order. A new stage is one variant here (with its traits) and one builder
 #: module `llmft/builders/<name>.py`.
 STAGE_VARIANTS: tuple[type[StageSection], ...] = (PtStage, SftStage, RmStage, DpoStage, KtoStage, OrpoStage, GrpoStage, PpoStage)
-Stage = Annotated[Union[STAGE_VARIANTS], Field(discriminator="name")]  # type: ignore[valid-type]
+Stage = Annotated[Union[STAGE_VARIANTS], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 def _name(variant: type[StageSection]) -> str:

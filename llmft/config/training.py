@@ -162,7 +162,7 @@ class TrainingConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _one_warmup(self) -> "TrainingConfig":
+    def _one_warmup(self) -> TrainingConfig:
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError("set warmup_ratio or warmup_steps, not both")
         return self

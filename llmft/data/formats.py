@@ -8,8 +8,9 @@ SFT formats (alpaca, messages, sharegpt, csv) become `Conversation`s, `text` bec
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError

@@ -9,8 +9,8 @@ predicted from the previous example's last token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from llmft.data.tokenize import IGNORE, Example
 

@@ -6,8 +6,9 @@ Each side is the prompt followed by its reply, rendered with the chat template; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from llmft.data.formats import Completion, Pair
 from llmft.data.render import reply_spans

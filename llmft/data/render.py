@@ -9,7 +9,8 @@ token, never the whitespace after it.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmft.errors import UserError
 

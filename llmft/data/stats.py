@@ -3,7 +3,8 @@ supervised tokens marked."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmft.data.dataset import PreparedData
 from llmft.data.pairs import KtoExample, PairExample
@@ -15,7 +16,7 @@ GREEN, RESET = "\033[32m", "\033[0m"
 def percentiles(values: Sequence[int], points: Sequence[int] = (50, 90, 99, 100)) -> dict[int, int]:
     ordered = sorted(values)
     if not ordered:
-        return {p: 0 for p in points}
+        return dict.fromkeys(points, 0)
     return {p: ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))] for p in points}
 
 

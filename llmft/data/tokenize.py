@@ -9,8 +9,9 @@ PT: texts are tokenized, joined with EOS and cut into blocks of `max_length`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from llmft.data.formats import Conversation, Text
 from llmft.data.render import Span, all_but_unsupervised, parse_tools, reply_spans, supervised_turns
@@ -43,7 +44,7 @@ class DataReport:
         """JSON-ready (dataclasses.asdict would rebuild the Counter from item pairs)."""
         return {**vars(self), "dropped": dict(self.dropped), "first_dropped": list(self.first_dropped)}
 
-    def merge(self, other: "DataReport") -> "DataReport":
+    def merge(self, other: DataReport) -> DataReport:
         return DataReport(
             self.records + other.records, self.kept + other.kept, self.truncated + other.truncated,
             self.dropped + other.dropped, self.tokens + other.tokens, self.supervised_tokens + other.supervised_tokens,

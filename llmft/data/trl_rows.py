@@ -9,12 +9,12 @@ record left out is counted with its reason (a `DataReport`), so TRL gets only re
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from llmft.data.formats import Completion, Conversation, Message, Pair
 from llmft.data.pairs import build_kto_examples, build_pair_examples
 from llmft.data.tokenize import DataReport
-from llmft.errors import UserError
 
 log = logging.getLogger("llmft")
 

@@ -32,7 +32,7 @@ class FastPath:
         text = f"batches {self.batching}, attention {self.attention}, {loss}{ops}{passes}"
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
-    def with_passes(self, forward_tokens: int | None, reason: str | None = None) -> "FastPath":
+    def with_passes(self, forward_tokens: int | None, reason: str | None = None) -> FastPath:
         """The path with its pass size decided (and the reason, if any, added)."""
         return replace(self, forward_tokens=forward_tokens, reasons=self.reasons + ([reason] if reason else []))
 

@@ -4,7 +4,8 @@ cross-entropy over the model's final hidden states, a micro-batch run in passes 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -15,8 +15,8 @@ Why these choices (accelerate 1.15):
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llmft.config.distributed import DistributedConfig
 

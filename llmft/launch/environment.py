@@ -7,9 +7,9 @@ ACCELERATE_DEEPSPEED_ZERO_STAGE, ACCELERATE_DEEPSPEED_CONFIG_FILE, offload devic
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from llmft.config.distributed import DistributedConfig
 from llmft.errors import UserError

@@ -18,7 +18,8 @@ sliding windows) is kept inside every group.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -69,7 +69,7 @@ class ModelDims:
     def llama(
         cls, *, hidden: int, layers: int, heads: int, intermediate: int, vocab: int, kv_heads: int | None = None,
         head_dim: int | None = None, tied_embeddings: bool = False, attention_bias: bool = False, model_type: str = "llama",
-    ) -> "ModelDims":
+    ) -> ModelDims:
         """A Llama-shaped decoder (q/k/v/o attention, gated MLP, RMS norms) from its dimensions."""
         kv_heads = kv_heads or heads
         head_dim = head_dim or hidden // heads

@@ -13,14 +13,13 @@ import torch
 from conftest import make_recipe
 from toy_pairs import write_toy
 
+from llmft.builders import get_builder
 from llmft.config import validate_recipe
 from llmft.config.model import ModelConfig
 from llmft.data.dataset import load_items
 from llmft.data.pairs import encode_reply
 from llmft.data.tokenize import IGNORE
-from llmft.modeling.load import load_model
-from llmft.builders import get_builder
-from llmft.modeling.load import prepare_tokenizer
+from llmft.modeling.load import load_model, prepare_tokenizer
 from llmft.run import prepare, train
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

@@ -102,19 +102,21 @@ def test_gradient_checkpointing_recomputes_each_layer(tiny_model_dir, sft_file, 
     backward to rebuild its activations); without it, once."""
     from transformers import TrainerCallback
 
+    class CountLayerCalls(TrainerCallback):
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layer = model.get_base_model().model.layers[0]
+            layer.register_forward_hook(lambda *a: self.counts.append(1))
+
     calls = {}
     for checkpointing in (False, True):
-        counts: list[int] = []
-
-        class CountLayerCalls(TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kwargs):
-                layer = model.get_base_model().model.layers[0]
-                layer.register_forward_hook(lambda *a: counts.append(1))
-
         raw = make_recipe(tiny_model_dir, sft_file, tmp_path / f"gc{checkpointing}",
                           training={"max_steps": 2, "gradient_checkpointing": checkpointing})
-        _train_with_spy(monkeypatch, raw, CountLayerCalls())
-        calls[checkpointing] = len(counts)
+        counter = CountLayerCalls()
+        _train_with_spy(monkeypatch, raw, counter)
+        calls[checkpointing] = len(counter.counts)
     assert calls == {False: 2, True: 4}
 
 

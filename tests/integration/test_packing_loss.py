@@ -10,7 +10,6 @@ from conftest import CONVERSATIONS, make_recipe
 from llmft.config import validate_recipe
 from llmft.run import train
 
-
 PLAIN = {"chunked_loss": False, "fused_ops": False}
 
 

@@ -19,8 +19,8 @@ from tiny import build_tokenizer
 
 import llmft.builders.ppo as ppo_builder
 from llmft.alignment.rollout import forward_replies
-from llmft.config import validate_recipe
 from llmft.builders import get_builder
+from llmft.config import validate_recipe
 from llmft.run import prepare, train
 
 

@@ -17,10 +17,9 @@ from conftest import make_recipe
 from llmft.config import validate_recipe
 from llmft.config.finetune import QLoraFinetune
 from llmft.config.model import ModelConfig
-from llmft.modeling.precision import quantized_compute_dtype
-from llmft.errors import UserError
 from llmft.modeling.adapters import apply_finetune
 from llmft.modeling.load import load_model
+from llmft.modeling.precision import quantized_compute_dtype
 from llmft.modeling.quantize import bnb_config
 from llmft.run import train
 
@@ -93,8 +92,9 @@ def test_qlora_sft_trains(tiny_model_dir, sft_file, tmp_path):
 
 
 def test_qlora_refuses_gguf_and_4bit_knobs_on_8bit():
-    from llmft.errors import RecipeError
     from conftest import minimal_recipe
+
+    from llmft.errors import RecipeError
 
     with pytest.raises(RecipeError, match="finetune.mode: qlora cannot quantize a model loaded from model.gguf_file"):
         validate_recipe(minimal_recipe(model={"path": "x", "gguf_file": "m.gguf"}, finetune={"mode": "qlora"}))

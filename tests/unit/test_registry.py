@@ -47,8 +47,8 @@ def test_stages_and_modes_are_the_schema_unions():
     stage_union = typing.get_args(Recipe.model_fields["stage"].annotation)
     mode_union = typing.get_args(Recipe.model_fields["finetune"].annotation)
     assert stage_union == STAGE_VARIANTS and mode_union == FINETUNE_VARIANTS
-    assert STAGES == tuple(typing.get_args(v.model_fields["name"].annotation)[0] for v in stage_union)
-    assert MODES == tuple(typing.get_args(v.model_fields["mode"].annotation)[0] for v in mode_union)
+    assert tuple(typing.get_args(v.model_fields["name"].annotation)[0] for v in stage_union) == STAGES
+    assert tuple(typing.get_args(v.model_fields["mode"].annotation)[0] for v in mode_union) == MODES
     assert set(TRAITS) == set(STAGES)
 
 

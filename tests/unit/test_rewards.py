@@ -9,7 +9,7 @@ from llmft.config.stage import RewardFunction
 
 
 def test_names_match_the_schema():
-    assert rewards.NAMES == RewardFunction.__args__
+    assert RewardFunction.__args__ == rewards.NAMES
 
 
 # --- length: 1 - |len - ref| / ref, floored at 0 (characters of the stripped texts) -----------

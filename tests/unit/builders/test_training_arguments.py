@@ -65,9 +65,9 @@ def test_group_by_length_selects_the_length_grouped_sampler(tmp_path):
 def test_eval_on_start(tmp_path):
     assert _args(tmp_path, with_eval=True, eval_on_start=True).eval_on_start
     assert not _args(tmp_path, with_eval=True).eval_on_start
-    from llmft.errors import RecipeError
-
     import pytest
+
+    from llmft.errors import RecipeError
 
     with pytest.raises(RecipeError, match="training.eval_on_start: there is no eval data"):
         _args(tmp_path, eval_on_start=True)

@@ -11,9 +11,9 @@ from conftest import make_recipe, settings_for
 from transformers import TrainingArguments
 from trl import DPOConfig, RewardConfig
 
+from llmft.builders.context import RunContext
 from llmft.builders.trainer import training_arguments, training_kwargs, trl_config
 from llmft.config import validate_recipe
-from llmft.builders.context import RunContext
 
 
 def _ctx(tmp_path: Path) -> RunContext:

@@ -9,15 +9,14 @@ import pytest
 from conftest import make_recipe, settings_for
 from tiny_reward import save_tiny_reward_model
 
+from llmft.builders.context import RunContext
 from llmft.builders.grpo import BuiltinReward, RewardModelScore, completion_text, grpo_config
 from llmft.builders.kto import kto_config
 from llmft.builders.orpo import orpo_config
-
 from llmft.config import validate_recipe
 from llmft.data.formats import Completion, Conversation, Pair
 from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_row, prompt_rows
 from llmft.errors import UserError
-from llmft.builders.context import RunContext
 
 GRPO = {"name": "grpo", "reward_functions": ["length"], "num_generations": 2, "max_completion_length": 16}
 
@@ -196,8 +195,9 @@ def test_check_kept_says_when_trl_dropped_rows(caplog):
 
 
 def test_a_rebuilt_reference_must_equal_the_policy():
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     from llmft.builders.grpo import check_rebuilt_reference
 

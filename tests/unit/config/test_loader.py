@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import minimal_recipe as recipe
 import yaml
+from conftest import minimal_recipe as recipe
 
 from llmft.config import Recipe, load_raw, load_recipe, validate_recipe
 from llmft.errors import RecipeError, UserError

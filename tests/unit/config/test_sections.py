@@ -19,9 +19,6 @@ from llmft.config.training import Optimizer, Scheduler, TrainingConfig
 from llmft.errors import RecipeError
 
 
-
-
-
 def without(section: str, key: str) -> dict:
     raw = recipe()
     del raw[section][key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from tiny import build_tokenizer
 
 from llmft.data.formats import Conversation, Text, normalise
 from llmft.data.sources import RawRecord
@@ -22,7 +23,6 @@ from llmft.data.tokenize import (
     encode_conversation,
     supervised_count,
 )
-from tiny import build_tokenizer
 
 # tests/tiny.py's template inserts this when a conversation has no system message
 DEFAULT_SYSTEM = "<|im_start|>system\nYou are a tiny test model.<|im_end|>\n"

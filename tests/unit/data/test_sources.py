@@ -106,7 +106,7 @@ def test_invalid_json_names_the_line(tmp_path):
 
 
 def test_non_utf8_names_file_and_line(tmp_path):
-    path = write(tmp_path / "d.jsonl", '{"text": "a"}\n{"text": "b"}\n{"text": "caf'.encode() + b'\xe9"}\n')
+    path = write(tmp_path / "d.jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "caf' + b'\xe9"}\n')
     message = error(path)
     assert message.startswith(f"{KEY}: {path}:3: not UTF-8")
     assert "UTF-8" in message

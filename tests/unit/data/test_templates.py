@@ -14,12 +14,12 @@ import typing
 
 import pytest
 from jinja2.exceptions import TemplateError
+from tiny import CHATML_TEMPLATE, build_tokenizer
 
 from llmft.config.data import TemplateName
 from llmft.data.templates import ALPACA, CHATML, LLAMA3, QWEN, TEMPLATES, install_template, to_jinja, with_changes
 from llmft.data.tokenize import IGNORE, encode_conversation, end_of_turn_ids, turn_end_problem
 from llmft.errors import UserError
-from tiny import CHATML_TEMPLATE, build_tokenizer
 
 
 def patched(official: str, old: str, new: str) -> str:
@@ -372,7 +372,7 @@ def test_every_named_template_has_a_reference():
 
 
 def test_variants_are_rows_with_changed_fields():
-    assert QWEN == with_changes(CHATML, name="qwen", default_system="You are a helpful assistant.")
+    assert with_changes(CHATML, name="qwen", default_system="You are a helpful assistant.") == QWEN
     assert TEMPLATES["mistral"].system_in_user and TEMPLATES["mistral"].generation_prompt == ""
 
 

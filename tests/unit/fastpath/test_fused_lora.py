@@ -3,7 +3,6 @@ B) in fp32 and bf16, through a whole model; and every case it does not cover goe
 
 from __future__ import annotations
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tiny import build_model

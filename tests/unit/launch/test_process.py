@@ -8,9 +8,9 @@ import pytest
 from conftest import make_recipe
 
 from llmft.config import validate_recipe
+from llmft.config.distributed import DistributedConfig
 from llmft.errors import UserError
 from llmft.launch.child import enter_process
-from llmft.config.distributed import DistributedConfig
 from llmft.launch.relaunch import check_devices, needs_launch
 from llmft.resolve import resolve
 

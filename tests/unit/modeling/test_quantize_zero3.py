@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from llmft.config.finetune import QLoraFinetune
-from llmft.modeling.precision import quantized_compute_dtype
 from llmft.errors import UserError
+from llmft.modeling.precision import quantized_compute_dtype
 from llmft.modeling.quantize import bnb_config
 
 pytest.importorskip("bitsandbytes")
