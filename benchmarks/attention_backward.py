@@ -71,8 +71,10 @@ def main() -> None:
         a, b = best_ms(sdpa, length), best_ms(ours, length)
         print(f"{length:>6} {a:>8.2f} {b:>9.2f} {b / a:>6.2f}")
     lengths = range(101, 401, 3)
-    print(f"resident memory added over {len(lengths)} distinct lengths: llmft {growth_mb(ours, lengths):.0f} MB, "
-          f"sdpa {growth_mb(sdpa, lengths):.0f} MB")
+    print(
+        f"resident memory added over {len(lengths)} distinct lengths: llmft {growth_mb(ours, lengths):.0f} MB, "
+        f"sdpa {growth_mb(sdpa, lengths):.0f} MB"
+    )
 
 
 if __name__ == "__main__":

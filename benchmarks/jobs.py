@@ -56,14 +56,25 @@ def quick_job(workdir: Path, precision: str) -> Job:
     model_dir = workdir / "quick-model"
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32768, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=32768,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+    )
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     rng = random.Random(0)
     words = " ".join(CORPUS).split()
-    rows = [prompt_completion(" ".join(rng.choices(words, k=rng.randint(4, 30))), " ".join(rng.choices(words, k=rng.randint(8, 100))))
-            for _ in range(32)]
+    rows = [
+        prompt_completion(" ".join(rng.choices(words, k=rng.randint(4, 30))), " ".join(rng.choices(words, k=rng.randint(8, 100))))
+        for _ in range(32)
+    ]
     params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     return Job("quick (2-layer Llama, hidden 256)", {"path": str(model_dir)}, rows, accum=2, precision=precision, params=params)

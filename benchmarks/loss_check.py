@@ -61,7 +61,7 @@ def llmft_losses(job: Job, out: Path) -> list[tuple[tuple[int, ...], dict[int, f
         for e in batch:
             positions = [t for t in range(1, len(e.labels)) if e.labels[t] != -100]
             rows.append((tuple(e.input_ids), dict(zip(positions, losses[: len(positions)]))))
-            losses = losses[len(positions):]
+            losses = losses[len(positions) :]
     return rows
 
 
@@ -78,5 +78,10 @@ def compare(reference: list, ours: list) -> dict:
         diffs += [abs(ref[t] - mine[t]) for t in common]
         only_ref += len(ref.keys() - mine.keys())
         only_ours += len(mine.keys() - ref.keys())
-    return {"tokens": len(diffs), "max_abs_diff": max(diffs) if diffs else float("nan"), "only_reference": only_ref,
-            "only_llmft": only_ours, "unmatched_rows": unmatched}
+    return {
+        "tokens": len(diffs),
+        "max_abs_diff": max(diffs) if diffs else float("nan"),
+        "only_reference": only_ref,
+        "only_llmft": only_ours,
+        "unmatched_rows": unmatched,
+    }

@@ -84,16 +84,18 @@ def _tiny_recipe(directory: Path, mode: str = "lora") -> Path:
     from tiny import save_tiny_model
 
     model_dir = save_tiny_model(directory / "model")
-    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Answer " * (i + 3)}]}
-            for i in range(16)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Answer " * (i + 3)}]}
+        for i in range(16)
+    ]
     data = directory / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = directory / "tiny.yaml"
     recipe.write_text(
         f"model: {{path: {model_dir}}}\n"
         f"data: {{train: {data}, max_length: 64, cache: false}}\n"
-        + ("finetune: {mode: lora, rank: 4, alpha: 8, dropout: 0.0}\n" if mode == "lora" else "finetune: {mode: full}\n") +
-        "stage: {name: sft}\n"
+        + ("finetune: {mode: lora, rank: 4, alpha: 8, dropout: 0.0}\n" if mode == "lora" else "finetune: {mode: full}\n")
+        + "stage: {name: sft}\n"
         "training: {max_steps: 3, micro_batch_size: 2, report_to: [], save_strategy: 'no', logging_steps: 1}\n"
         f"output: {{dir: {directory / 'out'}}}\n"
     )
@@ -101,10 +103,30 @@ def _tiny_recipe(directory: Path, mode: str = "lora") -> Path:
 
 
 def _long_data(directory: Path) -> Path:
-    words = ["the", "quiet", "river", "carried", "small", "boats", "past", "old", "stone", "bridges", "while", "people", "watched"]
-    rows = [{"messages": [{"role": "user", "content": f"Tell story number {i}."},
-                          {"role": "assistant", "content": " ".join(words[(i + j) % len(words)] for j in range(900))}]}
-            for i in range(16)]
+    words = [
+        "the",
+        "quiet",
+        "river",
+        "carried",
+        "small",
+        "boats",
+        "past",
+        "old",
+        "stone",
+        "bridges",
+        "while",
+        "people",
+        "watched",
+    ]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Tell story number {i}."},
+                {"role": "assistant", "content": " ".join(words[(i + j) % len(words)] for j in range(900))},
+            ]
+        }
+        for i in range(16)
+    ]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "long.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -176,9 +198,12 @@ def main() -> None:
             peak = marks["end"]["VmHWM"]
             live = r["mmap"]["marks"]["end"]["VmHWM"] if "mmap" in r else None
             plan = r["plan"]["per_device_bytes"]
-            print(f"{name:<26} {marks['before_model']['VmRSS'] / mib:8.0f} {peak / mib:7.0f} "
-                  f"{(live or 0) / mib:7.0f} {plan / mib:7.0f} {100 * (plan - peak) / peak:+5.0f}% "
-                  + (f"{100 * (plan - live) / live:+5.0f}%" if live else "     -"), flush=True)
+            print(
+                f"{name:<26} {marks['before_model']['VmRSS'] / mib:8.0f} {peak / mib:7.0f} "
+                f"{(live or 0) / mib:7.0f} {plan / mib:7.0f} {100 * (plan - peak) / peak:+5.0f}% "
+                + (f"{100 * (plan - live) / live:+5.0f}%" if live else "     -"),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -38,12 +38,25 @@ def run_trl(job: Job, out: Path, packing: bool = False) -> dict:
     tokenizer = load_tokenizer(base)
     model = load_model(base, torch.float32)
     config = SFTConfig(
-        output_dir=str(out), max_length=job.max_length, per_device_train_batch_size=job.micro,
-        gradient_accumulation_steps=job.accum, num_train_epochs=1, learning_rate=job.lr, bf16=job.precision == "bf16",
-        logging_steps=1, save_strategy="no", report_to="none", packing=packing, use_cpu=True, disable_tqdm=True,
+        output_dir=str(out),
+        max_length=job.max_length,
+        per_device_train_batch_size=job.micro,
+        gradient_accumulation_steps=job.accum,
+        num_train_epochs=1,
+        learning_rate=job.lr,
+        bf16=job.precision == "bf16",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        packing=packing,
+        use_cpu=True,
+        disable_tqdm=True,
     )
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=datasets.Dataset.from_list(job.rows), processing_class=tokenizer,
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(job.rows),
+        processing_class=tokenizer,
         peft_config=LoraConfig(r=job.rank, lora_alpha=2 * job.rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
@@ -51,7 +64,13 @@ def run_trl(job: Job, out: Path, packing: bool = False) -> dict:
     first = time.perf_counter() - started
     metrics = trainer.train().metrics
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"train_s": metrics["train_runtime"], "first_step_s": first, "tokens": tokens, "supervised": supervised, "losses": losses}
+    return {
+        "train_s": metrics["train_runtime"],
+        "first_step_s": first,
+        "tokens": tokens,
+        "supervised": supervised,
+        "losses": losses,
+    }
 
 
 def llmft_recipe(job: Job, out: Path) -> dict:
@@ -62,9 +81,17 @@ def llmft_recipe(job: Job, out: Path) -> dict:
         "stage": {"name": "sft"},
         "data": {"train": str(jsonl), "max_length": job.max_length, "cache": False},
         "finetune": {"mode": "lora", "rank": job.rank, "alpha": 2 * job.rank, "dropout": 0.0, "target_modules": "all-linear"},
-        "training": {"epochs": 1, "micro_batch_size": job.micro, "gradient_accumulation_steps": job.accum,
-                     "learning_rate": job.lr, "logging_steps": 1, "save_strategy": "no", "report_to": [],
-                     "precision": job.precision, **job.extra},
+        "training": {
+            "epochs": 1,
+            "micro_batch_size": job.micro,
+            "gradient_accumulation_steps": job.accum,
+            "learning_rate": job.lr,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+            "precision": job.precision,
+            **job.extra,
+        },
         "output": {"dir": str(out)},
     }
 
@@ -78,7 +105,10 @@ VARIANTS = {
     "-fused_ops": {"training": {"fused_ops": False}},
     "+passes": {"training": {"max_tokens_per_forward": 512}},  # off by default where memory allows
     "-tcmalloc": {"training": {"allocator": "system"}},
-    "-all": {"training": {"chunked_loss": False, "fused_ops": False, "max_tokens_per_forward": None}, "data": {"padding_free": False}},
+    "-all": {
+        "training": {"chunked_loss": False, "fused_ops": False, "max_tokens_per_forward": None},
+        "data": {"padding_free": False},
+    },
 }
 
 
@@ -96,10 +126,18 @@ def run_llmft(job: Job, out: Path, variant: str = "llmft") -> dict:
     recipe = validate_recipe(raw)
     # the benchmark's own count, before the clock starts and before training (after it, a second
     # tokenizer would add to the peak; the GGUF tokenizer alone takes ~5 s to load)
-    report = prepare_data("sft", DataConfig(**recipe.data.model_dump()), prepare_tokenizer(recipe), recipe.training.seed).reports["train"]
+    report = prepare_data("sft", DataConfig(**recipe.data.model_dump()), prepare_tokenizer(recipe), recipe.training.seed).reports[
+        "train"
+    ]
     started = time.perf_counter()
     result = train(recipe)
     wall = time.perf_counter() - started
     train_s = result.metrics["train_runtime"]
     losses = [h["loss"] for h in result.log_history if "loss" in h]
-    return {"train_s": train_s, "first_step_s": wall - train_s, "tokens": report.tokens, "supervised": report.supervised_tokens, "losses": losses}
+    return {
+        "train_s": train_s,
+        "first_step_s": wall - train_s,
+        "tokens": report.tokens,
+        "supervised": report.supervised_tokens,
+        "losses": losses,
+    }

@@ -80,8 +80,11 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
 
 def spawn(tool: str, args: argparse.Namespace, workdir: Path, round_: int) -> dict:
     argv = [sys.executable, __file__, f"--child={tool}", "--workdir", str(workdir), "--data", args.data, "--round", str(round_)]
-    subprocess.run(argv + (["--quick"] if args.quick else []), check=True,
-                   env={**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        argv + (["--quick"] if args.quick else []),
+        check=True,
+        env={**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
+    )
     return json.loads((workdir / f"{tool}-{round_}.json").read_text())
 
 
@@ -91,28 +94,37 @@ def versions() -> str:
     import transformers
     import trl
 
-    return (f"cores {os.cpu_count()}, {platform.processor() or platform.machine()}; torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}")
+    return (
+        f"cores {os.cpu_count()}, {platform.processor() or platform.machine()}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}"
+    )
 
 
 def table(results: dict[str, dict]) -> str:
     any_result = next(iter(results.values()))
     dtype = "bfloat16" if any_result["precision"] == "bf16" else "float32"
     peak = matmul_peak_gflops(dtype)
-    lines = [versions(), f"{dtype} matmul peak measured {peak:.0f} GFLOP/s",
-             f"{'tool':<14} {'train s':>8} {'1st step s':>10} {'tok/s':>7} {'sup tok/s':>9} {'RSS MB':>7} {'MFU':>6}  losses"]
+    lines = [
+        versions(),
+        f"{dtype} matmul peak measured {peak:.0f} GFLOP/s",
+        f"{'tool':<14} {'train s':>8} {'1st step s':>10} {'tok/s':>7} {'sup tok/s':>9} {'RSS MB':>7} {'MFU':>6}  losses",
+    ]
     for tool, r in results.items():
         tps, sps = r["tokens"] / r["train_s"], r["supervised"] / r["train_s"]
         mfu = tps * 6 * r["params"] / (peak * 1e9)  # 6 x parameters FLOPs per trained token
         losses = " ".join(f"{x:.3f}" for x in r["losses"])
-        lines.append(f"{tool:<14} {r['train_s']:>8.1f} {r['first_step_s']:>10.1f} {tps:>7.1f} {sps:>9.1f} {r['peak_rss_mb']:>7.0f} {mfu:>6.1%}  {losses}")
+        lines.append(
+            f"{tool:<14} {r['train_s']:>8.1f} {r['first_step_s']:>10.1f} {tps:>7.1f} {sps:>9.1f} {r['peak_rss_mb']:>7.0f} {mfu:>6.1%}  {losses}"
+        )
     if "trl" in results and "llmft" in results:
         l = results["llmft"]
         for base in ("trl", "trl-packed", "trl-tcmalloc"):
             if base in results:
                 b = results[base]
-                lines.append(f"llmft / {base}: supervised tokens/s x{(l['supervised'] / l['train_s']) / (b['supervised'] / b['train_s']):.2f}, "
-                             f"peak RSS x{l['peak_rss_mb'] / b['peak_rss_mb']:.2f}")
+                lines.append(
+                    f"llmft / {base}: supervised tokens/s x{(l['supervised'] / l['train_s']) / (b['supervised'] / b['train_s']):.2f}, "
+                    f"peak RSS x{l['peak_rss_mb'] / b['peak_rss_mb']:.2f}"
+                )
     return "\n".join(lines)
 
 
@@ -134,7 +146,9 @@ def quick_guard(args: argparse.Namespace, workdir: Path) -> int:
     print("train_runtime per run: " + ", ".join(f"{t} {[round(r['train_s'], 2) for r in rs]}" for t, rs in runs.items()))
     rate = rates()
     if rate["llmft"] < rate["trl"]:
-        print(f"FAIL: llmft trains slower than TRL on the quick job ({rate['llmft']:.0f} vs {rate['trl']:.0f} supervised tokens/s)")
+        print(
+            f"FAIL: llmft trains slower than TRL on the quick job ({rate['llmft']:.0f} vs {rate['trl']:.0f} supervised tokens/s)"
+        )
         return 1
     print(f"ok: llmft x{rate['llmft'] / rate['trl']:.2f} TRL's supervised tokens/s on the quick job")
     return 0
@@ -145,15 +159,21 @@ def check_losses(args: argparse.Namespace, workdir: Path) -> None:
 
     job = make_job(args, workdir)
     result = compare(reference_losses(job), llmft_losses(job, workdir / "loss-check"))
-    print(f"per-token losses at lr 0, fp32, on {result['tokens']} tokens both supervise: max |llmft - reference| "
-          f"{result['max_abs_diff']:.2e} (only reference: {result['only_reference']}, only llmft: {result['only_llmft']}, "
-          f"rows unmatched: {result['unmatched_rows']})")
+    print(
+        f"per-token losses at lr 0, fp32, on {result['tokens']} tokens both supervise: max |llmft - reference| "
+        f"{result['max_abs_diff']:.2e} (only reference: {result['only_reference']}, only llmft: {result['only_llmft']}, "
+        f"rows unmatched: {result['unmatched_rows']})"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sft" / "alpaca_en_demo.json"))
-    parser.add_argument("--only", choices=TOOLS + tuple(v for v in VARIANTS if v != "llmft"), help="one tool or llmft variant (write a variant that starts with - as --only=-tcmalloc)")
+    parser.add_argument(
+        "--only",
+        choices=TOOLS + tuple(v for v in VARIANTS if v != "llmft"),
+        help="one tool or llmft variant (write a variant that starts with - as --only=-tcmalloc)",
+    )
     parser.add_argument("--ablate", action="store_true", help="also llmft with each fast-path part off (-chunked_loss, ...)")
     parser.add_argument("--quick", action="store_true", help="small model built in code; exit 1 if llmft is slower than TRL")
     parser.add_argument("--check-losses", action="store_true", help="also compare per-token losses at lr 0 (fp32)")

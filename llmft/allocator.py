@@ -36,11 +36,20 @@ TRIM_THRESHOLD = 1024 * 1024
 #: Kernel-cache capacities set unless the environment already has them (read at the first bf16 matmul).
 KERNEL_CACHE_CAPS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128", "LRU_CACHE_CAPACITY": "128"}
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-                "/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+LIBRARY_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
 #: Set on the re-executed process, so `llmft train` re-executes at most once.
 REEXEC_MARK = "LLMFT_ALLOCATOR_REEXEC"
-INSTALL_HINT = "Debian/Ubuntu: apt install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs; conda: conda install gperftools"
+INSTALL_HINT = (
+    "Debian/Ubuntu: apt install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs; conda: conda install gperftools"
+)
 
 
 def find_tcmalloc(dirs: tuple[str, ...] | None = None) -> str | None:
@@ -115,10 +124,13 @@ def configure(training: Any) -> str:
     library = find_tcmalloc()
     if training.allocator == "tcmalloc":
         if library is None:
-            raise UserError(f"training.allocator: tcmalloc was not found on this machine ({INSTALL_HINT}); "
-                            "or set training.allocator: system")
-        raise UserError(f"training.allocator: tcmalloc must be loaded when the process starts: run `llmft train`, "
-                        f"which preloads it, or start Python with LD_PRELOAD={library}")
+            raise UserError(
+                f"training.allocator: tcmalloc was not found on this machine ({INSTALL_HINT}); or set training.allocator: system"
+            )
+        raise UserError(
+            f"training.allocator: tcmalloc must be loaded when the process starts: run `llmft train`, "
+            f"which preloads it, or start Python with LD_PRELOAD={library}"
+        )
     if training.release_memory:
         if return_freed_memory():
             return "allocator: glibc malloc, freed memory goes back to the OS (training.release_memory)"

@@ -41,7 +41,11 @@ class RandomInitAlarm(TrainerCallback):
             log.warning(
                 "\n%s\nFIRST LOSS %.3f IS WITHIN 10%% OF ln(vocab)=%.3f: the model behaves as if randomly "
                 "initialised.\nmodel.path=%s claims to be pretrained; check that it is the checkpoint you meant.\n%s",
-                bar, loss, math.log(self.vocab_size), self.model_path, bar,
+                bar,
+                loss,
+                math.log(self.vocab_size),
+                self.model_path,
+                bar,
             )
 
 

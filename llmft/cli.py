@@ -22,7 +22,17 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(format="[llmft] %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
     quiet = logging.INFO if verbose else logging.ERROR
-    for noisy in ("bitsandbytes", "DeepSpeed", "transformers", "peft", "accelerate", "torch", "datasets", "httpx", "huggingface_hub"):
+    for noisy in (
+        "bitsandbytes",
+        "DeepSpeed",
+        "transformers",
+        "peft",
+        "accelerate",
+        "torch",
+        "datasets",
+        "httpx",
+        "huggingface_hub",
+    ):
         logging.getLogger(noisy).setLevel(quiet)
     if verbose:
         return
@@ -72,12 +82,17 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
     settings = resolve(recipe)  # the precision and the DeepSpeed JSON, refused here rather than in every process
     launched = relaunch.relaunch(recipe, settings.deepspeed, args.recipe, args.overrides, verbose=args.verbose)
     if launched.signal_name:
-        print(f"stopped: {launched.signal_name} passed on to the training processes, which checkpoint and stop "
-              "(see their messages above); continue with training.resume_from_checkpoint=auto", file=sys.stderr)
+        print(
+            f"stopped: {launched.signal_name} passed on to the training processes, which checkpoint and stop "
+            "(see their messages above); continue with training.resume_from_checkpoint=auto",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if launched.returncode:
-        print(f"error: the training processes failed (launcher exit code {launched.returncode}); see their messages above",
-              file=sys.stderr)
+        print(
+            f"error: the training processes failed (launcher exit code {launched.returncode}); see their messages above",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
     return EXIT_OK
 
@@ -101,7 +116,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
     print(f"  data  {len(recipe.data.train)} train / {len(recipe.data.eval)} eval file(s), max_length {recipe.data.max_length}")
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
-    print(f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}")
+    print(
+        f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}"
+    )
     if launch:
         print(launch)
     print(f"  output {recipe.output.dir}")
@@ -138,8 +155,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if not recipe.data.cache:
         raise UserError("data.cache: is false, so preprocess has nothing to write; set it to true")
     origin = "already cached" if prepared.from_cache else f"tokenized in {prepared.seconds:.2f} s"
-    print(f"{cache_root(recipe.data) / prepared.key}: {origin}; {len(prepared.train)} train"
-          + (f" / {len(prepared.eval)} eval" if prepared.eval else "") + " examples")
+    print(
+        f"{cache_root(recipe.data) / prepared.key}: {origin}; {len(prepared.train)} train"
+        + (f" / {len(prepared.eval)} eval" if prepared.eval else "")
+        + " examples"
+    )
     return EXIT_OK
 
 
@@ -150,8 +170,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides, require_builder=False)
     budget = parse_bytes(args.gpu_memory, "--gpu-memory") if args.gpu_memory else None
-    planned = plan_recipe(recipe, num_processes=args.gpus, budget_bytes=budget, device=args.device,
-                          count_data=args.count_data, examples=args.examples)
+    planned = plan_recipe(
+        recipe,
+        num_processes=args.gpus,
+        budget_bytes=budget,
+        device=args.device,
+        count_data=args.count_data,
+        examples=args.examples,
+    )
     print(json.dumps(planned.to_dict(), indent=2) if args.format == "json" else render(planned, args.recipe))
     return EXIT_OK
 
@@ -231,9 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.choices["plan"]
     plan.add_argument("--gpus", type=int, help="processes (GPUs) to plan for (default: distributed.num_processes)")
     plan.add_argument("--gpu-memory", help="memory per device, e.g. 80GiB or 24GB (default: GPU 0's, or this machine's RAM)")
-    plan.add_argument("--device", choices=("cuda", "cpu"), help="plan a GPU or a CPU run (default: cuda if a GPU, --gpus or --gpu-memory is given)")
-    plan.add_argument("--count-data", action=argparse.BooleanOptionalAction, default=None,
-                      help="tokenize the data to count steps even when it is large (default: only when cached or small)")
+    plan.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="plan a GPU or a CPU run (default: cuda if a GPU, --gpus or --gpu-memory is given)",
+    )
+    plan.add_argument(
+        "--count-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tokenize the data to count steps even when it is large (default: only when cached or small)",
+    )
     plan.add_argument("--examples", type=int, help="number of training examples, instead of counting them")
     plan.add_argument("--format", choices=("text", "json"), default="text")
     sub.add_parser("list", help="the stage x finetune-mode matrix").set_defaults(fn=cmd_list)

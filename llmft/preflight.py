@@ -44,8 +44,7 @@ def check_optimizer(recipe: Recipe) -> None:
     name = recipe.training.optimizer
     if name in BNB_OPTIMIZERS and not torch.cuda.is_available():
         raise UserError(
-            f"training.optimizer: {name} comes from bitsandbytes and needs a CUDA GPU; "
-            "use adamw_torch on this machine"
+            f"training.optimizer: {name} comes from bitsandbytes and needs a CUDA GPU; use adamw_torch on this machine"
         )
 
 

@@ -18,8 +18,14 @@ from llmft.errors import UserError
 
 #: Keys that may differ between the interrupted run and the resumed one (each machine of a
 #: multi-machine run has its own machine_rank; the rendezvous address may move).
-MAY_CHANGE = {("training", "resume_from_checkpoint"), ("training", "logging_steps"), ("training", "report_to"),
-              ("distributed", "machine_rank"), ("distributed", "main_process_ip"), ("distributed", "main_process_port")}
+MAY_CHANGE = {
+    ("training", "resume_from_checkpoint"),
+    ("training", "logging_steps"),
+    ("training", "report_to"),
+    ("distributed", "machine_rank"),
+    ("distributed", "main_process_ip"),
+    ("distributed", "main_process_port"),
+}
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -78,5 +84,6 @@ def check_same_recipe(recipe: Recipe, output_dir: Path, resolved_name: str) -> N
     if changes:
         raise UserError(
             "training.resume_from_checkpoint: the recipe differs from the run being resumed ("
-            + "; ".join(changes) + "). Resume with the same recipe, or start a new output.dir."
+            + "; ".join(changes)
+            + "). Resume with the same recipe, or start a new output.dir."
         )

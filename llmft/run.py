@@ -82,8 +82,13 @@ def train(recipe: Recipe) -> RunResult:
     trainer = builder(ctx)
     if is_main_process():  # the builder created the process group: every process has passed preflight
         write_resolved_recipe(recipe, ctx.output_dir)
-    log.info("training: stage %s, finetune %s -> %s%s", recipe.stage.name, recipe.finetune.mode, ctx.output_dir,
-             f" (resuming {checkpoint.name})" if checkpoint else "")
+    log.info(
+        "training: stage %s, finetune %s -> %s%s",
+        recipe.stage.name,
+        recipe.finetune.mode,
+        ctx.output_dir,
+        f" (resuming {checkpoint.name})" if checkpoint else "",
+    )
     result = _train_guarded(trainer, checkpoint)
     metrics = save_final(trainer, result, recipe.evaluates)
     if is_main_process():

@@ -63,7 +63,11 @@ def alpaca_file(tmp_path: Path) -> Path:
     rows = [
         {"instruction": "What is the capital of France?", "input": "", "output": "Paris."},
         {"instruction": "Translate to French:", "input": "good morning", "output": "bonjour", "system": "You translate."},
-        {"instruction": "Who are you?", "output": "I am a helpful assistant.", "history": [["Hello!", "Hello! How are you today?"]]},
+        {
+            "instruction": "Who are you?",
+            "output": "I am a helpful assistant.",
+            "history": [["Hello!", "Hello! How are you today?"]],
+        },
     ]
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(rows))

@@ -53,8 +53,11 @@ def test_no_stage_name_comparisons_outside_config_and_builders():
         relative = path.relative_to(PACKAGE)
         if relative.parts[0] in STAGE_HOMES:
             continue
-        leaks += [f"llmft/{relative}:{line}: {name!r}" for line, name in stage_name_uses(path.read_text())
-                  if (str(relative), name) not in NOT_STAGES]
+        leaks += [
+            f"llmft/{relative}:{line}: {name!r}"
+            for line, name in stage_name_uses(path.read_text())
+            if (str(relative), name) not in NOT_STAGES
+        ]
     assert not leaks, "stage knowledge outside config/ and builders/ (read the stage's traits instead):\n" + "\n".join(leaks)
 
 

@@ -211,8 +211,11 @@ def test_train_launches_with_the_recipe_and_its_overrides(tmp_path, capsys, tiny
     from llmft.launch.relaunch import Launched
 
     calls = []
-    monkeypatch.setattr(llmft.launch.relaunch, "relaunch",
-                        lambda recipe, deepspeed, path, overrides, verbose: calls.append((path, overrides)) or Launched(0, None))
+    monkeypatch.setattr(
+        llmft.launch.relaunch,
+        "relaunch",
+        lambda recipe, deepspeed, path, overrides, verbose: calls.append((path, overrides)) or Launched(0, None),
+    )
     path = write(tmp_path / "r.yaml", good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, training={"precision": "fp32"}))
     assert main(["train", str(path), "distributed.num_processes=2", "training.learning_rate=0.1"]) == EXIT_OK
     assert calls == [(str(path), ["distributed.num_processes=2", "training.learning_rate=0.1"])]
@@ -225,7 +228,10 @@ def test_train_launches_with_the_recipe_and_its_overrides(tmp_path, capsys, tiny
 
 
 def test_validate_shows_the_launch(tmp_path, capsys):
-    path = write(tmp_path / "good.yaml", good_recipe(tmp_path, distributed={"num_processes": 8, "zero_stage": 3, "offload": "optimizer_and_params"}))
+    path = write(
+        tmp_path / "good.yaml",
+        good_recipe(tmp_path, distributed={"num_processes": 8, "zero_stage": 3, "offload": "optimizer_and_params"}),
+    )
     assert main(["validate", str(path)]) == EXIT_OK
     assert "  launch 8 processes, DeepSpeed ZeRO-3 (zero3_offload.json)" in capsys.readouterr().out.splitlines()
 
@@ -267,11 +273,20 @@ def test_train_preloads_tcmalloc_where_installed(tmp_path, tiny_model_dir, sft_f
     process's log says which allocator it runs with."""
     from llmft.allocator import REEXEC_MARK, find_tcmalloc
 
-    recipe = good_recipe(tmp_path, model={"path": str(tiny_model_dir)}, data={"train": str(sft_file), "cache": False},
-                         training={"max_steps": 1, "precision": "fp32", "save_strategy": "no"})
+    recipe = good_recipe(
+        tmp_path,
+        model={"path": str(tiny_model_dir)},
+        data={"train": str(sft_file), "cache": False},
+        training={"max_steps": 1, "precision": "fp32", "save_strategy": "no"},
+    )
     env = {k: v for k, v in os.environ.items() if k not in (REEXEC_MARK, "LD_PRELOAD")}
-    proc = subprocess.run([sys.executable, "-m", "llmft", "train", str(write(tmp_path / "r.yaml", recipe))],
-                          capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmft", "train", str(write(tmp_path / "r.yaml", recipe))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     library = find_tcmalloc()
     if library:

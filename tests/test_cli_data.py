@@ -43,9 +43,13 @@ def test_preprocess_then_data_reads_the_cache(recipe_file, tmp_path, capsys):
 
 
 def test_data_on_preference_data_works_before_the_stage_trains(tiny_model_dir, tmp_path, capsys):
-    rows = [{"conversations": [{"from": "human", "value": "Hello!"}],
-             "chosen": {"from": "gpt", "value": "Hello! How are you today?"},
-             "rejected": {"from": "gpt", "value": "No."}}] * 3
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": "Hello!"}],
+            "chosen": {"from": "gpt", "value": "Hello! How are you today?"},
+            "rejected": {"from": "gpt", "value": "No."},
+        }
+    ] * 3
     data = tmp_path / "pref.json"
     data.write_text(json.dumps(rows))
     raw = make_recipe(tiny_model_dir, data, tmp_path / "out", stage="dpo", data={"cache": False})
@@ -58,10 +62,13 @@ def test_data_on_preference_data_works_before_the_stage_trains(tiny_model_dir, t
 
 
 def test_data_reports_skipped_bad_records(tiny_model_dir, tmp_path, capsys):
-    data = write_jsonl(tmp_path / "mixed.jsonl", [
-        {"messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}]},
-        {"messages": [{"role": "robot", "content": "?"}]},
-    ])
+    data = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}]},
+            {"messages": [{"role": "robot", "content": "?"}]},
+        ],
+    )
     raw = make_recipe(tiny_model_dir, data, tmp_path / "out", data={"cache": False, "on_bad_record": "skip"})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))

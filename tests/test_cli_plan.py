@@ -28,7 +28,7 @@ def test_plan_prints_memory_and_zero_table(tmp_path, tiny_model_dir, sft_file, c
     assert "2 micro x 1 accumulation x 4 processes = 8 per step" in out
     assert "4 training examples (tokenized now): 1 step per epoch, 3 in all" in out
     assert "budget 24.00 GiB (--gpu-memory)" in out and "fits in 24.00 GiB" in out
-    table = out[out.index("ZeRO stages"):]
+    table = out[out.index("ZeRO stages") :]
     for row in ("0      none", "1      none", "2      none", "3      none", "2      optimizer", "3      optimizer_and_params"):
         assert row in table
     assert "<- recipe" in table
@@ -40,15 +40,41 @@ def test_plan_json(tmp_path, tiny_model_dir, sft_file, capsys):
     path = recipe_file(tmp_path, tiny_model_dir, sft_file)
     assert main(["plan", str(path), "--format", "json", "--device", "cpu"]) == EXIT_OK
     plan = json.loads(capsys.readouterr().out)
-    assert {"model", "params", "trainable", "per_device_bytes", "memory", "cpu_offload_bytes", "budget_bytes",
-            "fits", "schedule", "zero_stages", "notes", "knobs"} <= plan.keys()
-    assert set(plan["memory"]) == {"weights", "gradients", "optimizer", "activations", "logits", "buffers",
-                                   "allocator", "framework", "overlap"}
+    assert {
+        "model",
+        "params",
+        "trainable",
+        "per_device_bytes",
+        "memory",
+        "cpu_offload_bytes",
+        "budget_bytes",
+        "fits",
+        "schedule",
+        "zero_stages",
+        "notes",
+        "knobs",
+    } <= plan.keys()
+    assert set(plan["memory"]) == {
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "logits",
+        "buffers",
+        "allocator",
+        "framework",
+        "overlap",
+    }
     memory = plan["memory"]
     assert plan["per_device_bytes"] == sum(memory.values()) - 2 * memory["overlap"]
     assert plan["model"]["counted_exactly"] and plan["params"] == plan["model"]["params"]
     assert plan["schedule"]["examples"] == 4 and plan["schedule"]["steps_per_epoch"] == 2
-    assert [(z["zero_stage"], z["offload"]) for z in plan["zero_stages"]][:4] == [(0, "none"), (1, "none"), (2, "none"), (3, "none")]
+    assert [(z["zero_stage"], z["offload"]) for z in plan["zero_stages"]][:4] == [
+        (0, "none"),
+        (1, "none"),
+        (2, "none"),
+        (3, "none"),
+    ]
     assert plan["knobs"]["device"] == "cpu"
     assert plan["path"].endswith("chunked cross-entropy, fused RMSNorm/SwiGLU")  # whole micro-batches fit this machine
 

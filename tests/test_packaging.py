@@ -21,8 +21,21 @@ def test_wheel_contains_the_deepspeed_configs(tmp_path):
     shutil.copytree(REPO / "llmft", source / "llmft", symlinks=True, ignore=ignore)
     shutil.copytree(REPO / "deepspeed_configs", source / "deepspeed_configs")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("llmft-*.whl")

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from conftest import write_jsonl
 
-ASKS = ["What is the capital of France?", "Which city is the capital of France?", "Name the capital of France.", "France: capital?"]
+ASKS = [
+    "What is the capital of France?",
+    "Which city is the capital of France?",
+    "Name the capital of France.",
+    "France: capital?",
+]
 LEADS = ["", "The capital is ", "It is ", "Answer: "]
 WRONG = ["London", "Berlin", "Rome", "Madrid", "Vienna", "Lisbon"]
 HELD_OUT_ASK = "Tell me the capital of France."

@@ -56,8 +56,21 @@ log = logging.getLogger("llmft")
 
 #: log_history keys, in the order a log line shows them
 LOG_KEYS = (
-    "reward", "kl", "kl_coef", "entropy", "clipfrac", "policy_loss", "value_loss", "loss", "value_clipfrac",
-    "approx_kl", "non_score_reward", "reward_std", "reply_length", "stopped", "learning_rate",
+    "reward",
+    "kl",
+    "kl_coef",
+    "entropy",
+    "clipfrac",
+    "policy_loss",
+    "value_loss",
+    "loss",
+    "value_clipfrac",
+    "approx_kl",
+    "non_score_reward",
+    "reward_std",
+    "reply_length",
+    "stopped",
+    "learning_rate",
 )
 
 
@@ -239,8 +252,14 @@ class PpoTrainer:
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         for start in range(0, len(prompts), self.stage.mini_batch_size):
             with self._autocast():
-                out = generate(self.model, prompts[start : start + self.stage.mini_batch_size], sampling,
-                               self.stop_ids, self.pad_id, self.device)
+                out = generate(
+                    self.model,
+                    prompts[start : start + self.stage.mini_batch_size],
+                    sampling,
+                    self.stop_ids,
+                    self.pad_id,
+                    self.device,
+                )
             for key, value in out.items():
                 parts[key].append(value)
         return {
@@ -276,8 +295,20 @@ class PpoTrainer:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, values, mask, self.stage.gamma, self.stage.lam)
         advantages = whiten(advantages, mask)
-        rollout = Rollout(batch["query"], batch["query_mask"], batch["reply"], mask, logprobs, ref_logprobs,
-                          values, scores, rewards, kl, advantages, returns)
+        rollout = Rollout(
+            batch["query"],
+            batch["query_mask"],
+            batch["reply"],
+            mask,
+            logprobs,
+            ref_logprobs,
+            values,
+            scores,
+            rewards,
+            kl,
+            advantages,
+            returns,
+        )
         return rollout, texts
 
     # --- optimisation -------------------------------------------------------------------
@@ -361,8 +392,12 @@ class PpoTrainer:
         self._event("on_train_begin")
         log.info(
             "ppo: %d iterations x %d prompts (%d train prompts), %d optimizer steps, kl %s (coef %.4g)",
-            self.iterations, self.stage.rollout_batch_size, len(self.train_prompts), self.optimizer_steps,
-            self.stage.kl_control, self.kl_ctl.value,
+            self.iterations,
+            self.stage.rollout_batch_size,
+            len(self.train_prompts),
+            self.optimizer_steps,
+            self.stage.kl_control,
+            self.kl_ctl.value,
         )
         started = time.perf_counter()
         if self.eval_prompts and self.args.eval_on_start:

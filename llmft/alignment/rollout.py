@@ -105,8 +105,15 @@ def reply_mask(replies: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
 #: ship a repetition penalty, top_k/top_p, ...) cannot change what is sampled: the log-probs PPO
 #: trains on are those of the plain temperature-scaled softmax.
 NEUTRAL_GENERATION = {
-    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0,
-    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": 0.0, "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": 0.0,
+    "num_beams": 1,
 }
 
 
@@ -119,7 +126,9 @@ class Sampling:
     greedy: bool = False
 
 
-def generate(model: Any, prompts: Sequence[Prompt], sampling: Sampling, stop_ids: Sequence[int], pad_id: int, device: Any) -> dict[str, torch.Tensor]:
+def generate(
+    model: Any, prompts: Sequence[Prompt], sampling: Sampling, stop_ids: Sequence[int], pad_id: int, device: Any
+) -> dict[str, torch.Tensor]:
     """Sample one reply per prompt (prompts left-padded). Returns the left-padded queries and
     right-padded replies with their masks; reply tokens after the first stop token are padding."""
     from transformers import GenerationConfig
@@ -136,15 +145,20 @@ def generate(model: Any, prompts: Sequence[Prompt], sampling: Sampling, stop_ids
     )
     with torch.no_grad():
         out = model.generate(input_ids=query, attention_mask=query_mask, generation_config=config)
-    reply = out[:, query.shape[1]:]
+    reply = out[:, query.shape[1] :]
     mask = reply_mask(reply, stop_ids)
     reply = torch.where(mask.bool(), reply, torch.full_like(reply, pad_id))
     return {"query": query, "query_mask": query_mask, "reply": reply, "reply_mask": mask}
 
 
 def forward_replies(
-    model: Any, query: torch.Tensor, query_mask: torch.Tensor, reply: torch.Tensor, reply_mask: torch.Tensor,
-    temperature: float, value_head: Any = None,
+    model: Any,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    reply: torch.Tensor,
+    reply_mask: torch.Tensor,
+    temperature: float,
+    value_head: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Logits (temperature-scaled, as sampled), log-probs and (with a value head) values of
     each reply token, shape (batch, reply length). Position ids follow the attention mask, so
@@ -155,8 +169,12 @@ def forward_replies(
     width = reply.shape[1]
     extra = {"logits_to_keep": width + 1} if _keeps_logits(model) else {}  # no logits over the prompt
     out = model(
-        input_ids=ids, attention_mask=attention, position_ids=positions,
-        output_hidden_states=value_head is not None, use_cache=False, **extra,
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=positions,
+        output_hidden_states=value_head is not None,
+        use_cache=False,
+        **extra,
     )
     # the logits at position t predict token t + 1: reply token i is predicted at query_len - 1 + i
     logits = out.logits[:, -(width + 1) : -1] / temperature

@@ -48,8 +48,9 @@ class RunContext:
             if isinstance(recipe.finetune, QLoraFinetune):
                 compute = quantized_compute_dtype(recipe.finetune, settings.precision)
                 quantization = bnb_config(recipe.finetune, compute, zero3=settings.zero3)
-            model = load_model(recipe.model, settings.weight_dtype, vocab_size=len(self.tokenizer), task=self.task,
-                               quantization=quantization)
+            model = load_model(
+                recipe.model, settings.weight_dtype, vocab_size=len(self.tokenizer), task=self.task, quantization=quantization
+            )
             model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = self.tokenizer.pad_token_id
@@ -57,8 +58,12 @@ class RunContext:
             trainable, total = count_parameters(model)
             log.info(
                 "model: %s (%s weights), finetune %s: %s trainable of %s parameters (%.2f%%)",
-                recipe.model.path, str(settings.weight_dtype).removeprefix("torch."), recipe.finetune.mode,
-                f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1),
+                recipe.model.path,
+                str(settings.weight_dtype).removeprefix("torch."),
+                recipe.finetune.mode,
+                f"{trainable:,}",
+                f"{total:,}",
+                100 * trainable / max(total, 1),
             )
             self._model = model
         return self._model

@@ -65,10 +65,13 @@ def build_dpo(ctx: RunContext) -> Any:
     train, evaluation = prepared_pairs(ctx)  # before the model loads, so data errors surface fast
 
     def dataset(pairs: list) -> Any:
-        return pair_dataset({
-            f"{side}_{key}": [getattr(getattr(p, side), key) for p in pairs]
-            for side in ("chosen", "rejected") for key in ("input_ids", "labels")
-        })
+        return pair_dataset(
+            {
+                f"{side}_{key}": [getattr(getattr(p, side), key) for p in pairs]
+                for side in ("chosen", "rejected")
+                for key in ("input_ids", "labels")
+            }
+        )
 
     model = ctx.model
     keep_only_adapter_dropout(model)
@@ -77,7 +80,8 @@ def build_dpo(ctx: RunContext) -> Any:
     if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     args = trl_config(
-        DPOConfig, ctx,
+        DPOConfig,
+        ctx,
         beta=stage.beta,
         loss_type=[stage.loss_type],
         label_smoothing=stage.label_smoothing,

@@ -61,8 +61,9 @@ class BuiltinReward:
         self.__name__ = name  # TRL logs rewards/<name>/mean
         self.end_ids = tuple(end_ids)
 
-    def __call__(self, prompts: list, completions: list, completion_ids: list, reference: list | None = None,
-                 **_: Any) -> list[float | None]:
+    def __call__(
+        self, prompts: list, completions: list, completion_ids: list, reference: list | None = None, **_: Any
+    ) -> list[float | None]:
         texts = [completion_text(c) for c in completions]
         if self.__name__ == "length":
             return [rewards.length(text, ref) for text, ref in zip(texts, reference or [None] * len(texts))]

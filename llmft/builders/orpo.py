@@ -42,7 +42,5 @@ def build_orpo(ctx: RunContext) -> Any:
 
     data = ctx.recipe.data
     config = orpo_config(ctx)
-    train, evaluation = trl_datasets(
-        ctx, lambda items: pair_rows(items, ctx.tokenizer, data.max_length, data.truncation)
-    )
+    train, evaluation = trl_datasets(ctx, lambda items: pair_rows(items, ctx.tokenizer, data.max_length, data.truncation))
     return trl_trainer(ctx, orpo_classes()[1], config, train, evaluation)

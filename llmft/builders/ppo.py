@@ -82,8 +82,11 @@ def build_ppo(ctx: RunContext) -> Any:
             "stage.mini_batch_size rollouts, run in chunks of training.micro_batch_size"
         )
     if getattr(recipe.finetune, "dropout", 0):
-        log.warning("WARNING: finetune.dropout=%s is not applied in ppo: dropout is off so that the "
-                    "policy's log-probs in training match those of its rollouts", recipe.finetune.dropout)
+        log.warning(
+            "WARNING: finetune.dropout=%s is not applied in ppo: dropout is off so that the "
+            "policy's log-probs in training match those of its rollouts",
+            recipe.finetune.dropout,
+        )
     train_prompts, eval_prompts = read_prompts(ctx)
     reward_model, reward_tokenizer = load_reward(stage.reward_model, ctx.settings.frozen_dtype)
     log.info("reward model: %s", stage.reward_model)

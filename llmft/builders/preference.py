@@ -50,7 +50,9 @@ class PairCollator:
     pad_to_multiple_of: int = 8
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [{"input_ids": b[f"{side}_input_ids"], "labels": b[f"{side}_labels"]} for side in ("chosen", "rejected") for b in batch]
+        rows = [
+            {"input_ids": b[f"{side}_input_ids"], "labels": b[f"{side}_labels"]} for side in ("chosen", "rejected") for b in batch
+        ]
         padded = PadCollator(self.pad_id, self.pad_to_multiple_of)(rows)
         out = {
             "input_ids": padded["input_ids"],

@@ -35,15 +35,18 @@ def build_rm(ctx: RunContext) -> Any:
     train, evaluation = prepared_pairs(ctx)  # before the model loads, so data errors surface fast
 
     def dataset(pairs: list) -> Any:
-        return pair_dataset({
-            "chosen_ids": [through_reply(p.chosen) for p in pairs],
-            "rejected_ids": [through_reply(p.rejected) for p in pairs],
-        })
+        return pair_dataset(
+            {
+                "chosen_ids": [through_reply(p.chosen) for p in pairs],
+                "rejected_ids": [through_reply(p.rejected) for p in pairs],
+            }
+        )
 
     model = ctx.model
     keep_only_adapter_dropout(model)
     args = trl_config(
-        RewardConfig, ctx,
+        RewardConfig,
+        ctx,
         max_length=None,  # llmft already fitted every pair to data.max_length (and counted the drops)
         disable_dropout=False,  # done above, keeping LoRA's dropout
         pad_to_multiple_of=8,

@@ -78,7 +78,9 @@ def training_kwargs(recipe: Recipe, settings: Resolved, output_dir: Path) -> dic
     )
 
 
-def make_trainer(ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any, trainer_class: type | None = None) -> Any:
+def make_trainer(
+    ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any, trainer_class: type | None = None
+) -> Any:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -125,8 +127,13 @@ def next_token_trainer(ctx: RunContext) -> Any:
     pad_id = ctx.tokenizer.pad_token_id
     if path.batching == "packed":
         rows = pack(train, data.max_length)
-        log.info("packing: %d examples -> %d rows of <= %d tokens (%.0f%% filled)", len(train), len(rows),
-                 data.max_length, 100 * sum(len(r.input_ids) for r in rows) / (len(rows) * data.max_length))
+        log.info(
+            "packing: %d examples -> %d rows of <= %d tokens (%.0f%% filled)",
+            len(train),
+            len(rows),
+            data.max_length,
+            100 * sum(len(r.input_ids) for r in rows) / (len(rows) * data.max_length),
+        )
         train, evaluation = rows, pack(evaluation, data.max_length) if evaluation else None
         collator: Any = PackedCollator(pad_id)
     elif path.batching == "padding-free":

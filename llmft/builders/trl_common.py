@@ -15,7 +15,9 @@ log = logging.getLogger("llmft")
 ToRows = Callable[[Sequence[Any]], tuple[list[dict], Any]]
 
 
-def trl_datasets(ctx: RunContext, to_rows: ToRows, order: Callable[[list[dict]], list[dict]] | None = None) -> tuple[Any, Any | None]:
+def trl_datasets(
+    ctx: RunContext, to_rows: ToRows, order: Callable[[list[dict]], list[dict]] | None = None
+) -> tuple[Any, Any | None]:
     """Read the recipe's data for its stage (before the model loads, so data errors surface fast)
     and turn each split into a `datasets.Dataset` of TRL rows."""
     from datasets import Dataset
@@ -52,8 +54,13 @@ def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, eva
     keep_only_adapter_dropout(model)  # with disable_dropout=False in the config: finetune.dropout applies
     callbacks = callbacks_for(ctx.recipe, ctx.output_dir, vocab_size=model.config.vocab_size)
     trainer = trainer_cls(
-        model=model, args=config, train_dataset=train, eval_dataset=evaluation,
-        processing_class=ctx.tokenizer, callbacks=callbacks, **kwargs,
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=ctx.tokenizer,
+        callbacks=callbacks,
+        **kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # llmft's LogLines prints instead
     check_kept("train", len(train), trainer.train_dataset)

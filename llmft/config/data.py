@@ -10,7 +10,18 @@ from llmft.config.base import Section
 
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "csv", "text", "preference", "kto"]
 TemplateName = Literal[
-    "chatml", "qwen", "llama2", "llama3", "mistral", "vicuna", "alpaca", "baichuan2", "chatglm3", "phi3", "gemma", "default",
+    "chatml",
+    "qwen",
+    "llama2",
+    "llama3",
+    "mistral",
+    "vicuna",
+    "alpaca",
+    "baichuan2",
+    "chatglm3",
+    "phi3",
+    "gemma",
+    "default",
 ]
 
 
@@ -96,7 +107,7 @@ class DataConfig(Section):
     train_on: Literal["all_turns", "last_turn", "all"] = Field(
         default="all_turns",
         description="SFT: supervise every assistant turn, only the last one, or every token. A message "
-        "with `\"loss\": false` is never supervised.",
+        'with `"loss": false` is never supervised.',
     )
     truncation: Literal["truncate_right", "truncate_left", "drop"] = Field(
         default="truncate_right",

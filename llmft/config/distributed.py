@@ -44,7 +44,9 @@ class DistributedConfig(Section):
     def _consistent(self) -> DistributedConfig:
         problems = []
         if self.offload == "optimizer_and_params" and self.zero_stage != 3 and self.deepspeed_config is None:
-            problems.append(f"offload: optimizer_and_params needs zero_stage: 3 (parameters are only sharded by ZeRO-3; got zero_stage {self.zero_stage})")
+            problems.append(
+                f"offload: optimizer_and_params needs zero_stage: 3 (parameters are only sharded by ZeRO-3; got zero_stage {self.zero_stage})"
+            )
         if self.offload == "optimizer" and self.zero_stage == 0 and self.deepspeed_config is None:
             problems.append("offload: optimizer needs a ZeRO stage (zero_stage: 1, 2 or 3)")
         if self.deepspeed_config is not None and ({"zero_stage", "offload"} & self.model_fields_set):
@@ -55,8 +57,10 @@ class DistributedConfig(Section):
             if not self.main_process_ip:
                 problems.append("num_machines > 1 needs main_process_ip (the address of machine 0)")
             if self.num_processes % self.num_machines:
-                problems.append(f"num_processes ({self.num_processes}) must be a multiple of num_machines ({self.num_machines}): "
-                                "it counts processes over all machines")
+                problems.append(
+                    f"num_processes ({self.num_processes}) must be a multiple of num_machines ({self.num_machines}): "
+                    "it counts processes over all machines"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

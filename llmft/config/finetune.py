@@ -51,7 +51,9 @@ class QLoraFinetune(LoraFinetune):
     )
     bits: Literal[4, 8] = Field(default=4, description="Quantization width of the frozen base (bitsandbytes).")
     quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type (with `bits: 4`).")
-    double_quant: bool = Field(default=True, description="Also quantize the quantization constants (4-bit; saves ~0.4 bit/param).")
+    double_quant: bool = Field(
+        default=True, description="Also quantize the quantization constants (4-bit; saves ~0.4 bit/param)."
+    )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="Dtype the quantized layers compute in; `auto` follows training.precision."
     )

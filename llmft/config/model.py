@@ -58,8 +58,7 @@ class ModelConfig(Section):
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         default="sdpa",
-        description="Attention kernel. `flash_attention_2` needs CUDA and the flash-attn "
-        "package (`pip install llmft[gpu]`).",
+        description="Attention kernel. `flash_attention_2` needs CUDA and the flash-attn package (`pip install llmft[gpu]`).",
     )
     rope_scaling: RopeScaling | None = Field(
         default=None,

@@ -9,8 +9,7 @@ from llmft.config.base import Section
 
 class OutputConfig(Section):
     dir: str = Field(
-        description="Run directory. Must not already hold another run: llmft never writes over "
-        "earlier checkpoints or models."
+        description="Run directory. Must not already hold another run: llmft never writes over earlier checkpoints or models."
     )
     merge_adapter: bool = Field(
         default=False,

@@ -29,9 +29,7 @@ class Recipe(Section):
     finetune: Finetune = Field(description="Which parameters train: full, lora or qlora.")
     stage: Stage = Field(description="Training objective: pt, sft, rm, dpo, kto, orpo, grpo or ppo.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and cadence.")
-    distributed: DistributedConfig = Field(
-        default_factory=DistributedConfig, description="Processes and sharding."
-    )
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Processes and sharding.")
     output: OutputConfig = Field(description="Where results go.")
 
     @model_validator(mode="after")

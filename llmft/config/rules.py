@@ -44,21 +44,35 @@ def data_for_stage(stage: StageSection, data: DataConfig) -> Problems:
                 expected = " or ".join(repr(f) for f in traits.formats)
                 problems.append((f"data.{split}.{i}.format", f"stage {name!r} trains on {expected} data (got {spec.format!r})"))
     if data.packing and not traits.fast_path:
-        problems.append(("data.packing", f"stage {name!r} does not pack (only pt and sft do: "
-                         f"{'it samples a reply to each prompt' if traits.samples else 'it compares whole sequences'}); remove it"))
+        problems.append(
+            (
+                "data.packing",
+                f"stage {name!r} does not pack (only pt and sft do: "
+                f"{'it samples a reply to each prompt' if traits.samples else 'it compares whole sequences'}); remove it",
+            )
+        )
     if data.group_by_length and not traits.group_by_length:
-        problems.append(("data.group_by_length", f"not available for stage {name!r} (its trainer batches the data "
-                         "itself); remove the key"))
+        problems.append(
+            ("data.group_by_length", f"not available for stage {name!r} (its trainer batches the data itself); remove the key")
+        )
     if _set(data, "padding_free") and not traits.fast_path:
         problems.append(("data.padding_free", f"is part of the pt/sft fast path and has no effect on stage {name!r}; remove it"))
     if _set(data, "truncation") and data.truncation not in traits.truncation:
         if not traits.truncation:
-            why = ("over-long prompts are dropped and counted, replies are generated" if traits.samples
-                   else "text is cut into blocks of data.max_length")
+            why = (
+                "over-long prompts are dropped and counted, replies are generated"
+                if traits.samples
+                else "text is cut into blocks of data.max_length"
+            )
             problems.append(("data.truncation", f"has no effect on stage {name!r} ({why}); remove it"))
         else:
-            problems.append(("data.truncation", f"{data.truncation!r} is not available for stage {name!r}: its TRL trainer "
-                             f"cuts over-long sequences at the end. Use {' or '.join(map(repr, traits.truncation))}"))
+            problems.append(
+                (
+                    "data.truncation",
+                    f"{data.truncation!r} is not available for stage {name!r}: its TRL trainer "
+                    f"cuts over-long sequences at the end. Use {' or '.join(map(repr, traits.truncation))}",
+                )
+            )
     if not traits.supervision:
         for key in ("mask_prompt", "train_on"):
             if _set(data, key):
@@ -68,8 +82,13 @@ def data_for_stage(stage: StageSection, data: DataConfig) -> Problems:
     if (generated := stage.generated_tokens()) is not None:
         key, tokens = generated
         if data.max_length - tokens < 1:
-            problems.append(("data.max_length", f"{data.max_length} leaves no room for a prompt before stage.{key}="
-                             f"{tokens} generated tokens; raise data.max_length or lower stage.{key}"))
+            problems.append(
+                (
+                    "data.max_length",
+                    f"{data.max_length} leaves no room for a prompt before stage.{key}="
+                    f"{tokens} generated tokens; raise data.max_length or lower stage.{key}",
+                )
+            )
     return problems
 
 
@@ -77,47 +96,94 @@ def finetune_for_stage(stage: StageSection, finetune: Any, model: ModelConfig) -
     """The finetune mode against the stage and the model source."""
     problems = []
     if isinstance(finetune, QLoraFinetune) and model.gguf_file:
-        problems.append(("finetune.mode", "qlora cannot quantize a model loaded from model.gguf_file (transformers does "
-                         "not combine the two); use finetune.mode: lora, or a safetensors checkpoint"))
+        problems.append(
+            (
+                "finetune.mode",
+                "qlora cannot quantize a model loaded from model.gguf_file (transformers does "
+                "not combine the two); use finetune.mode: lora, or a safetensors checkpoint",
+            )
+        )
     if isinstance(finetune, LoraFinetune) and not stage.traits.head_adapter and isinstance(finetune.target_modules, list):
         heads = [m for m in finetune.target_modules if m in OUTPUT_HEAD_NAMES]
         if heads:
-            problems.append(("finetune.target_modules", f"a LoRA adapter on the output head ({', '.join(heads)}) would never "
-                             f"train in stage {stage.name!r}: its TRL trainer computes log-probs from the head's weight "
-                             "directly. Remove it, or train the head in full with finetune.modules_to_save"))
+            problems.append(
+                (
+                    "finetune.target_modules",
+                    f"a LoRA adapter on the output head ({', '.join(heads)}) would never "
+                    f"train in stage {stage.name!r}: its TRL trainer computes log-probs from the head's weight "
+                    "directly. Remove it, or train the head in full with finetune.modules_to_save",
+                )
+            )
     if stage.reference_source(finetune) is Reference.RELOADED and model.gguf_file:
-        problems.append(("stage.beta", f"full {stage.name} with a reference reloads it from model.path, which cannot start "
-                         "from model.gguf_file; use finetune.mode: lora or beta: 0"))
+        problems.append(
+            (
+                "stage.beta",
+                f"full {stage.name} with a reference reloads it from model.path, which cannot start "
+                "from model.gguf_file; use finetune.mode: lora or beta: 0",
+            )
+        )
     return problems
 
 
-def training_for_stage(stage: StageSection, training: TrainingConfig, model: ModelConfig, distributed: DistributedConfig) -> Problems:
+def training_for_stage(
+    stage: StageSection, training: TrainingConfig, model: ModelConfig, distributed: DistributedConfig
+) -> Problems:
     """Training options against the stage and the attention kernel."""
     traits, name, t, problems = stage.traits, stage.name, training, []
     if t.neftune_alpha is not None and traits.samples:
-        problems.append(("training.neftune_alpha", f"stage {name!r} samples replies from the model it trains; noisy "
-                         "embeddings would change the samples and their log-probs; remove it"))
+        problems.append(
+            (
+                "training.neftune_alpha",
+                f"stage {name!r} samples replies from the model it trains; noisy "
+                "embeddings would change the samples and their log-probs; remove it",
+            )
+        )
     if t.shift_attn and not traits.fast_path:
-        problems.append(("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {name!r}); remove it"))
+        problems.append(
+            ("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {name!r}); remove it")
+        )
     if not traits.fast_path:
         for key in ("chunked_loss", "fused_ops", "max_tokens_per_forward"):
             if _set(t, key):  # defaults stay quiet; a key someone set must not be ignored
-                problems.append((f"training.{key}", f"is part of the pt/sft fast path and has no effect on stage {name!r}; remove it"))
+                problems.append(
+                    (f"training.{key}", f"is part of the pt/sft fast path and has no effect on stage {name!r}; remove it")
+                )
     elif isinstance(t.max_tokens_per_forward, int):  # known before anything launches
         if not t.chunked_loss:
-            problems.append(("training.max_tokens_per_forward", "the passes are part of the chunked loss, which "
-                             "training.chunked_loss: false turns off; remove one of them"))
+            problems.append(
+                (
+                    "training.max_tokens_per_forward",
+                    "the passes are part of the chunked loss, which training.chunked_loss: false turns off; remove one of them",
+                )
+            )
         elif distributed.launches or distributed.uses_deepspeed:
-            problems.append(("training.max_tokens_per_forward", "several processes or DeepSpeed count each backward "
-                             "as a micro-batch; remove it or set it to null"))
+            problems.append(
+                (
+                    "training.max_tokens_per_forward",
+                    "several processes or DeepSpeed count each backward as a micro-batch; remove it or set it to null",
+                )
+            )
     if t.release_memory and t.allocator == "tcmalloc":
-        problems.append(("training.release_memory", "sets glibc's malloc thresholds, which do nothing with training.allocator: "
-                         "tcmalloc; remove one of them"))
+        problems.append(
+            (
+                "training.release_memory",
+                "sets glibc's malloc thresholds, which do nothing with training.allocator: tcmalloc; remove one of them",
+            )
+        )
     if t.torch_compile and not traits.torch_compile:
-        problems.append(("training.torch_compile", f"stage {name!r} trains with llmft's own loop, which does not compile the model; remove it"))
+        problems.append(
+            (
+                "training.torch_compile",
+                f"stage {name!r} trains with llmft's own loop, which does not compile the model; remove it",
+            )
+        )
     if t.shift_attn and model.attn_implementation == "flash_attention_2":
-        problems.append(("training.shift_attn", "works with model.attn_implementation sdpa or eager (it needs a "
-                         "block mask per group), not flash_attention_2"))
+        problems.append(
+            (
+                "training.shift_attn",
+                "works with model.attn_implementation sdpa or eager (it needs a block mask per group), not flash_attention_2",
+            )
+        )
     return problems
 
 
@@ -126,14 +192,29 @@ def distributed_for_stage(stage: StageSection, finetune: Any, training: Training
     problems = []
     if not stage.traits.multi_process and (d.launches or d.uses_deepspeed):
         key = "distributed.num_processes" if d.launches else "distributed.zero_stage"
-        problems.append((key, f"stage {stage.name} trains in one process without DeepSpeed (llmft's own loop keeps "
-                         "policy, value head and reference together); set distributed.num_processes: 1 and zero_stage: 0"))
+        problems.append(
+            (
+                key,
+                f"stage {stage.name} trains in one process without DeepSpeed (llmft's own loop keeps "
+                "policy, value head and reference together); set distributed.num_processes: 1 and zero_stage: 0",
+            )
+        )
     if getattr(finetune, "bits", None) == 8 and d.zero_stage == 3:
-        problems.append(("finetune.bits", "8-bit bitsandbytes weights cannot be sharded by ZeRO-3; use bits: 4 "
-                         "(its storage dtype is set for ZeRO-3) or distributed.zero_stage: 2"))
+        problems.append(
+            (
+                "finetune.bits",
+                "8-bit bitsandbytes weights cannot be sharded by ZeRO-3; use bits: 4 "
+                "(its storage dtype is set for ZeRO-3) or distributed.zero_stage: 2",
+            )
+        )
     if d.offload != "none" and training.optimizer in BNB_OPTIMIZERS:
-        problems.append(("training.optimizer", f"{training.optimizer} (bitsandbytes) cannot step the CPU copies "
-                         "that distributed.offload keeps; use adamw_torch_fused (fused CPU kernel) or adamw_torch"))
+        problems.append(
+            (
+                "training.optimizer",
+                f"{training.optimizer} (bitsandbytes) cannot step the CPU copies "
+                "that distributed.offload keeps; use adamw_torch_fused (fused CPU kernel) or adamw_torch",
+            )
+        )
     return problems
 
 
@@ -144,6 +225,10 @@ def outputs_and_eval(finetune: Any, training: TrainingConfig, data: DataConfig, 
     if training.eval_on_start and not data.has_eval:
         problems.append(("training.eval_on_start", "there is no eval data; add data.eval or data.eval_split"))
     if _set(training, "eval_strategy") and training.eval_strategy != "no" and not data.has_eval:
-        problems.append(("training.eval_strategy", f"is {training.eval_strategy!r} but there is no eval data; add "
-                         "data.eval or data.eval_split, or set 'no'"))
+        problems.append(
+            (
+                "training.eval_strategy",
+                f"is {training.eval_strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'",
+            )
+        )
     return problems

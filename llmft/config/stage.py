@@ -56,8 +56,9 @@ class Reference(enum.Enum):
         }[self]
 
 
-def policy_at_start(finetune: Any, full: Reference = Reference.FROZEN_COPY,
-                    continued: Reference = Reference.STARTING_ADAPTER) -> Reference:
+def policy_at_start(
+    finetune: Any, full: Reference = Reference.FROZEN_COPY, continued: Reference = Reference.STARTING_ADAPTER
+) -> Reference:
     """The reference "the policy as training started", for a finetune mode: `full` for full training,
     the adapter disabled for a fresh LoRA/QLoRA adapter, `continued` for a continued one."""
     if isinstance(finetune, FullFinetune):
@@ -114,8 +115,20 @@ class StageSection(Section):
 
 #: DPO losses as TRL's DPOTrainer offers them.
 DpoLoss = Literal[
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
 ]
 #: The DPO losses TRL applies `label_smoothing` to.
 SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
@@ -127,27 +140,42 @@ ALL_MODES = MODES
 class PtStage(StageSection):
     name: Literal["pt"] = Field(description="Continued pre-training: next-token loss on every token.")
     traits = StageTraits(
-        formats=("text",), objective="next_token", examples="text", modes=ALL_MODES, fast_path=True,
-        next_token_loss=True, group_by_length=True, truncation=(), chat_template=False,
+        formats=("text",),
+        objective="next_token",
+        examples="text",
+        modes=ALL_MODES,
+        fast_path=True,
+        next_token_loss=True,
+        group_by_length=True,
+        truncation=(),
+        chat_template=False,
     )
 
 
 class SftStage(StageSection):
     name: Literal["sft"] = Field(description="Supervised fine-tuning on conversations.")
     traits = StageTraits(
-        formats=CONVERSATION_FORMATS, objective="next_token", examples="conversation", modes=ALL_MODES,
-        fast_path=True, next_token_loss=True, group_by_length=True, supervision=True,
+        formats=CONVERSATION_FORMATS,
+        objective="next_token",
+        examples="conversation",
+        modes=ALL_MODES,
+        fast_path=True,
+        next_token_loss=True,
+        group_by_length=True,
+        supervision=True,
     )
 
 
 class RmStage(StageSection):
-    name: Literal["rm"] = Field(
-        description="Reward model: a one-score head on the causal LM, pairwise loss on preference data."
-    )
+    name: Literal["rm"] = Field(description="Reward model: a one-score head on the causal LM, pairwise loss on preference data.")
     # no qlora: the score head hit a dtype mismatch under bitsandbytes
     traits = StageTraits(
-        formats=("preference",), objective="reward", examples="pair", modes=("full", "lora"),
-        group_by_length=True, task="reward",
+        formats=("preference",),
+        objective="reward",
+        examples="pair",
+        modes=("full", "lora"),
+        group_by_length=True,
+        task="reward",
     )
 
 
@@ -156,7 +184,10 @@ class DpoStage(StageSection):
     beta: float = Field(default=0.1, gt=0, description="Strength of the implicit KL constraint to the reference.")
     loss_type: DpoLoss = Field(default="sigmoid", description="DPO loss variant, as TRL names them.")
     label_smoothing: float = Field(
-        default=0.0, ge=0, lt=0.5, validate_default=True,
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        validate_default=True,
         description="Assumed fraction of flipped preference labels (robust/cDPO).",
     )
     reference: Literal["model", "precomputed"] = Field(
@@ -165,7 +196,11 @@ class DpoStage(StageSection):
         "the adapter disabled, no second copy; full: a frozen copy), or computed once before training.",
     )
     traits = StageTraits(
-        formats=("preference",), objective="preference", examples="pair", modes=ALL_MODES, group_by_length=True,
+        formats=("preference",),
+        objective="preference",
+        examples="pair",
+        modes=ALL_MODES,
+        group_by_length=True,
         head_adapter=False,
     )
 
@@ -195,8 +230,12 @@ class KtoStage(StageSection):
     undesirable_weight: float = Field(default=1.0, gt=0, description="Loss weight of undesirable replies.")
     # TRL's KTOTrainer tokenizes and batches itself: it cuts over-long sequences at the end
     traits = StageTraits(
-        formats=("kto",), objective="preference", examples="labelled", modes=ALL_MODES,
-        truncation=("truncate_right", "drop"), head_adapter=False,
+        formats=("kto",),
+        objective="preference",
+        examples="labelled",
+        modes=ALL_MODES,
+        truncation=("truncate_right", "drop"),
+        head_adapter=False,
     )
 
     def reference_source(self, finetune: Any) -> Reference:
@@ -204,8 +243,13 @@ class KtoStage(StageSection):
 
     def batch_problems(self, training: TrainingConfig, evaluates: bool) -> list[tuple[str, str]]:
         if training.micro_batch_size < 2:
-            return [("training.micro_batch_size", "KTO needs at least 2 (its KL term pairs each prompt with another "
-                     f"reply in the same micro-batch); got {training.micro_batch_size}")]
+            return [
+                (
+                    "training.micro_batch_size",
+                    "KTO needs at least 2 (its KL term pairs each prompt with another "
+                    f"reply in the same micro-batch); got {training.micro_batch_size}",
+                )
+            ]
         return []
 
 
@@ -214,7 +258,11 @@ class OrpoStage(StageSection):
     beta: float = Field(default=0.1, gt=0, description="Weight of the odds-ratio term (lambda in the paper).")
     # TRL's ORPOTrainer tokenizes and batches itself: it cuts over-long sequences at the end
     traits = StageTraits(
-        formats=("preference",), objective="preference", examples="pair", modes=ALL_MODES, next_token_loss=True,
+        formats=("preference",),
+        objective="preference",
+        examples="pair",
+        modes=ALL_MODES,
+        next_token_loss=True,
         truncation=("truncate_right", "drop"),
     )
 
@@ -233,8 +281,13 @@ class GrpoStage(StageSection):
     )
     reward_model: str | None = Field(default=None, description="Directory of an `rm` stage output to score completions.")
     traits = StageTraits(
-        formats=CONVERSATION_FORMATS, objective="rollout", examples="prompt", modes=ALL_MODES, truncation=(),
-        samples=True, head_adapter=False,
+        formats=CONVERSATION_FORMATS,
+        objective="rollout",
+        examples="prompt",
+        modes=ALL_MODES,
+        truncation=(),
+        samples=True,
+        head_adapter=False,
     )
 
     @model_validator(mode="after")
@@ -252,11 +305,21 @@ class GrpoStage(StageSection):
     def batch_problems(self, training: TrainingConfig, evaluates: bool) -> list[tuple[str, str]]:
         group, per_round = self.num_generations, training.micro_batch_size * training.gradient_accumulation_steps
         if per_round % group:
-            return [("training.micro_batch_size", f"x gradient_accumulation_steps = {per_round} completions per generation "
-                     f"round must be a multiple of stage.num_generations ({group}): each prompt's group is sampled whole")]
+            return [
+                (
+                    "training.micro_batch_size",
+                    f"x gradient_accumulation_steps = {per_round} completions per generation "
+                    f"round must be a multiple of stage.num_generations ({group}): each prompt's group is sampled whole",
+                )
+            ]
         if evaluates and training.micro_batch_size % group:
-            return [("training.micro_batch_size", f"({training.micro_batch_size}) must be a multiple of stage.num_generations "
-                     f"({group}) to evaluate: an eval batch holds whole groups")]
+            return [
+                (
+                    "training.micro_batch_size",
+                    f"({training.micro_batch_size}) must be a multiple of stage.num_generations "
+                    f"({group}) to evaluate: an eval batch holds whole groups",
+                )
+            ]
         return []
 
 
@@ -284,8 +347,14 @@ class PpoStage(StageSection):
     whiten_rewards: bool = Field(default=False, description="Whiten rewards before GAE (advantages are always whitened).")
     # llmft's own PPO loop keeps policy, value head and reference together in one process
     traits = StageTraits(
-        formats=CONVERSATION_FORMATS, objective="rollout", examples="prompt", modes=ALL_MODES, truncation=(),
-        samples=True, multi_process=False, torch_compile=False,
+        formats=CONVERSATION_FORMATS,
+        objective="rollout",
+        examples="prompt",
+        modes=ALL_MODES,
+        truncation=(),
+        samples=True,
+        multi_process=False,
+        torch_compile=False,
     )
 
     @model_validator(mode="after")

@@ -35,19 +35,13 @@ BNB_OPTIMIZERS = frozenset({"paged_adamw_32bit", "paged_adamw_8bit", "adamw_bnb_
 
 class TrainingConfig(Section):
     epochs: float = Field(default=3.0, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(
-        default=None, gt=0, description="Stop after this many optimizer steps (overrides `epochs`)."
-    )
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides `epochs`).")
     micro_batch_size: int = Field(default=1, gt=0, description="Sequences per device per forward pass.")
-    gradient_accumulation_steps: int = Field(
-        default=1, gt=0, description="Micro-batches per optimizer step."
-    )
+    gradient_accumulation_steps: int = Field(default=1, gt=0, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(default=2e-5, ge=0, description="Peak learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay.")
     scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule after warm-up.")
-    warmup_ratio: float = Field(
-        default=0.0, ge=0, lt=1, description="Warm-up length as a fraction of all steps."
-    )
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Warm-up length as a fraction of all steps.")
     warmup_steps: int = Field(default=0, ge=0, description="Warm-up length in steps (instead of a ratio).")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
     optimizer: Optimizer = Field(
@@ -125,9 +119,7 @@ class TrainingConfig(Section):
         "sequence lengths outweigh the gain); it can pay off on long GPU runs with fixed shapes (packing).",
     )
     logging_steps: int = Field(default=10, gt=0, description="Log loss and learning rate every N steps.")
-    save_strategy: Literal["steps", "epoch", "no"] = Field(
-        default="steps", description="When to write `checkpoint-N/` folders."
-    )
+    save_strategy: Literal["steps", "epoch", "no"] = Field(default="steps", description="When to write `checkpoint-N/` folders.")
     save_steps: int = Field(default=500, gt=0, description="Checkpoint every N steps (with `save_strategy: steps`).")
     save_total_limit: int | None = Field(
         default=None, gt=0, description="Keep at most this many checkpoints (oldest removed first)."
@@ -140,9 +132,7 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(
         default=None, gt=0, description="Evaluate every N steps (with `eval_strategy: steps`); defaults to `logging_steps`."
     )
-    eval_on_start: bool = Field(
-        default=False, description="Also evaluate before the first step, for a before/after comparison."
-    )
+    eval_on_start: bool = Field(default=False, description="Also evaluate before the first step, for a before/after comparison.")
     resume_from_checkpoint: str | None = Field(
         default=None,
         description="`auto`: continue from the newest complete checkpoint-N in output.dir; or a "

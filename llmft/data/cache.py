@@ -57,7 +57,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def fingerprint(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> str:
     digest = hashlib.blake2b(digest_size=16)
     options = data.model_dump(mode="json", exclude=NOT_IN_KEY)
-    digest.update(json.dumps({"llmft": __version__, "format": FORMAT_VERSION, "stage": stage, "seed": seed, "data": options}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"llmft": __version__, "format": FORMAT_VERSION, "stage": stage, "seed": seed, "data": options}, sort_keys=True
+        ).encode()
+    )
     for spec in [*data.train, *data.eval]:
         _hash_files(Path(spec.path).expanduser(), digest)
     digest.update(tokenizer_fingerprint(tokenizer).encode())

@@ -67,7 +67,9 @@ class ExampleDataset(torch.utils.data.Dataset):
         return vars(self.examples[index])
 
 
-def read_split(stage: str, specs: Sequence[DatasetSpec], split: str, data: DataConfig, seed: int) -> tuple[list[Any], list[SourceReport]]:
+def read_split(
+    stage: str, specs: Sequence[DatasetSpec], split: str, data: DataConfig, seed: int
+) -> tuple[list[Any], list[SourceReport]]:
     items: list[Any] = []
     reports = []
     for i, spec in enumerate(specs):
@@ -99,7 +101,9 @@ def resample(items: list[Any], spec: DatasetSpec, rng: random.Random) -> list[An
 def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[list[Any], list[Any]]:
     count = eval_split if isinstance(eval_split, int) else round(len(items) * eval_split)
     if not 0 < count < len(items):
-        raise UserError(f"data.eval_split: {eval_split} leaves {len(items) - count} training and {count} eval records; both must be > 0")
+        raise UserError(
+            f"data.eval_split: {eval_split} leaves {len(items) - count} training and {count} eval records; both must be > 0"
+        )
     held = set(random.Random(seed).sample(range(len(items)), count))
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 

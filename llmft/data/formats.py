@@ -18,8 +18,14 @@ from llmft.errors import UserError
 ROLES = ("system", "user", "assistant", "tool")
 #: ShareGPT `from` tags and the role each becomes (a function call is the assistant's turn).
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-    "function_call": "assistant", "observation": "tool", "tool": "tool",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
 }
 #: message layouts: (role key, content key, role names -> llmft role)
 MESSAGE_STYLES = {

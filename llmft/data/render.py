@@ -41,7 +41,9 @@ def supervised_turns(messages: Sequence[dict], supervision: str) -> list[int]:
     return turns
 
 
-def reply_spans(tokenizer: Any, messages: Sequence[dict], turns: Sequence[int], tools: list | None = None) -> tuple[str, list[Span]]:
+def reply_spans(
+    tokenizer: Any, messages: Sequence[dict], turns: Sequence[int], tools: list | None = None
+) -> tuple[str, list[Span]]:
     """The rendered text and the character span of each listed assistant turn."""
     messages = list(messages)
     text = render(tokenizer, messages, tools)

@@ -89,8 +89,7 @@ def _read_directory(directory: Path, key: str, text_unit: TextUnit) -> list[RawR
     )
     if not files:
         raise UserError(
-            f"{key}: {directory} is a directory with no {', '.join(SUFFIXES)} files in it "
-            "(nor a dataset written by save_to_disk)"
+            f"{key}: {directory} is a directory with no {', '.join(SUFFIXES)} files in it (nor a dataset written by save_to_disk)"
         )
     return [record for file in files for record in _read_file(file, key, text_unit)]
 
@@ -206,11 +205,7 @@ def _read_csv(text: str, name: str) -> list[RawRecord]:
 
 def _read_txt(text: str, name: str) -> list[RawRecord]:
     """One document per non-empty line."""
-    return [
-        RawRecord({"text": line}, f"{name}:{number}")
-        for number, line in enumerate(_lines(text), start=1)
-        if line.strip()
-    ]
+    return [RawRecord({"text": line}, f"{name}:{number}") for number, line in enumerate(_lines(text), start=1) if line.strip()]
 
 
 def _read_txt_file(text: str, name: str) -> list[RawRecord]:

@@ -51,13 +51,20 @@ def _sequences(examples: Sequence[Any]) -> list[Example]:
 
 def _show(tokenizer: Any, item: Any, color: bool) -> list[str]:
     if isinstance(item, PairExample):
-        return ["chosen:", mark_supervised(tokenizer, item.chosen, color), "rejected:", mark_supervised(tokenizer, item.rejected, color)]
+        return [
+            "chosen:",
+            mark_supervised(tokenizer, item.chosen, color),
+            "rejected:",
+            mark_supervised(tokenizer, item.rejected, color),
+        ]
     if isinstance(item, KtoExample):
         return [f"desirable: {item.desirable}", mark_supervised(tokenizer, item.example, color)]
     return [mark_supervised(tokenizer, item, color)]
 
 
-def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, example_index: int = 0, packed_rows: int | None = None) -> str:
+def describe(
+    prepared: PreparedData, tokenizer: Any, color: bool = False, example_index: int = 0, packed_rows: int | None = None
+) -> str:
     lines = ["sources:"]
     lines += [f"  {s.line()}" for s in prepared.sources]
     origin = f"from cache {prepared.key[:12]}" if prepared.from_cache else "tokenized now"
@@ -76,7 +83,9 @@ def describe(prepared: PreparedData, tokenizer: Any, color: bool = False, exampl
             desirable = sum(e.desirable for e in examples)
             lines.append(f"  desirable {desirable}, undesirable {len(examples) - desirable}")
         lengths = percentiles([len(e.input_ids) for e in _sequences(examples)])
-        lines.append("  tokens per example: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}")
+        lines.append(
+            "  tokens per example: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}"
+        )
         share = report.supervised_tokens / max(report.tokens, 1)
         lines.append(f"  tokens {report.tokens}, supervised {report.supervised_tokens} ({share:.1%})")
     if packed_rows is not None:

@@ -123,8 +123,7 @@ ALPACA = TemplateRow(
     system=("", "\n\n"),
     user=("### Instruction:\n", "\n\n"),
     assistant=("### Response:\n", "{eos}\n\n"),
-    default_system="Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.",
+    default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.",
 )
 # Baichuan2-*-Chat (its generation_utils.build_chat_input): the system text unmarked, then
 # <reserved_106> user / <reserved_107> assistant. Deviation: EOS after each reply; the official
@@ -178,8 +177,7 @@ DEFAULT = TemplateRow(
 )
 
 TEMPLATES: dict[str, TemplateRow] = {
-    row.name: row
-    for row in (CHATML, QWEN, LLAMA2, LLAMA3, MISTRAL, VICUNA, ALPACA, BAICHUAN2, CHATGLM3, PHI3, GEMMA, DEFAULT)
+    row.name: row for row in (CHATML, QWEN, LLAMA2, LLAMA3, MISTRAL, VICUNA, ALPACA, BAICHUAN2, CHATGLM3, PHI3, GEMMA, DEFAULT)
 }
 
 
@@ -236,9 +234,15 @@ def to_jinja(row: TemplateRow) -> str:
             + _raise(f"{where} puts the system prompt into the first user message, so a user message must come first")
             + "{% endif %}"
         )
-        folded = "(" + _join(_literal(row.system[0]), "system", _literal(row.system[1])) + " if loop.first and system is defined else '')"
+        folded = (
+            "("
+            + _join(_literal(row.system[0]), "system", _literal(row.system[1]))
+            + " if loop.first and system is defined else '')"
+        )
         out.append("{% if message['role'] == 'user' %}" + _wrap(row.user, folded + " + message['content']"))
-        out.append("{% elif message['role'] == 'system' %}" + _raise(f"{where} has no system turn: a system message can only come first"))
+        out.append(
+            "{% elif message['role'] == 'system' %}" + _raise(f"{where} has no system turn: a system message can only come first")
+        )
     else:
         out.append("{% if message['role'] == 'system' %}" + _wrap(row.system))
         out.append("{% elif message['role'] == 'user' %}" + _wrap(row.user))
@@ -249,11 +253,15 @@ def to_jinja(row: TemplateRow) -> str:
         able = ", ".join(name for name, r in TEMPLATES.items() if r.tool is not None)
         out.append(
             "{% elif message['role'] == 'tool' %}"
-            + _raise(f"{where} cannot render a 'tool' message (a tool result): the model family has no tool role; "
-                     f"use a template with one ({able}) or leave the tool turns out")
+            + _raise(
+                f"{where} cannot render a 'tool' message (a tool result): the model family has no tool role; "
+                f"use a template with one ({able}) or leave the tool turns out"
+            )
         )
     out.append(
-        "{% else %}{{ raise_exception(" + repr(f"{where} cannot render a message with the role ") + " + message['role'] | string) }}"
+        "{% else %}{{ raise_exception("
+        + repr(f"{where} cannot render a message with the role ")
+        + " + message['role'] | string) }}"
         "{% endif %}{% endfor %}"
     )
     if row.prompt:
@@ -266,8 +274,7 @@ def install_template(tokenizer: Any, name: str | None) -> str:
     if name is None:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(
-                "data.template: the tokenizer has no chat_template; name one of "
-                f"{', '.join(TEMPLATES)} in data.template"
+                f"data.template: the tokenizer has no chat_template; name one of {', '.join(TEMPLATES)} in data.template"
             )
         return "chat template: the tokenizer's own"
     row = TEMPLATES[name]

@@ -46,8 +46,12 @@ class DataReport:
 
     def merge(self, other: DataReport) -> DataReport:
         return DataReport(
-            self.records + other.records, self.kept + other.kept, self.truncated + other.truncated,
-            self.dropped + other.dropped, self.tokens + other.tokens, self.supervised_tokens + other.supervised_tokens,
+            self.records + other.records,
+            self.kept + other.kept,
+            self.truncated + other.truncated,
+            self.dropped + other.dropped,
+            self.tokens + other.tokens,
+            self.supervised_tokens + other.supervised_tokens,
             (self.first_dropped + other.first_dropped)[:3],
         )
 
@@ -57,8 +61,9 @@ class DataReport:
             self.first_dropped.append(f"{where} ({reason})")
 
     def summary(self, name: str) -> str:
-        parts = [f"{name}: {self.records} records -> {self.kept} examples, {self.tokens} tokens "
-                 f"({self.supervised_tokens} supervised)"]
+        parts = [
+            f"{name}: {self.records} records -> {self.kept} examples, {self.tokens} tokens ({self.supervised_tokens} supervised)"
+        ]
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max_length")
         if self.dropped:
@@ -67,7 +72,9 @@ class DataReport:
         return "; ".join(parts)
 
 
-def conversation_spans(tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None) -> tuple[str, list[Span]]:
+def conversation_spans(
+    tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None
+) -> tuple[str, list[Span]]:
     """Rendered text and supervised character spans, for `supervision` = all_turns | last_turn | all."""
     parsed = parse_tools(tools)
     if supervision == "all":

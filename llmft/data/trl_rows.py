@@ -83,7 +83,9 @@ def prompt_rows(items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens
         except ValueError as exc:
             report.drop(str(exc), item.where)
             continue
-        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         if len(ids) > max_prompt_tokens:
             report.drop(f"prompt longer than {max_prompt_tokens} tokens", item.where)
             continue
@@ -92,7 +94,10 @@ def prompt_rows(items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens
     report.kept = len(rows)
     with_tools = sum(1 for item in items if item.tools)
     if with_tools:
-        log.warning("WARNING: %d prompts carry tool definitions; GRPO renders no per-prompt tools, so the model will not see them", with_tools)
+        log.warning(
+            "WARNING: %d prompts carry tool definitions; GRPO renders no per-prompt tools, so the model will not see them",
+            with_tools,
+        )
     return rows, report
 
 
@@ -106,5 +111,8 @@ def check_kept(split: str, given: int, trl_dataset: Any) -> None:
     else:
         log.warning(
             "WARNING: data.%s: TRL kept %d of the %d rows llmft gave it (%d dropped by TRL's own rules after llmft's checks)",
-            split, kept, given, given - kept,
+            split,
+            kept,
+            given,
+            given - kept,
         )

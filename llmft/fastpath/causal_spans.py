@@ -26,8 +26,13 @@ BLOCK_ELEMENTS = 1 << 23
 
 def applies(query: torch.Tensor, dropout: float) -> bool:
     """The kernel is for CPU bf16 training; fp32, GPUs, dropout and inference use SDPA."""
-    return (query.device.type == "cpu" and query.dtype == torch.bfloat16 and dropout == 0.0
-            and torch.is_grad_enabled() and query.requires_grad)
+    return (
+        query.device.type == "cpu"
+        and query.dtype == torch.bfloat16
+        and dropout == 0.0
+        and torch.is_grad_enabled()
+        and query.requires_grad
+    )
 
 
 class CausalSpans(torch.autograd.Function):
@@ -59,8 +64,13 @@ class CausalSpans(torch.autograd.Function):
         grad_v = value.new_empty(1, tokens, kv_heads, dim)
         for start, end in ctx.spans:
             dq, dk, dv = _span_backward(
-                query[0, :, start:end], key[0, :, start:end], value[0, :, start:end], out[0, start:end],
-                grad_out[0, start:end], lse[:, start:end], ctx.scale,
+                query[0, :, start:end],
+                key[0, :, start:end],
+                value[0, :, start:end],
+                out[0, start:end],
+                grad_out[0, start:end],
+                lse[:, start:end],
+                ctx.scale,
             )
             grad_q[0, start:end], grad_k[0, start:end], grad_v[0, start:end] = dq, dk, dv
         return grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_v.transpose(1, 2), None, None

@@ -21,8 +21,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T, target_i); gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, dtype: torch.dtype
+    ) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             h_all = hidden.to(dtype)
             w = weight.to(dtype)
@@ -64,8 +65,9 @@ def supervised_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return hidden[:, :-1][keep], labels[:, 1:][keep]
 
 
-def causal_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                       dtype: torch.dtype | None = None) -> torch.Tensor:
+def causal_lm_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Summed next-token cross-entropy of `labels` given the final hidden states [batch, seq, hidden]
     and the output projection `weight` [vocab, hidden]. Divide by the supervised-token count.
 

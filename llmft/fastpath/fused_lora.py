@@ -55,10 +55,19 @@ def _plain_adapter(module: Any, x: torch.Tensor) -> str | None:
     name = names[0]
     base = module.base_layer
     weight = getattr(base, "weight", None)
-    if (name not in module.lora_A or not isinstance(module.lora_dropout[name], torch.nn.Identity)
-            or module.use_dora.get(name, False) or type(base) is not torch.nn.Linear or base.bias is not None
-            or weight is None or weight.requires_grad or weight.dtype != x.dtype or weight.dim() != 2
-            or weight.numel() == 0 or getattr(module, "lora_bias", {}).get(name, False)):
+    if (
+        name not in module.lora_A
+        or not isinstance(module.lora_dropout[name], torch.nn.Identity)
+        or module.use_dora.get(name, False)
+        or type(base) is not torch.nn.Linear
+        or base.bias is not None
+        or weight is None
+        or weight.requires_grad
+        or weight.dtype != x.dtype
+        or weight.dim() != 2
+        or weight.numel() == 0
+        or getattr(module, "lora_bias", {}).get(name, False)
+    ):
         return None
     return name
 
@@ -67,8 +76,7 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
     name = None if (args or kwargs) else _plain_adapter(self, x)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    return _LoRALinear.apply(x, self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight,
-                             self.scaling[name])
+    return _LoRALinear.apply(x, self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
 
 
 def apply_fused_lora(model: torch.nn.Module) -> int:

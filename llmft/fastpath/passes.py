@@ -37,8 +37,12 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
         spans = segments(batch["position_ids"], 0, width)
         pieces = _greedy([end - start for start, end in spans], max_tokens)
         cuts = [(spans[a][0], spans[b - 1][1]) for a, b in pieces]
-        return [{k: (v[:, s:e] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == width else v) for k, v in batch.items()}
-                for s, e in cuts]
+        return [
+            {k: (v[:, s:e] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == width else v) for k, v in batch.items()}
+            for s, e in cuts
+        ]
     pieces = _greedy([width] * rows, max_tokens)
-    return [{k: (v[a:b] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v) for k, v in batch.items()}
-            for a, b in pieces]
+    return [
+        {k: (v[a:b] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v) for k, v in batch.items()}
+        for a, b in pieces
+    ]

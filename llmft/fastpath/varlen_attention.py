@@ -49,21 +49,34 @@ def varlen_sdpa_forward(
 
     if causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        outs = [causal_spans.CausalSpans.apply(query[row : row + 1], key[row : row + 1], value[row : row + 1],
-                                               segments(position_ids, row, q_len), scale)
-                for row in range(query.shape[0])]
+        outs = [
+            causal_spans.CausalSpans.apply(
+                query[row : row + 1], key[row : row + 1], value[row : row + 1], segments(position_ids, row, q_len), scale
+            )
+            for row in range(query.shape[0])
+        ]
         return (torch.cat(outs) if len(outs) > 1 else outs[0]), None
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for row in range(query.shape[0]):
         q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
-        rows.append(torch.cat([
-            torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
-                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
+        rows.append(
+            torch.cat(
+                [
+                    torch.nn.functional.scaled_dot_product_attention(
+                        q[:, :, start:end],
+                        k[:, :, start:end],
+                        v[:, :, start:end],
+                        dropout_p=dropout,
+                        is_causal=True,
+                        scale=scaling,
+                        enable_gqa=gqa,
+                    )
+                    for start, end in segments(position_ids, row, q_len)
+                ],
+                dim=2,
             )
-            for start, end in segments(position_ids, row, q_len)
-        ], dim=2))
+        )
     out = torch.cat(rows) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None
 

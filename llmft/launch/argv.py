@@ -48,12 +48,22 @@ def accelerate_config(distributed: DistributedConfig, deepspeed_file: Path | Non
     return config
 
 
-def launch_argv(config_file: Path, recipe_path: str, overrides: Sequence[str], verbose: bool = False,
-                python: str = sys.executable) -> list[str]:
+def launch_argv(
+    config_file: Path, recipe_path: str, overrides: Sequence[str], verbose: bool = False, python: str = sys.executable
+) -> list[str]:
     """`python -m accelerate.commands.launch --config_file F -m llmft train RECIPE OVERRIDES...`.
     The launcher runs with this interpreter (not whatever `accelerate` is first on PATH), and the
     children read the same recipe with the same overrides."""
     return [
-        python, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "-m", "llmft", *(["--verbose"] if verbose else []), "train", str(recipe_path), *overrides,
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        "-m",
+        "llmft",
+        *(["--verbose"] if verbose else []),
+        "train",
+        str(recipe_path),
+        *overrides,
     ]

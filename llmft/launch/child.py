@@ -23,7 +23,8 @@ def enter_process(recipe: Recipe, config: dict[str, Any] | None) -> None:
     if launcher is None:
         if d.launches or d.uses_deepspeed:
             raise UserError(
-                f"distributed: {d.num_processes} process(es)" + (" with DeepSpeed" if d.uses_deepspeed else "")
+                f"distributed: {d.num_processes} process(es)"
+                + (" with DeepSpeed" if d.uses_deepspeed else "")
                 + " need a launcher; start the run with `llmft train RECIPE`, which launches them "
                 "(or your own `accelerate launch ... -m llmft train RECIPE`)"
             )

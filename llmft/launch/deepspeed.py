@@ -31,7 +31,11 @@ BUNDLED = {
     (3, "optimizer_and_params"): "zero3_offload.json",
 }
 #: What `offload` moves to CPU memory, as DeepSpeed `zero_optimization` blocks.
-OFFLOAD_TARGETS = {"none": (), "optimizer": ("offload_optimizer",), "optimizer_and_params": ("offload_optimizer", "offload_param")}
+OFFLOAD_TARGETS = {
+    "none": (),
+    "optimizer": ("offload_optimizer",),
+    "optimizer_and_params": ("offload_optimizer", "offload_param"),
+}
 CPU_BLOCK = {"device": "cpu", "pin_memory": True}
 
 
@@ -64,8 +68,10 @@ def read_json(path: Path, key: str) -> dict[str, Any]:
         raise UserError(f"{key}: {path} has no zero_optimization.stage (0-3); DeepSpeed needs it (got {stage!r})")
     if stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
         # without it the Trainer saves an empty model (each process only holds shards)
-        raise UserError(f"{key}: {path} is ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_save: "
-                        "true; llmft needs it to save the whole trained model (or LoRA adapter) at the end")
+        raise UserError(
+            f"{key}: {path} is ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_save: "
+            "true; llmft needs it to save the whole trained model (or LoRA adapter) at the end"
+        )
     return config
 
 

@@ -90,19 +90,29 @@ def mismatches(distributed: DistributedConfig, recipe_stage: int, recipe_offload
     DeepSpeed JSON (`llmft.launch.deepspeed`), so a user's own JSON is compared by content."""
     out = []
     if distributed.num_processes != launcher.world_size:
-        out.append(f"distributed.num_processes is {distributed.num_processes} but the launcher started "
-                   f"{launcher.world_size} process{'es' if launcher.world_size != 1 else ''} (WORLD_SIZE)")
+        out.append(
+            f"distributed.num_processes is {distributed.num_processes} but the launcher started "
+            f"{launcher.world_size} process{'es' if launcher.world_size != 1 else ''} (WORLD_SIZE)"
+        )
     if distributed.num_machines != launcher.num_machines:
-        out.append(f"distributed.num_machines is {distributed.num_machines} but the launcher spans {launcher.num_machines} "
-                   f"(WORLD_SIZE {launcher.world_size} / LOCAL_WORLD_SIZE {launcher.local_world_size})")
+        out.append(
+            f"distributed.num_machines is {distributed.num_machines} but the launcher spans {launcher.num_machines} "
+            f"(WORLD_SIZE {launcher.world_size} / LOCAL_WORLD_SIZE {launcher.local_world_size})"
+        )
     if distributed.uses_deepspeed and launcher.accelerate and not launcher.deepspeed:
-        out.append(f"distributed.zero_stage is {recipe_stage} (DeepSpeed) but the launcher is not set up for DeepSpeed "
-                   "(ACCELERATE_USE_DEEPSPEED unset)")
+        out.append(
+            f"distributed.zero_stage is {recipe_stage} (DeepSpeed) but the launcher is not set up for DeepSpeed "
+            "(ACCELERATE_USE_DEEPSPEED unset)"
+        )
     if launcher.deepspeed and not distributed.uses_deepspeed:
         shown = "" if launcher.zero_stage is None else f" ZeRO-{launcher.zero_stage}"
-        out.append(f"distributed.zero_stage is 0 (no DeepSpeed) but the launcher runs DeepSpeed{shown} (ACCELERATE_USE_DEEPSPEED=true)")
+        out.append(
+            f"distributed.zero_stage is 0 (no DeepSpeed) but the launcher runs DeepSpeed{shown} (ACCELERATE_USE_DEEPSPEED=true)"
+        )
     if launcher.deepspeed and distributed.uses_deepspeed and launcher.zero_stage not in (None, recipe_stage):
-        key = "distributed.deepspeed_config's zero_optimization.stage" if distributed.deepspeed_config else "distributed.zero_stage"
+        key = (
+            "distributed.deepspeed_config's zero_optimization.stage" if distributed.deepspeed_config else "distributed.zero_stage"
+        )
         out.append(f"{key} is {recipe_stage} but the launcher runs ZeRO-{launcher.zero_stage}")
     if launcher.deepspeed and distributed.uses_deepspeed:
         for name, device in (("optimizer", launcher.offload_optimizer), ("param", launcher.offload_param)):
@@ -110,8 +120,10 @@ def mismatches(distributed: DistributedConfig, recipe_stage: int, recipe_offload
                 continue
             theirs, ours = device.lower() not in ("none", ""), name in recipe_offloads
             if theirs != ours:
-                out.append(f"distributed.offload is {distributed.offload!r} but the launcher offloads "
-                           f"{name}s to {device!r} (ACCELERATE_DEEPSPEED_OFFLOAD_{name.upper()}_DEVICE)")
+                out.append(
+                    f"distributed.offload is {distributed.offload!r} but the launcher offloads "
+                    f"{name}s to {device!r} (ACCELERATE_DEEPSPEED_OFFLOAD_{name.upper()}_DEVICE)"
+                )
     return out
 
 

@@ -39,8 +39,10 @@ def check_devices(d: DistributedConfig, gpus: int) -> None:
     here = d.num_processes // d.num_machines
     if gpus and here > gpus:
         where = f" (num_processes / num_machines = {d.num_processes} / {d.num_machines})" if d.num_machines > 1 else ""
-        raise UserError(f"distributed.num_processes: {here} processes on this machine{where}, but it has {gpus} GPU"
-                        f"{'s' if gpus > 1 else ''}; one process per GPU")
+        raise UserError(
+            f"distributed.num_processes: {here} processes on this machine{where}, but it has {gpus} GPU"
+            f"{'s' if gpus > 1 else ''}; one process per GPU"
+        )
 
 
 @dataclass
@@ -49,7 +51,9 @@ class Launched:
     signal_name: str | None  # SIGINT/SIGTERM passed on to the processes, which checkpoint and stop
 
 
-def relaunch(recipe: Recipe, deepspeed: dict | None, recipe_path: str, overrides: Sequence[str], verbose: bool = False) -> Launched:
+def relaunch(
+    recipe: Recipe, deepspeed: dict | None, recipe_path: str, overrides: Sequence[str], verbose: bool = False
+) -> Launched:
     """Run the recipe through `accelerate launch` with its resolved DeepSpeed config, and wait for it."""
     import torch
 
@@ -61,7 +65,9 @@ def relaunch(recipe: Recipe, deepspeed: dict | None, recipe_path: str, overrides
             ds_file = Path(tmp) / "deepspeed.json"
             ds_file.write_text(json.dumps(ds, indent=2))
         config_file = Path(tmp) / "accelerate.yaml"
-        config_file.write_text(yaml.safe_dump(accelerate_config(d, ds_file, use_cpu=not torch.cuda.is_available()), sort_keys=False))
+        config_file.write_text(
+            yaml.safe_dump(accelerate_config(d, ds_file, use_cpu=not torch.cuda.is_available()), sort_keys=False)
+        )
         argv = launch_argv(config_file, recipe_path, overrides, verbose=verbose)
         here = d.num_processes // d.num_machines
         count = f"{here} process{'es' if here > 1 else ''}"

@@ -66,7 +66,8 @@ def _continue_adapter(model: Any, finetune: LoraFinetune) -> Any:
     if conflicts:
         raise UserError(
             "finetune.adapter_path: the recipe contradicts the adapter being continued: "
-            + "; ".join(conflicts) + ". Remove these keys (the adapter's own values apply) or start a new adapter."
+            + "; ".join(conflicts)
+            + ". Remove these keys (the adapter's own values apply) or start a new adapter."
         )
     return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 

@@ -35,8 +35,10 @@ def check_model_path(cfg: ModelConfig) -> None:
             raise UserError(f"model.path: directory not found: {cfg.path}")
         return  # a hub id; transformers reports whether it can be fetched
     if not path.is_dir():
-        raise UserError(f"model.path: {cfg.path} is a file; give the directory that holds it" + (
-            " and its name as model.gguf_file" if path.suffix == ".gguf" else ""))
+        raise UserError(
+            f"model.path: {cfg.path} is a file; give the directory that holds it"
+            + (" and its name as model.gguf_file" if path.suffix == ".gguf" else "")
+        )
     if cfg.gguf_file:
         if not (path / cfg.gguf_file).is_file():
             found = sorted(p.name for p in path.glob("*.gguf"))
@@ -223,8 +225,7 @@ def check_attention(cfg: ModelConfig) -> None:
         raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on this machine")
     if importlib.util.find_spec("flash_attn") is None:
         raise UserError(
-            "model.attn_implementation: flash_attention_2 needs the flash-attn package "
-            "(pip install 'llmft[gpu]'); or use sdpa"
+            "model.attn_implementation: flash_attention_2 needs the flash-attn package (pip install 'llmft[gpu]'); or use sdpa"
         )
 
 

@@ -71,6 +71,11 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    log.info("merged %s into %s -> %s%s", adapter_dir, base.path, out_dir,
-             f" (max |logit diff| {diff:.1e})" if diff is not None else " (not verified)")
+    log.info(
+        "merged %s into %s -> %s%s",
+        adapter_dir,
+        base.path,
+        out_dir,
+        f" (max |logit diff| {diff:.1e})" if diff is not None else " (not verified)",
+    )
     return MergeResult(out_dir, diff)

@@ -41,8 +41,10 @@ def resolve_precision(training: TrainingConfig, deepspeed: bool = False, device:
         # measured (deepspeed 0.19.8, transformers 5.23): bf16/fp16 through the HF DeepSpeed
         # integration fail on a CPU; fp32 trains
         if wanted in ("bf16", "fp16"):
-            raise UserError(f"training.precision: {wanted} does not train under DeepSpeed on a CPU "
-                            "(distributed.zero_stage / deepspeed_config); use fp32 or auto")
+            raise UserError(
+                f"training.precision: {wanted} does not train under DeepSpeed on a CPU "
+                "(distributed.zero_stage / deepspeed_config); use fp32 or auto"
+            )
         if wanted == "auto":
             return "fp32", "auto: DeepSpeed on a CPU trains in fp32"
     if wanted == "fp16" and not cuda:

@@ -22,8 +22,10 @@ def bnb_config(finetune: QLoraFinetune, compute: torch.dtype, zero3: bool = Fals
 
     if finetune.bits == 8:
         if zero3:
-            raise UserError("finetune.bits: 8-bit bitsandbytes weights cannot be sharded by ZeRO-3 "
-                            "(distributed.deepspeed_config); use bits: 4 or ZeRO stage 1-2")
+            raise UserError(
+                "finetune.bits: 8-bit bitsandbytes weights cannot be sharded by ZeRO-3 "
+                "(distributed.deepspeed_config); use bits: 4 or ZeRO stage 1-2"
+            )
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,

@@ -31,7 +31,9 @@ def apply_rope_scaling(config: Any, scaling: RopeScaling) -> str:
     kind = getattr(config, "model_type", type(config).__name__)
     current = getattr(config, "rope_parameters", None)
     if not current:
-        raise UserError(f"model.rope_scaling: this model ({kind}) has no rotary position embeddings to scale; remove model.rope_scaling")
+        raise UserError(
+            f"model.rope_scaling: this model ({kind}) has no rotary position embeddings to scale; remove model.rope_scaling"
+        )
     nested = config.nested_rope_parameter_keys(current) if hasattr(config, "nested_rope_parameter_keys") else []
     if nested:
         raise UserError(
@@ -53,5 +55,7 @@ def apply_rope_scaling(config: Any, scaling: RopeScaling) -> str:
     # dynamic scales only beyond max_position_embeddings, so that stays the pretrained length
     if hasattr(config, "validate_rope"):
         config.validate_rope()
-    return (f"rope scaling: {scaling.type} x{scaling.factor:g}, max_position_embeddings "
-            f"{max_positions} -> {config.max_position_embeddings}")
+    return (
+        f"rope scaling: {scaling.type} x{scaling.factor:g}, max_position_embeddings "
+        f"{max_positions} -> {config.max_position_embeddings}"
+    )

@@ -31,7 +31,9 @@ PREFIX = "llmft_shift_attn"
 #: Model families whose attention modules hand standard [batch, heads, seq, head_dim] query, key and
 #: value tensors to the registered attention function (and add nothing the function must know of,
 #: such as logit soft-capping or attention sinks).
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo2", "granite"})
+SUPPORTED_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo2", "granite"}
+)
 #: Base implementations the wrapper can stand in for.
 BASES = ("sdpa", "eager", "llmft_sdpa_varlen")
 
@@ -49,7 +51,9 @@ def _base_function(name: str, module: torch.nn.Module) -> Callable:
     return AttentionInterface._global_mapping[name]
 
 
-def _allowed(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+def _allowed(
+    attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, batch: int, length: int
+) -> torch.Tensor | None:
     """[batch, seq, seq] bool (True = may attend) from the batch's own mask, or from positions that
     restart per example (padding-free / packed batches without a mask); None means plain causal."""
     if attention_mask is not None:
@@ -88,8 +92,12 @@ def _grouped_attention(q, k, v, allowed, lead: int, size: int, dropout: float, s
     # a row with no key at all (a padded query) attends to itself, so no row is all -inf (NaN)
     mask = (mask | torch.eye(size, dtype=torch.bool, device=device)).expand(batch, groups, size, size)
     out = torch.nn.functional.scaled_dot_product_attention(
-        blocks(q), blocks(k), blocks(v), attn_mask=mask.reshape(batch * groups, 1, size, size),
-        dropout_p=dropout, scale=scaling,
+        blocks(q),
+        blocks(k),
+        blocks(v),
+        attn_mask=mask.reshape(batch * groups, 1, size, size),
+        dropout_p=dropout,
+        scale=scaling,
     )
     out = out.view(batch, groups, heads, size, dim).transpose(1, 2).reshape(batch, heads, total, dim)
     return out[:, :, lead : lead + length]
@@ -125,9 +133,13 @@ def _make_forward(base: str) -> Callable:
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs) -> tuple[torch.Tensor, None]:
         # training only, and only for a whole sequence (never a KV-cache step)
         if not module.training or query.shape[2] != key.shape[2] or query.shape[2] < 2:
-            return _base_function(base, module)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+            return _base_function(base, module)(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
         if not getattr(module, "is_causal", True):
-            raise UserError("training.shift_attn: this model has non-causal attention layers; S2-Attn is for causal language models")
+            raise UserError(
+                "training.shift_attn: this model has non-causal attention layers; S2-Attn is for causal language models"
+            )
         out = shifted_sparse_attention(query, key, value, attention_mask, kwargs.get("position_ids"), dropout, scaling)
         return out, None
 

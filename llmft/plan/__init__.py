@@ -12,6 +12,17 @@ from llmft.plan.from_recipe import RecipePlan, plan_recipe
 from llmft.plan.schedule import Schedule
 
 __all__ = [
-    "Knobs", "Linear", "Memory", "ModelDims", "Plan", "RecipePlan", "Schedule",
-    "checkpointing_needed", "compare_zero", "dims_from_config", "estimate", "pass_size_needed", "plan_recipe",
+    "Knobs",
+    "Linear",
+    "Memory",
+    "ModelDims",
+    "Plan",
+    "RecipePlan",
+    "Schedule",
+    "checkpointing_needed",
+    "compare_zero",
+    "dims_from_config",
+    "estimate",
+    "pass_size_needed",
+    "plan_recipe",
 ]

@@ -60,8 +60,10 @@ def activation_bytes(dims, knobs: Knobs) -> tuple[int, str]:
     if knobs.gradient_checkpointing:
         residual = 4 if (knobs.mode == "full" and knobs.weight_bytes == 4) or not knobs.mixed else knobs.compute_bytes
         total = t * (dims.layers * dims.hidden * residual + layer + outside)
-        why = (f"{dims.layers} layer inputs x {t:,} tokens x {dims.hidden * residual:,} B, "
-               f"+ one layer recomputed in backward ({layer / 1024:,.1f} KiB/token)")
+        why = (
+            f"{dims.layers} layer inputs x {t:,} tokens x {dims.hidden * residual:,} B, "
+            f"+ one layer recomputed in backward ({layer / 1024:,.1f} KiB/token)"
+        )
     else:
         total = t * (dims.layers * layer + outside)
         why = f"{dims.layers} layers x {t:,} tokens x {layer / 1024:,.1f} KiB (no gradient checkpointing)"
@@ -83,5 +85,4 @@ def logits_bytes(dims, knobs: Knobs, head_trains: bool) -> tuple[int, str]:
         total = chunk * (10 + 2 * a) + 2 * t * dims.hidden * a + grad_weight
         return int(total), f"chunked cross-entropy: {chunk // dims.vocab:,}-token chunks of {dims.vocab:,} logits"
     total = t * dims.vocab * (10 + a)
-    return int(total), (f"{t:,} tokens x {dims.vocab:,} logits x {10 + a} B (logits, fp32 copy and "
-                        "log-softmax, their gradients)")
+    return int(total), (f"{t:,} tokens x {dims.vocab:,} logits x {10 + a} B (logits, fp32 copy and log-softmax, their gradients)")

@@ -50,8 +50,10 @@ def count_training_data(recipe: Recipe, force: bool = False) -> DataCount:
         key = cache.fingerprint(stage, recipe.data, tokenizer, recipe.training.seed)
         cached = recipe.data.cache and cache.load(cache.cache_root(recipe.data), key) is not None
         if not (cached or force or size <= COUNT_LIMIT_BYTES):
-            return DataCount(how=f"not counted: {size / 2**20:,.0f} MiB of data is not in the cache yet "
-                                 "(run `llmft preprocess` first, or pass --count-data)")
+            return DataCount(
+                how=f"not counted: {size / 2**20:,.0f} MiB of data is not in the cache yet "
+                "(run `llmft preprocess` first, or pass --count-data)"
+            )
         prepared = prepare_data(stage, recipe.data, tokenizer, recipe.training.seed)
     except UserError as exc:
         return DataCount(how=f"not counted: {exc}")

@@ -67,8 +67,18 @@ class ModelDims:
 
     @classmethod
     def llama(
-        cls, *, hidden: int, layers: int, heads: int, intermediate: int, vocab: int, kv_heads: int | None = None,
-        head_dim: int | None = None, tied_embeddings: bool = False, attention_bias: bool = False, model_type: str = "llama",
+        cls,
+        *,
+        hidden: int,
+        layers: int,
+        heads: int,
+        intermediate: int,
+        vocab: int,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        tied_embeddings: bool = False,
+        attention_bias: bool = False,
+        model_type: str = "llama",
     ) -> ModelDims:
         """A Llama-shaped decoder (q/k/v/o attention, gated MLP, RMS norms) from its dimensions."""
         kv_heads = kv_heads or heads
@@ -106,7 +116,9 @@ def dims_from_config(config: Any, task: str = "causal_lm", trust_remote_code: bo
     heads = _get(text, "num_attention_heads", "n_head")
     layers = _get(text, "num_hidden_layers", "n_layer", "num_layers")
     if not (hidden and heads and layers):
-        raise ValueError(f"the config ({type(config).__name__}) does not state hidden_size, num_attention_heads and num_hidden_layers")
+        raise ValueError(
+            f"the config ({type(config).__name__}) does not state hidden_size, num_attention_heads and num_hidden_layers"
+        )
     shape = dict(
         hidden=hidden,
         layers=layers,
@@ -123,8 +135,18 @@ def dims_from_config(config: Any, task: str = "causal_lm", trust_remote_code: bo
     except Exception:  # unusual code paths: fall back to the formula, which says so (exact=False)
         return ModelDims.llama(**shape, attention_bias=bool(getattr(text, "attention_bias", False)))
     return ModelDims(
-        shape["model_type"], shape["hidden"], shape["layers"], shape["heads"], shape["kv_heads"], shape["head_dim"],
-        shape["intermediate"], shape["vocab"], shape["tied_embeddings"], linears, params, exact=True,
+        shape["model_type"],
+        shape["hidden"],
+        shape["layers"],
+        shape["heads"],
+        shape["kv_heads"],
+        shape["head_dim"],
+        shape["intermediate"],
+        shape["vocab"],
+        shape["tied_embeddings"],
+        linears,
+        params,
+        exact=True,
     )
 
 

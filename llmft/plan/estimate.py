@@ -179,8 +179,11 @@ def estimate(dims, knobs: Knobs) -> Plan:
         why["optimizer"] = f"{state_name}{' + fp32 master' if master else ''}: in CPU RAM (offload)"
         optimizer = 0
     else:
-        why["optimizer"] = (f"{state_name}" + (" + fp32 master weights" if master else "")
-                            + (f", sharded over {n}" if stage >= 1 and n > 1 else ""))
+        why["optimizer"] = (
+            f"{state_name}"
+            + (" + fp32 master weights" if master else "")
+            + (f", sharded over {n}" if stage >= 1 and n > 1 else "")
+        )
     buffers = 0.0
     gathered = 0.0
     if stage == 3:
@@ -190,9 +193,11 @@ def estimate(dims, knobs: Knobs) -> Plan:
             weights = 0
         weights += gathered
     why["gradients"] = f"{trainable / 1e6:,.2f}M x {grad_per:g} B" + (f", sharded over {n}" if stage >= 2 and n > 1 else "")
-    why["weights"] += (f", sharded over {n}" if stage == 3 and n > 1 else "") + (
-        ", partitions in CPU RAM (offload)" if stage == 3 and offload == "optimizer_and_params" else "") + (
-        " + gathered layers" if stage == 3 else "")
+    why["weights"] += (
+        (f", sharded over {n}" if stage == 3 and n > 1 else "")
+        + (", partitions in CPU RAM (offload)" if stage == 3 and offload == "optimizer_and_params" else "")
+        + (" + gathered layers" if stage == 3 else "")
+    )
     weights += ref
     if knobs.deepspeed:
         buffers += 2 * dims.hidden * dims.hidden * knobs.compute_bytes  # reduce / prefetch buckets ('auto' = hidden^2)
@@ -208,13 +213,20 @@ def estimate(dims, knobs: Knobs) -> Plan:
     head_trains = knobs.mode == "full" or bool(set(knobs.modules_to_save) & {"lm_head", "embed_tokens"})
     logits, why["logits"] = logits_bytes(dims, knobs, head_trains and stage < 3)
     framework = CUDA_FRAMEWORK_BYTES if knobs.device == "cuda" else CPU_FRAMEWORK_BYTES
-    why["framework"] = ("CUDA context and kernels (assumed ~0.5 GiB)" if knobs.device == "cuda"
-                        else "CPU process: interpreter, libraries, tokenizer, data, Trainer (measured)")
+    why["framework"] = (
+        "CUDA context and kernels (assumed ~0.5 GiB)"
+        if knobs.device == "cuda"
+        else "CPU process: interpreter, libraries, tokenizer, data, Trainer (measured)"
+    )
     fraction = ALLOCATOR_SLACK[knobs.device] if knobs.allocator_slack is None else knobs.allocator_slack
     slack = fraction * (activations + logits)
-    why["allocator"] = (f"{fraction:.0%} of activations and logits" + (
-        ": caching-allocator fragmentation (assumed)" if knobs.device == "cuda" and knobs.allocator_slack is None else
-        " (llmft returns freed CPU memory to the system)" if knobs.device == "cpu" and not fraction else ""))
+    why["allocator"] = f"{fraction:.0%} of activations and logits" + (
+        ": caching-allocator fragmentation (assumed)"
+        if knobs.device == "cuda" and knobs.allocator_slack is None
+        else " (llmft returns freed CPU memory to the system)"
+        if knobs.device == "cpu" and not fraction
+        else ""
+    )
     # The peak: at the end of a micro-batch's forward pass (activations, logits) or at the optimizer
     # step (all gradients, the step's temporaries). Gradients live through forward passes only when
     # they accumulate over micro-batches or sit in DeepSpeed's buffers; otherwise only the output
@@ -225,12 +237,18 @@ def estimate(dims, knobs: Knobs) -> Plan:
     else:
         dynamic = max(activations + logits + min(head_grad, gradients), gradients + step_temp)
     overlap = gradients + activations + logits + step_temp - dynamic
-    why["overlap"] = ("not alive together: the peak is the end of a forward pass or the optimizer step"
-                      if overlap else "")
-    why["buffers"] = ("DeepSpeed buckets" if knobs.deepspeed else "DDP gradient buckets" if n > 1 else "optimizer-step temporaries")
+    why["overlap"] = "not alive together: the peak is the end of a forward pass or the optimizer step" if overlap else ""
+    why["buffers"] = "DeepSpeed buckets" if knobs.deepspeed else "DDP gradient buckets" if n > 1 else "optimizer-step temporaries"
     memory = Memory(
-        weights=int(weights), gradients=int(gradients), optimizer=int(optimizer), activations=activations,
-        logits=logits, buffers=int(buffers + step_temp), allocator=int(slack), framework=framework, overlap=int(overlap),
+        weights=int(weights),
+        gradients=int(gradients),
+        optimizer=int(optimizer),
+        activations=activations,
+        logits=logits,
+        buffers=int(buffers + step_temp),
+        allocator=int(slack),
+        framework=framework,
+        overlap=int(overlap),
     )
     return Plan(dims.params, trainable, memory, int(cpu), knobs.tokens, knobs, why)
 
@@ -258,10 +276,16 @@ def pass_size_needed(dims, knobs: Knobs, budget_bytes: int) -> int | None:
 
 
 #: The alternatives `llmft plan` compares: (ZeRO stage, offload).
-ZERO_VARIANTS = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "optimizer_and_params"))
+ZERO_VARIANTS = (
+    (0, "none"),
+    (1, "none"),
+    (2, "none"),
+    (3, "none"),
+    (2, "optimizer"),
+    (3, "optimizer"),
+    (3, "optimizer_and_params"),
+)
 
 
 def compare_zero(dims, knobs: Knobs) -> list[Plan]:
     return [estimate(dims, replace(knobs, zero_stage=s, offload=o)) for s, o in ZERO_VARIANTS]
-
-

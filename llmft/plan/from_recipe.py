@@ -46,21 +46,46 @@ class RecipePlan:
         s = self.schedule
         d = self.dims
         return {
-            "model": {"type": d.model_type, "params": d.params, "hidden": d.hidden, "layers": d.layers, "heads": d.heads,
-                      "kv_heads": d.kv_heads, "head_dim": d.head_dim, "intermediate": d.intermediate, "vocab": d.vocab,
-                      "tied_embeddings": d.tied_embeddings, "counted_exactly": d.exact},
+            "model": {
+                "type": d.model_type,
+                "params": d.params,
+                "hidden": d.hidden,
+                "layers": d.layers,
+                "heads": d.heads,
+                "kv_heads": d.kv_heads,
+                "head_dim": d.head_dim,
+                "intermediate": d.intermediate,
+                "vocab": d.vocab,
+                "tied_embeddings": d.tied_embeddings,
+                "counted_exactly": d.exact,
+            },
             **self.plan.to_dict(),
             "budget_bytes": self.budget_bytes,
             "budget_source": self.budget_source,
             "fits": self.fits,
-            "schedule": {"global_batch": s.global_batch, "micro_batch_size": s.micro_batch_size,
-                         "gradient_accumulation_steps": s.gradient_accumulation_steps, "num_processes": s.num_processes,
-                         "examples": s.examples, "steps_per_epoch": s.steps_per_epoch, "total_steps": s.total_steps,
-                         "tokens_per_step": s.tokens_per_step, "tokens_per_step_counted": s.tokens_per_example is not None,
-                         "data": self.data.how},
-            "zero_stages": [{"zero_stage": p.knobs.zero_stage, "offload": p.knobs.offload, "per_device_bytes": p.per_device_bytes,
-                             "memory": p.to_dict()["memory"], "cpu_offload_bytes": p.cpu_offload,
-                             "fits": p.fits(self.budget_bytes)} for p in self.alternatives],
+            "schedule": {
+                "global_batch": s.global_batch,
+                "micro_batch_size": s.micro_batch_size,
+                "gradient_accumulation_steps": s.gradient_accumulation_steps,
+                "num_processes": s.num_processes,
+                "examples": s.examples,
+                "steps_per_epoch": s.steps_per_epoch,
+                "total_steps": s.total_steps,
+                "tokens_per_step": s.tokens_per_step,
+                "tokens_per_step_counted": s.tokens_per_example is not None,
+                "data": self.data.how,
+            },
+            "zero_stages": [
+                {
+                    "zero_stage": p.knobs.zero_stage,
+                    "offload": p.knobs.offload,
+                    "per_device_bytes": p.per_device_bytes,
+                    "memory": p.to_dict()["memory"],
+                    "cpu_offload_bytes": p.cpu_offload,
+                    "fits": p.fits(self.budget_bytes),
+                }
+                for p in self.alternatives
+            ],
             "path": self.path,
             "notes": list(self.notes),
         }
@@ -142,5 +167,6 @@ def plan_recipe(
     alternatives = compare_zero(dims, knobs)
     if knobs.num_processes == 1:
         notes.append("one process: ZeRO has nothing to shard across; only its offload changes the GPU's share")
-    return RecipePlan(plan, schedule, dims, counted, budget_bytes, source, alternatives, notes,
-                      path.describe() if path is not None else None)
+    return RecipePlan(
+        plan, schedule, dims, counted, budget_bytes, source, alternatives, notes, path.describe() if path is not None else None
+    )

@@ -33,5 +33,8 @@ def settle_passes(path: FastPath, recipe: Recipe, config: Any, settings: Resolve
     if size is None:
         return path.with_passes(None)
     whole = estimate(dims, knobs).per_device_bytes
-    return path.with_passes(size, f"passes: whole micro-batches of {knobs.tokens:,} tokens would need {whole / GIB:.1f} GiB, "
-                                  f"{source} has {budget / GIB:.1f} GiB")
+    return path.with_passes(
+        size,
+        f"passes: whole micro-batches of {knobs.tokens:,} tokens would need {whole / GIB:.1f} GiB, "
+        f"{source} has {budget / GIB:.1f} GiB",
+    )

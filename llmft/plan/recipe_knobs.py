@@ -13,8 +13,14 @@ from llmft.plan.knobs import Knobs
 from llmft.resolve import Resolved
 
 
-def knobs_for(recipe: Recipe, dims: ModelDims, settings: Resolved, path: FastPath | None, num_processes: int | None = None,
-              seq_len: int | None = None) -> tuple[Knobs, list[str]]:
+def knobs_for(
+    recipe: Recipe,
+    dims: ModelDims,
+    settings: Resolved,
+    path: FastPath | None,
+    num_processes: int | None = None,
+    seq_len: int | None = None,
+) -> tuple[Knobs, list[str]]:
     """The estimator's knobs for `recipe` under `settings`, with the fast `path` the run takes (None: a
     stage off the fast path, or a model `llmft plan` could not build, whose path is then judged from
     its type). `forward_tokens` is the path's; "auto" is sized by `llmft.plan.passes`."""
@@ -26,8 +32,9 @@ def knobs_for(recipe: Recipe, dims: ModelDims, settings: Resolved, path: FastPat
     if traits.samples:
         notes.append(f"stage {stage.name}: generation (KV cache) and the reward model are not counted")
     if recipe.distributed.deepspeed_config:
-        notes.append(f"distributed.deepspeed_config: read from your JSON: zero_stage {settings.zero_stage}, "
-                     f"offload {settings.offload}")
+        notes.append(
+            f"distributed.deepspeed_config: read from your JSON: zero_stage {settings.zero_stage}, offload {settings.offload}"
+        )
     if path is not None:
         chunked, fused, forward_tokens = path.chunked_loss, path.fused_ops, path.forward_tokens
     else:  # judged from the recipe and the model type alone
@@ -37,7 +44,9 @@ def knobs_for(recipe: Recipe, dims: ModelDims, settings: Resolved, path: FastPat
     knobs = Knobs(
         mode=ft.mode,
         lora_rank=ft.rank if lora else 8,
-        lora_targets=(ft.target_modules if isinstance(ft.target_modules, str) else tuple(ft.target_modules)) if lora else "all-linear",
+        lora_targets=(ft.target_modules if isinstance(ft.target_modules, str) else tuple(ft.target_modules))
+        if lora
+        else "all-linear",
         lora_dropout=ft.dropout if lora else 0.0,
         modules_to_save=tuple(ft.modules_to_save) if lora else (),
         qlora_bits=ft.bits if isinstance(ft, QLoraFinetune) else 4,

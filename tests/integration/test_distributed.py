@@ -36,8 +36,12 @@ from safetensors.torch import load_file
 
 PROBE = Path(__file__).parent / "distributed_probe"
 ROWS = [
-    {"messages": [{"role": "user", "content": f"Tell me fact number {i}."},
-                  {"role": "assistant", "content": f"Fact {i}: {i} comes after {i - 1}."}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"Tell me fact number {i}."},
+            {"role": "assistant", "content": f"Fact {i}: {i} comes after {i - 1}."},
+        ]
+    }
     for i in range(1, 17)
 ]
 STEPS = 4
@@ -90,8 +94,14 @@ def launch(raw: dict, root: Path, machines: int = 1, **environ: str) -> Run:
     recipe_file = root / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
     probe_dir = root / "probe"
-    env = {**os.environ, "LLMFT_TEST_PROBE": str(probe_dir), "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])), **environ}
+    env = {
+        **os.environ,
+        "LLMFT_TEST_PROBE": str(probe_dir),
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
+        **environ,
+    }
     command = [sys.executable, "-m", "llmft", "train", str(recipe_file)]
     machine = [command + ([f"distributed.machine_rank={k}"] if machines > 1 else []) for k in range(machines)]
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in machine]
@@ -183,8 +193,9 @@ def test_two_processes_match_one_process_with_accumulation(runs, name):
     assert ours[STEPS] < ours[1]
 
 
-@pytest.mark.parametrize("name, offloaded", [("zero1_offload", {"offload_optimizer"}),
-                                             ("zero3_offload_lora", {"offload_optimizer", "offload_param"})])
+@pytest.mark.parametrize(
+    "name, offloaded", [("zero1_offload", {"offload_optimizer"}), ("zero3_offload_lora", {"offload_optimizer", "offload_param"})]
+)
 def test_offload_reaches_deepspeed(runs, name, offloaded):
     zero = runs.launched(name).ranks[0]["deepspeed"]["zero_optimization"]
     assert {k for k in ("offload_optimizer", "offload_param") if zero.get(k, {}).get("device") == "cpu"} == offloaded
@@ -198,8 +209,14 @@ def test_outputs_are_written_once_by_process_zero(runs):
     for line in ("precision: fp32", "step 1/4 loss=", "step 4/4 loss=", "done: "):
         assert log.count(line) == 1, (line, log[-3000:])
     files = {p.name for p in run.out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.json", "train_results.json",
-            "recipe.resolved.yaml"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "train_results.json",
+        "recipe.resolved.yaml",
+    } <= files
     assert "training_args.bin" not in files
     assert len(list((run.out / "logs").glob("events.out.tfevents.*"))) == 1
     resolved = yaml.safe_load((run.out / "recipe.resolved.yaml").read_text())
@@ -276,11 +293,20 @@ def test_a_trl_stage_trains_under_zero3(runs, tmp_path):
     """KTO builds its TrainingArguments before the model, so transformers loads the model under
     DeepSpeed's zero.Init: on CPU that needs `llmft.launch.cpu_shims` (without it: "train_batch_size
     ... 8 != 4 * 1 * 1")."""
-    rows = [{"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"], "label": i % 2 == 0}
-            for i, r in enumerate(ROWS)]
+    rows = [
+        {"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"], "label": i % 2 == 0}
+        for i, r in enumerate(ROWS)
+    ]
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
-    raw = make_recipe(runs.model_dir, data, tmp_path / "out", stage="kto", mode="lora", data={"cache": False},
-                      training={"max_steps": 2, "micro_batch_size": 4})
+    raw = make_recipe(
+        runs.model_dir,
+        data,
+        tmp_path / "out",
+        stage="kto",
+        mode="lora",
+        data={"cache": False},
+        training={"max_steps": 2, "micro_batch_size": 4},
+    )
     raw["distributed"] = {"num_processes": 2, "zero_stage": 3, "main_process_port": free_port()}
     run = launch(raw, tmp_path)
     assert run.returncode == 0, run.stderr[-6000:]
@@ -301,15 +327,37 @@ def test_own_launcher_contradicting_the_recipe_is_refused_with_every_mismatch(ru
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
     config = tmp_path / "mine.yaml"
-    config.write_text(yaml.safe_dump({
-        "compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "num_processes": 1,
-        "num_machines": 1, "machine_rank": 0, "main_process_port": free_port(), "use_cpu": True,
-        "deepspeed_config": {"zero_stage": 2, "deepspeed_multinode_launcher": "standard"},
-    }))
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "-m", "llmft", "train", str(recipe_file)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS},
-                          capture_output=True, text=True, timeout=300)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "compute_environment": "LOCAL_MACHINE",
+                "distributed_type": "DEEPSPEED",
+                "num_processes": 1,
+                "num_machines": 1,
+                "machine_rank": 0,
+                "main_process_port": free_port(),
+                "use_cpu": True,
+                "deepspeed_config": {"zero_stage": 2, "deepspeed_multinode_launcher": "standard"},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config),
+            "-m",
+            "llmft",
+            "train",
+            str(recipe_file),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "contradicts the launcher" in proc.stderr
     assert "distributed.num_processes is 2 but the launcher started 1 process (WORLD_SIZE)" in proc.stderr

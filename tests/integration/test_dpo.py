@@ -25,14 +25,32 @@ from llmft.run import prepare, train
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def dpo_recipe(model_dir, tmp_path, mode: str, evaluate: bool = True, stage: dict | None = None, data: dict | None = None,
-               finetune: dict | None = None, **training):
+def dpo_recipe(
+    model_dir,
+    tmp_path,
+    mode: str,
+    evaluate: bool = True,
+    stage: dict | None = None,
+    data: dict | None = None,
+    finetune: dict | None = None,
+    **training,
+):
     train_file, eval_file = write_toy(tmp_path)
     raw = make_recipe(
-        model_dir, train_file, tmp_path / "run", stage="dpo", mode=mode,
+        model_dir,
+        train_file,
+        tmp_path / "run",
+        stage="dpo",
+        mode=mode,
         data={**({"eval": str(eval_file)} if evaluate else {}), **(data or {})},
-        training={"max_steps": 8, "micro_batch_size": 8, "learning_rate": 1e-2 if mode == "lora" else 3e-3,
-                  "logging_steps": 4, **({"eval_strategy": "steps", "eval_steps": 100} if evaluate else {}), **training},
+        training={
+            "max_steps": 8,
+            "micro_batch_size": 8,
+            "learning_rate": 1e-2 if mode == "lora" else 3e-3,
+            "logging_steps": 4,
+            **({"eval_strategy": "steps", "eval_steps": 100} if evaluate else {}),
+            **training,
+        },
     )
     raw["stage"].update(stage or {})
     raw["finetune"] = finetune or raw["finetune"]
@@ -53,7 +71,9 @@ def reply_logp(model, tokenizer, prompt, reply) -> float:
 
 def mean_margin(model, tokenizer, pairs) -> float:
     model.eval()
-    margins = [reply_logp(model, tokenizer, p.prompt, p.chosen) - reply_logp(model, tokenizer, p.prompt, p.rejected) for p in pairs]
+    margins = [
+        reply_logp(model, tokenizer, p.prompt, p.chosen) - reply_logp(model, tokenizer, p.prompt, p.rejected) for p in pairs
+    ]
     return sum(margins) / len(margins)
 
 
@@ -67,9 +87,11 @@ def test_dpo_raises_the_log_prob_margin(mode, tiny_model_dir, tmp_path):
 
     result = train(recipe)
     after = mean_margin(result.model, tokenizer, held_out)
-    print(f"dpo {mode}: held-out log-prob margin {before:.2f} -> {after:.2f}, "
-          f"eval_rewards/accuracies {result.metrics['eval_rewards/accuracies']:.3f}, "
-          f"eval_rewards/margins {result.metrics['eval_rewards/margins']:.3f}")
+    print(
+        f"dpo {mode}: held-out log-prob margin {before:.2f} -> {after:.2f}, "
+        f"eval_rewards/accuracies {result.metrics['eval_rewards/accuracies']:.3f}, "
+        f"eval_rewards/margins {result.metrics['eval_rewards/margins']:.3f}"
+    )
     assert after > before + 5.0, (before, after)
 
     # TRL's metrics reach log_history (and the eval results)
@@ -132,14 +154,22 @@ def test_continued_adapter_is_its_own_reference(tiny_model_dir, sft_file, tmp_pa
     raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "sft", training={"max_steps": 1})
     raw["finetune"]["dropout"] = 0.1
     train(validate_recipe(raw))
-    recipe = dpo_recipe(tiny_model_dir, tmp_path, "lora", evaluate=False, data={"max_train_samples": 8},
-                        finetune={"mode": "lora", "adapter_path": str(tmp_path / "sft")})
+    recipe = dpo_recipe(
+        tiny_model_dir,
+        tmp_path,
+        "lora",
+        evaluate=False,
+        data={"max_train_samples": 8},
+        finetune={"mode": "lora", "adapter_path": str(tmp_path / "sft")},
+    )
     existing = _models_now()
     ctx, trainer = _built(recipe)
     assert len(_new_models(existing)) == 1 and trainer.ref_model is None
     model = trainer.model
     assert set(model.peft_config) == {"default", "ref"}
-    dropout = {name.rsplit(".", 1)[-1]: module.p for name, module in model.named_modules() if isinstance(module, torch.nn.Dropout)}
+    dropout = {
+        name.rsplit(".", 1)[-1]: module.p for name, module in model.named_modules() if isinstance(module, torch.nn.Dropout)
+    }
     assert dropout == {"default": 0.1, "ref": 0.0}
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     model.eval()
@@ -201,25 +231,27 @@ def test_trl_own_tokenization_would_also_train_the_newline(lora_trainer):
 def test_sigmoid_loss_worked_by_hand(lora_trainer, monkeypatch):
     """Two pairs, beta = 0.1, log-probs given as numbers (policy summed over two reply tokens):
 
-        pair 1: policy chosen -0.25 - 0.75 = -1.0, rejected -1.5 - 1.5 = -3.0; reference -2.0, -2.5
-                chosen log-ratio  -1.0 - (-2.0) =  1.0,  rejected log-ratio -3.0 - (-2.5) = -0.5
-                beta * (1.0 - (-0.5)) = 0.15  ->  loss = -log sigmoid(0.15) = log(1 + e^-0.15)
-                = log(1.8607080) = 0.6209570
-        pair 2: policy chosen -2.0, rejected -0.5 - 0.5 = -1.0; reference -1.5, -1.5
-                chosen log-ratio -0.5, rejected log-ratio 0.5
-                beta * (-0.5 - 0.5) = -0.1  ->  loss = log(1 + e^0.1) = log(2.1051709) = 0.7443967
-        mean loss = (0.6209570 + 0.7443967) / 2 = 0.6826769
-        rewards (beta * log-ratio): chosen 0.1, -0.05 (mean 0.025); rejected -0.05, 0.05 (mean 0)
-        margins 0.15, -0.1 (mean 0.025); accuracies 1, 0 (mean 0.5)
+    pair 1: policy chosen -0.25 - 0.75 = -1.0, rejected -1.5 - 1.5 = -3.0; reference -2.0, -2.5
+            chosen log-ratio  -1.0 - (-2.0) =  1.0,  rejected log-ratio -3.0 - (-2.5) = -0.5
+            beta * (1.0 - (-0.5)) = 0.15  ->  loss = -log sigmoid(0.15) = log(1 + e^-0.15)
+            = log(1.8607080) = 0.6209570
+    pair 2: policy chosen -2.0, rejected -0.5 - 0.5 = -1.0; reference -1.5, -1.5
+            chosen log-ratio -0.5, rejected log-ratio 0.5
+            beta * (-0.5 - 0.5) = -0.1  ->  loss = log(1 + e^0.1) = log(2.1051709) = 0.7443967
+    mean loss = (0.6209570 + 0.7443967) / 2 = 0.6826769
+    rewards (beta * log-ratio): chosen 0.1, -0.05 (mean 0.025); rejected -0.05, 0.05 (mean 0)
+    margins 0.15, -0.1 (mean 0.025); accuracies 1, 0 (mean 0.5)
     """
     recipe, ctx, trainer = lora_trainer
     assert recipe.stage.beta == 0.1 and recipe.stage.loss_type == "sigmoid"
-    per_token = torch.tensor([
-        [-0.25, -0.75, 0.0],  # pair 1 chosen
-        [-2.0, 0.0, 0.0],  # pair 2 chosen
-        [-1.5, -1.5, 0.0],  # pair 1 rejected
-        [-0.5, -0.5, 0.0],  # pair 2 rejected
-    ])
+    per_token = torch.tensor(
+        [
+            [-0.25, -0.75, 0.0],  # pair 1 chosen
+            [-2.0, 0.0, 0.0],  # pair 2 chosen
+            [-1.5, -1.5, 0.0],  # pair 1 rejected
+            [-0.5, -0.5, 0.0],  # pair 2 rejected
+        ]
+    )
 
     def policy(**kwargs):
         zeros = torch.zeros_like(per_token)

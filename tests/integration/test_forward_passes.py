@@ -16,9 +16,19 @@ from llmft.run import train
 
 def run(tiny_model_dir, sft_file, out, passes):
     raw = make_recipe(
-        tiny_model_dir, sft_file, out, mode="full", data={"max_length": 128, "cache": False},
-        training={"max_steps": 3, "micro_batch_size": 2, "gradient_accumulation_steps": 2,
-                  "learning_rate": 0.5, "optimizer": "sgd", "max_tokens_per_forward": passes},
+        tiny_model_dir,
+        sft_file,
+        out,
+        mode="full",
+        data={"max_length": 128, "cache": False},
+        training={
+            "max_steps": 3,
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 0.5,
+            "optimizer": "sgd",
+            "max_tokens_per_forward": passes,
+        },
     )
     forwards = []
     original = torch.nn.Module.__call__

@@ -18,10 +18,21 @@ from tiny_reward import save_tiny_reward_model
 from llmft.config import validate_recipe
 from llmft.run import train
 
-WHO, FRANCE, POEM, HELLO = "Who are you?", "What is the capital of France?", "Write a short poem about the sea.", "Hello! How are you today?"
+WHO, FRANCE, POEM, HELLO = (
+    "Who are you?",
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Hello! How are you today?",
+)
 GOOD = {WHO: "I am a helpful assistant.", FRANCE: "Paris.", POEM: "The sea is wide and blue.", HELLO: "I am fine, thank you."}
 BAD = {WHO: "The quick brown fox.", FRANCE: "bonjour", POEM: "Numbers: 0 1 2 3", HELLO: "lazy dog"}
-GRPO = {"name": "grpo", "num_generations": 2, "max_completion_length": 8, "reward_functions": ["length", "no_repeat"], "beta": 0.1}
+GRPO = {
+    "name": "grpo",
+    "num_generations": 2,
+    "max_completion_length": 8,
+    "reward_functions": ["length", "no_repeat"],
+    "beta": 0.1,
+}
 
 
 @pytest.fixture
@@ -152,8 +163,10 @@ def test_every_record_is_accounted_for(tiny_model_dir, data, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="llmft"):
         train(validate_recipe(raw))
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("data.train: 9 records -> 8 examples") and "dropped 1: 1 reply truncated away by max_length" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("data.train: 9 records -> 8 examples") and "dropped 1: 1 reply truncated away by max_length" in line
+        for line in lines
+    ), lines
     assert "data.train: TRL kept all 8 rows" in lines
 
 

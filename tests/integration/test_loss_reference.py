@@ -49,7 +49,10 @@ def reference_loss(model_dir, tokenizer) -> float:
 
 def test_logged_first_loss_equals_reference(tiny_model_dir, sft_file, tokenizer, tmp_path):
     raw = make_recipe(
-        tiny_model_dir, sft_file, tmp_path / "run", mode="full",
+        tiny_model_dir,
+        sft_file,
+        tmp_path / "run",
+        mode="full",
         data={"max_length": 512},
         training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0},
     )
@@ -61,7 +64,10 @@ def test_logged_first_loss_equals_reference(tiny_model_dir, sft_file, tokenizer,
 def test_reference_is_not_the_all_token_loss(tiny_model_dir, sft_file, tokenizer, tmp_path):
     """Guard the guard: training on every token gives a different first loss."""
     raw = make_recipe(
-        tiny_model_dir, sft_file, tmp_path / "run", mode="full",
+        tiny_model_dir,
+        sft_file,
+        tmp_path / "run",
+        mode="full",
         data={"max_length": 512, "mask_prompt": False},
         training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0},
     )

@@ -112,8 +112,12 @@ def test_gradient_checkpointing_recomputes_each_layer(tiny_model_dir, sft_file, 
 
     calls = {}
     for checkpointing in (False, True):
-        raw = make_recipe(tiny_model_dir, sft_file, tmp_path / f"gc{checkpointing}",
-                          training={"max_steps": 2, "gradient_checkpointing": checkpointing})
+        raw = make_recipe(
+            tiny_model_dir,
+            sft_file,
+            tmp_path / f"gc{checkpointing}",
+            training={"max_steps": 2, "gradient_checkpointing": checkpointing},
+        )
         counter = CountLayerCalls()
         _train_with_spy(monkeypatch, raw, counter)
         calls[checkpointing] = len(counter.counts)
@@ -267,8 +271,13 @@ def test_neftune_in_a_trl_stage(tiny_model_dir, tmp_path, monkeypatch):
             seen.append(_embedding_modes(model))
 
     train_file, _ = write_toy(tmp_path)
-    raw = make_recipe(tiny_model_dir, train_file, tmp_path / "run", stage="dpo",
-                      training={"max_steps": 2, "micro_batch_size": 4, "neftune_alpha": 5.0})
+    raw = make_recipe(
+        tiny_model_dir,
+        train_file,
+        tmp_path / "run",
+        stage="dpo",
+        training={"max_steps": 2, "micro_batch_size": 4, "neftune_alpha": 5.0},
+    )
     result = _train_with_spy(monkeypatch, raw, Spy())
     assert seen == [(True, True)] * 2
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.log_history if "loss" in h)

@@ -15,7 +15,11 @@ PLAIN = {"chunked_loss": False, "fused_ops": False}
 
 def first_loss(tiny_model_dir, sft_file, out, attention="sdpa", training=None, mode="full", **data) -> float:
     raw = make_recipe(
-        tiny_model_dir, sft_file, out, mode=mode, model={"attn_implementation": attention},
+        tiny_model_dir,
+        sft_file,
+        out,
+        mode=mode,
+        model={"attn_implementation": attention},
         data={"max_length": 128, "cache": False, **data},
         training={"max_steps": 1, "micro_batch_size": len(CONVERSATIONS), "learning_rate": 0.0, **(training or {})},
     )

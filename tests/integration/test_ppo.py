@@ -58,11 +58,24 @@ LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 
 
 def ppo_recipe(model_dir: Path, data: Path, out: Path, mode: str, reward_model: Path, training=None, **stage) -> dict:
-    raw = make_recipe(model_dir, data, out, stage="ppo", mode=mode, training={"micro_batch_size": 4, "scheduler": "constant", **(training or {})})
-    raw["stage"].update({
-        "reward_model": str(reward_model), "max_new_tokens": 8, "rollout_batch_size": 16,
-        "mini_batch_size": 8, "ppo_epochs": 2, **stage,
-    })
+    raw = make_recipe(
+        model_dir,
+        data,
+        out,
+        stage="ppo",
+        mode=mode,
+        training={"micro_batch_size": 4, "scheduler": "constant", **(training or {})},
+    )
+    raw["stage"].update(
+        {
+            "reward_model": str(reward_model),
+            "max_new_tokens": 8,
+            "rollout_batch_size": 16,
+            "mini_batch_size": 8,
+            "ppo_epochs": 2,
+            **stage,
+        }
+    )
     raw["data"]["max_length"] = 256  # every conversation's prompt fits
     return raw
 
@@ -80,8 +93,14 @@ def test_ppo_raises_reward(mode, tiny_model_dir, sft_file, tmp_path, monkeypatch
     (tmp_path / "rm").mkdir()
     stage = {"kl_control": "adaptive", "target_kl": 1.0, "kl_horizon": 200} if mode == "full" else {}
     raw = ppo_recipe(
-        tiny_model_dir, sft_file, tmp_path / "out", mode, tmp_path / "rm",
-        training={"max_steps": ITERATIONS, "learning_rate": 1e-2 if mode == "full" else 3e-2}, ppo_epochs=4, **stage,
+        tiny_model_dir,
+        sft_file,
+        tmp_path / "out",
+        mode,
+        tmp_path / "rm",
+        training={"max_steps": ITERATIONS, "learning_rate": 1e-2 if mode == "full" else 3e-2},
+        ppo_epochs=4,
+        **stage,
     )
     if mode == "lora":  # the preference is over the vocabulary: let the adapter reach the output head too
         raw["finetune"]["target_modules"] = [*LINEAR, "lm_head"]
@@ -97,8 +116,15 @@ def test_ppo_raises_reward(mode, tiny_model_dir, sft_file, tmp_path, monkeypatch
     rollout, texts = trainer.make_rollout(trainer.train_prompts[:4])
     assert len(texts) == 4 and rollout.kl.abs().max() < 1e-5
     trainer.model.train()
-    _, logprobs, values = forward_replies(trainer.model, rollout.query, rollout.query_mask, rollout.reply,
-                                          rollout.reply_mask, trainer.stage.temperature, trainer.value_head)
+    _, logprobs, values = forward_replies(
+        trainer.model,
+        rollout.query,
+        rollout.query_mask,
+        rollout.reply,
+        rollout.reply_mask,
+        trainer.stage.temperature,
+        trainer.value_head,
+    )
     mask = rollout.reply_mask.bool()
     assert torch.allclose(logprobs[mask], rollout.logprobs[mask], atol=1e-5)
     assert torch.allclose(values[mask], rollout.values[mask], atol=1e-5)
@@ -142,8 +168,14 @@ def save_reward_model_dir(directory: Path) -> Path:
     tokenizer = build_tokenizer()
     torch.manual_seed(1)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
     )
     LlamaForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -154,10 +186,23 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     reward_dir = save_reward_model_dir(tmp_path / "rm")
     out = tmp_path / "run"
     raw = ppo_recipe(
-        tiny_model_dir, sft_file, out, "lora", reward_dir,
-        training={"max_steps": 2, "logging_steps": 2, "save_strategy": "steps", "save_steps": 1,
-                  "save_total_limit": 1, "report_to": ["tensorboard"], "eval_on_start": True},
-        rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1,
+        tiny_model_dir,
+        sft_file,
+        out,
+        "lora",
+        reward_dir,
+        training={
+            "max_steps": 2,
+            "logging_steps": 2,
+            "save_strategy": "steps",
+            "save_steps": 1,
+            "save_total_limit": 1,
+            "report_to": ["tensorboard"],
+            "eval_on_start": True,
+        },
+        rollout_batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
     )
     raw["data"]["eval_split"] = 1
     result = train(validate_recipe(raw))
@@ -176,8 +221,14 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     evals = json.loads((out / "eval_results.json").read_text())
     assert math.isfinite(evals["eval_reward"]) and evals["eval_reply_length"] > 0
     assert math.isfinite(json.loads((out / "train_results.json").read_text())["train_reward"])
-    for name in ("adapter_model.safetensors", "adapter_config.json", "value_head.safetensors",
-                 "tokenizer.json", "chat_template.jinja", "recipe.resolved.yaml"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "value_head.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "recipe.resolved.yaml",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "model.safetensors").exists()
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]

@@ -39,7 +39,9 @@ def lora_model(model_dir, quantized: bool, weights_from=None):
         for name, module in model.named_modules():
             source = quantized_layers.get(f"base_model.model.{name}.base_layer")
             if isinstance(source, bnb.nn.Linear4bit):
-                module.weight.data = bnb.functional.dequantize_4bit(source.weight.data, source.weight.quant_state).to(torch.float32)
+                module.weight.data = bnb.functional.dequantize_4bit(source.weight.data, source.weight.quant_state).to(
+                    torch.float32
+                )
     torch.manual_seed(0)
     if quantized:
         return apply_finetune(model, finetune)
@@ -124,15 +126,28 @@ def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_pa
 
     qlora = {"mode": "qlora", "rank": 4, "alpha": 8, "dropout": 0.0}
     pairs = tmp_path / "pairs.json"
-    pairs.write_text(json.dumps([
-        {"conversations": [{"from": "human", "value": c[0]["content"]}],
-         "chosen": {"from": "gpt", "value": c[-1]["content"]}, "rejected": {"from": "gpt", "value": "No."}}
-        for c in CONVERSATIONS * 2
-    ]))
-    kto = write_jsonl(tmp_path / "kto.jsonl", [
-        {"messages": [{"role": "user", "content": c[0]["content"]}, {"role": "assistant", "content": c[-1]["content"]}], "label": i % 2 == 0}
-        for i, c in enumerate(CONVERSATIONS * 2)
-    ])
+    pairs.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [{"from": "human", "value": c[0]["content"]}],
+                    "chosen": {"from": "gpt", "value": c[-1]["content"]},
+                    "rejected": {"from": "gpt", "value": "No."},
+                }
+                for c in CONVERSATIONS * 2
+            ]
+        )
+    )
+    kto = write_jsonl(
+        tmp_path / "kto.jsonl",
+        [
+            {
+                "messages": [{"role": "user", "content": c[0]["content"]}, {"role": "assistant", "content": c[-1]["content"]}],
+                "label": i % 2 == 0,
+            }
+            for i, c in enumerate(CONVERSATIONS * 2)
+        ],
+    )
     data = {"pt": pt_file, "rm": pairs, "dpo": pairs, "orpo": pairs, "kto": kto, "grpo": sft_file, "ppo": sft_file}[stage]
     raw = make_recipe(tiny_model_dir, data, tmp_path / "run", stage=stage, training={"max_steps": 2, "micro_batch_size": 4})
     raw["finetune"] = qlora
@@ -141,8 +156,14 @@ def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_pa
     if stage == "ppo":
         from test_ppo import save_reward_model_dir
 
-        raw["stage"] = {"name": "ppo", "reward_model": str(save_reward_model_dir(tmp_path / "rm")), "max_new_tokens": 8,
-                        "rollout_batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1}
+        raw["stage"] = {
+            "name": "ppo",
+            "reward_model": str(save_reward_model_dir(tmp_path / "rm")),
+            "max_new_tokens": 8,
+            "rollout_batch_size": 4,
+            "mini_batch_size": 2,
+            "ppo_epochs": 1,
+        }
         raw["data"]["max_length"] = 256
     with caplog.at_level(logging.INFO, logger="llmft"):
         result = train(validate_recipe(raw))

@@ -25,8 +25,14 @@ def data(tmp_path):
 
 
 def recipe(model_dir, data, out, mode, **training):
-    settings = {"max_steps": 6, "micro_batch_size": 2, "learning_rate": 5e-3, "save_strategy": "steps",
-                "save_steps": 3, **training}
+    settings = {
+        "max_steps": 6,
+        "micro_batch_size": 2,
+        "learning_rate": 5e-3,
+        "save_strategy": "steps",
+        "save_steps": 3,
+        **training,
+    }
     return make_recipe(model_dir, data, out, mode=mode, data={"cache": False}, training=settings)
 
 

@@ -24,13 +24,26 @@ from llmft.run import train
 
 def rm_recipe(model_dir, tmp_path, mode: str, **training):
     train_file, eval_file = write_toy(tmp_path)
-    return validate_recipe(make_recipe(
-        model_dir, train_file, tmp_path / "run", stage="rm", mode=mode,
-        data={"eval": str(eval_file)},
-        # eval_steps beyond max_steps: evaluated once, at the end
-        training={"max_steps": 8, "micro_batch_size": 8, "learning_rate": 2e-2 if mode == "lora" else 3e-3,
-                  "logging_steps": 4, "eval_strategy": "steps", "eval_steps": 100, **training},
-    ))
+    return validate_recipe(
+        make_recipe(
+            model_dir,
+            train_file,
+            tmp_path / "run",
+            stage="rm",
+            mode=mode,
+            data={"eval": str(eval_file)},
+            # eval_steps beyond max_steps: evaluated once, at the end
+            training={
+                "max_steps": 8,
+                "micro_batch_size": 8,
+                "learning_rate": 2e-2 if mode == "lora" else 3e-3,
+                "logging_steps": 4,
+                "eval_strategy": "steps",
+                "eval_steps": 100,
+                **training,
+            },
+        )
+    )
 
 
 def score(model, tokenizer, ids: list[list[int]]) -> torch.Tensor:
@@ -71,8 +84,10 @@ def test_rm_learns_the_preference_and_loads_back(mode, tiny_model_dir, tmp_path)
     chosen, rejected = held_out_rewards(model, tokenizer, recipe)
     accuracy = (chosen > rejected).float().mean().item()
     assert accuracy >= 0.9, (chosen, rejected)
-    print(f"rm {mode}: held-out accuracy {accuracy:.3f}, mean margin {(chosen - rejected).mean().item():.3f}, "
-          f"eval_accuracy {result.metrics['eval_accuracy']:.3f}, eval_margin {result.metrics['eval_margin']:.3f}")
+    print(
+        f"rm {mode}: held-out accuracy {accuracy:.3f}, mean margin {(chosen - rejected).mean().item():.3f}, "
+        f"eval_accuracy {result.metrics['eval_accuracy']:.3f}, eval_margin {result.metrics['eval_margin']:.3f}"
+    )
 
     # ... exactly as the trained model in memory does
     trained = result.model.eval()
@@ -121,10 +136,16 @@ def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path):
 
     from llmft.modeling.merge import probe_ids
 
-    recipe = validate_recipe(make_recipe(
-        tiny_model_dir, write_toy(tmp_path)[0], tmp_path / "run", stage="rm",
-        training={"max_steps": 2}, output={"merge_adapter": True},
-    ))
+    recipe = validate_recipe(
+        make_recipe(
+            tiny_model_dir,
+            write_toy(tmp_path)[0],
+            tmp_path / "run",
+            stage="rm",
+            training={"max_steps": 2},
+            output={"merge_adapter": True},
+        )
+    )
     train(recipe)
     adapter_model, tokenizer = load_reward_model(str(tmp_path / "run"))
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "merged").eval()

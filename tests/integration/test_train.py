@@ -67,10 +67,19 @@ def test_matrix_trains_and_saves(stage, mode, tiny_model_dir, sft_file, pt_file,
 def test_eval_checkpoints_and_tensorboard(tiny_model_dir, sft_file, tmp_path):
     out = tmp_path / "run"
     raw = make_recipe(
-        tiny_model_dir, sft_file, out,
+        tiny_model_dir,
+        sft_file,
+        out,
         data={"eval": str(sft_file)},
-        training={"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 1,
-                  "eval_strategy": "steps", "eval_steps": 2, "report_to": ["tensorboard"]},
+        training={
+            "max_steps": 4,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "save_total_limit": 1,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "report_to": ["tensorboard"],
+        },
     )
     result = train(validate_recipe(raw))
     evals = json.loads((out / "eval_results.json").read_text())
@@ -94,7 +103,10 @@ def test_output_dir_holding_a_run_is_refused(tiny_model_dir, sft_file, tmp_path)
 def test_lora_options_reach_peft(tiny_model_dir, sft_file, tmp_path):
     out = tmp_path / "run"
     raw = make_recipe(
-        tiny_model_dir, sft_file, out, training={"max_steps": 1},
+        tiny_model_dir,
+        sft_file,
+        out,
+        training={"max_steps": 1},
         finetune={"target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"], "rank": 2, "alpha": 4},
     )
     result = train(validate_recipe(raw))
@@ -131,9 +143,10 @@ def test_alpaca_data_and_eos_supervised(tiny_model_dir, alpaca_file, tmp_path):
 
 
 def test_data_without_supervised_tokens_is_refused(tiny_model_dir, tmp_path):
-    data = write_jsonl(tmp_path / "long.jsonl", [
-        {"messages": [{"role": "user", "content": "Hello! " * 40}, {"role": "assistant", "content": "Paris."}]}
-    ])
+    data = write_jsonl(
+        tmp_path / "long.jsonl",
+        [{"messages": [{"role": "user", "content": "Hello! " * 40}, {"role": "assistant", "content": "Paris."}]}],
+    )
     raw = make_recipe(tiny_model_dir, data, tmp_path / "run")
     with pytest.raises(UserError, match="no usable examples .*reply truncated away by max_length"):
         train(validate_recipe(raw))

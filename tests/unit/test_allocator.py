@@ -55,7 +55,10 @@ def test_nothing_to_preload_when_missing_or_loaded(monkeypatch):
 def test_explicit_tcmalloc_missing_or_not_preloaded_is_an_error(monkeypatch):
     monkeypatch.setattr(allocator, "tcmalloc_loaded", lambda: False)
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
-    with pytest.raises(UserError, match=r"^training.allocator: tcmalloc was not found .*apt install libtcmalloc-minimal4.*training.allocator: system"):
+    with pytest.raises(
+        UserError,
+        match=r"^training.allocator: tcmalloc was not found .*apt install libtcmalloc-minimal4.*training.allocator: system",
+    ):
         allocator.configure(training(allocator="tcmalloc"))
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: FOUND)
     with pytest.raises(UserError, match=rf"^training.allocator: tcmalloc must be loaded .*llmft train.*LD_PRELOAD={FOUND}"):

@@ -75,10 +75,18 @@ def test_release_memory_sets_the_allocator_only_when_asked(tmp_path, monkeypatch
     monkeypatch.setattr(allocator, "return_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr("llmft.modeling.load.prepare_tokenizer", lambda recipe: None)
     monkeypatch.setattr("llmft.preflight.preflight", lambda recipe: tmp_path)
-    base = {"model": {"path": str(tmp_path)}, "data": {"train": "t.jsonl"}, "finetune": {"mode": "lora"},
-            "stage": {"name": "sft"}, "training": {"precision": "fp32"}}
+    base = {
+        "model": {"path": str(tmp_path)},
+        "data": {"train": "t.jsonl"},
+        "finetune": {"mode": "lora"},
+        "stage": {"name": "sft"},
+        "training": {"precision": "fp32"},
+    }
     prepare(validate_recipe({**base, "output": {"dir": str(tmp_path / "a")}}))
     assert calls == []
-    prepare(validate_recipe({**base, "output": {"dir": str(tmp_path / "b")}, "training": {"precision": "fp32", "release_memory": True}}))
+    prepare(
+        validate_recipe(
+            {**base, "output": {"dir": str(tmp_path / "b")}, "training": {"precision": "fp32", "release_memory": True}}
+        )
+    )
     assert calls == [1]
-

@@ -18,13 +18,29 @@ from llmft.errors import RecipeError
 from llmft.registry import REGISTRY, Registry, RegistryError
 
 PINNED = [
-    ("pt", "full"), ("pt", "lora"), ("pt", "qlora"), ("sft", "full"), ("sft", "lora"), ("sft", "qlora"),
-    ("rm", "full"), ("rm", "lora"),
-    ("dpo", "full"), ("dpo", "lora"), ("dpo", "qlora"),
-    ("kto", "full"), ("kto", "lora"), ("kto", "qlora"),
-    ("orpo", "full"), ("orpo", "lora"), ("orpo", "qlora"),
-    ("grpo", "full"), ("grpo", "lora"), ("grpo", "qlora"),
-    ("ppo", "full"), ("ppo", "lora"), ("ppo", "qlora"),
+    ("pt", "full"),
+    ("pt", "lora"),
+    ("pt", "qlora"),
+    ("sft", "full"),
+    ("sft", "lora"),
+    ("sft", "qlora"),
+    ("rm", "full"),
+    ("rm", "lora"),
+    ("dpo", "full"),
+    ("dpo", "lora"),
+    ("dpo", "qlora"),
+    ("kto", "full"),
+    ("kto", "lora"),
+    ("kto", "qlora"),
+    ("orpo", "full"),
+    ("orpo", "lora"),
+    ("orpo", "qlora"),
+    ("grpo", "full"),
+    ("grpo", "lora"),
+    ("grpo", "qlora"),
+    ("ppo", "full"),
+    ("ppo", "lora"),
+    ("ppo", "qlora"),
 ]
 PAIRS = ", ".join(f"{s}/{m}" for s, m in PINNED)
 
@@ -109,7 +125,10 @@ def test_recipe_validation_reads_the_table_without_the_builders():
     qlora = {"mode": "qlora"}
     with pytest.raises(RecipeError) as info:
         validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora))
-    assert info.value.problems[0] == f"stage.name: stage 'rm' with finetune mode 'qlora' is not available; available stage/mode pairs: {PAIRS}"
+    assert (
+        info.value.problems[0]
+        == f"stage.name: stage 'rm' with finetune mode 'qlora' is not available; available stage/mode pairs: {PAIRS}"
+    )
     assert not is_supported("rm", "qlora")
     # commands that only read the data accept it
     assert validate_recipe(minimal_recipe(stage={"name": "rm"}, finetune=qlora), require_builder=False).stage.name == "rm"
@@ -124,6 +143,11 @@ def test_validating_a_recipe_imports_no_builder():
         "validate_recipe(conftest.minimal_recipe()); "
         "print(sorted(m for m in sys.modules if m.startswith(('llmft.builders', 'llmft.registry', 'trl', 'peft'))))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=__import__("pathlib").Path(__file__).parents[1]).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=__import__("pathlib").Path(__file__).parents[1],
+    ).stdout
     assert out.strip() == "[]"

@@ -83,7 +83,10 @@ def test_format_rejects_everything_else(text):
         ("the cat sat on the mat", 1.0),  # 4 trigrams, all distinct
         ("a b a b a b", 2 / 4),  # (a b a) (b a b) (a b a) (b a b)
         ("go go go go go", 1 / 3),  # 3 trigrams, one distinct
-        ("The cat sat. the CAT sat!", 3 / 4),  # case and punctuation ignored: the cat sat / cat sat the / sat the cat / the cat sat
+        (
+            "The cat sat. the CAT sat!",
+            3 / 4,
+        ),  # case and punctuation ignored: the cat sat / cat sat the / sat the cat / the cat sat
         ("too short", 1.0),  # fewer than 3 words
         ("", 1.0),
         ("我爱你我爱你", 3 / 4),  # each CJK character is a word: 我爱你 爱你我 你我爱 我爱你

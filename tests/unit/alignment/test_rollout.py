@@ -73,8 +73,14 @@ def test_rollout_select_trims_unused_padding():
         query_mask=torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 1]]),
         reply=torch.tensor([[4, 0, 0, 0], [5, 5, 0, 0], [6, 6, 6, 6]]),
         reply_mask=torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]),
-        logprobs=z(4), ref_logprobs=z(4), values=z(4), scores=torch.tensor([1.0, 2.0, 3.0]),
-        rewards=z(4), kl=z(4), advantages=z(4), returns=z(4),
+        logprobs=z(4),
+        ref_logprobs=z(4),
+        values=z(4),
+        scores=torch.tensor([1.0, 2.0, 3.0]),
+        rewards=z(4),
+        kl=z(4),
+        advantages=z(4),
+        returns=z(4),
     )
     part = rollout.select(torch.tensor([1, 0]))
     assert part.query.tolist() == [[2, 2], [0, 1]]

@@ -21,10 +21,22 @@ def _args(tmp_path: Path, precision: str = "fp32", with_eval: bool = False, **tr
 def test_every_training_key_maps(tmp_path):
     args = _args(
         tmp_path,
-        epochs=2.5, max_steps=None, micro_batch_size=3, gradient_accumulation_steps=5,
-        learning_rate=3e-4, weight_decay=0.1, scheduler="constant_with_warmup", warmup_steps=7,
-        max_grad_norm=0.3, optimizer="adafactor", seed=123, gradient_checkpointing=True,
-        logging_steps=4, save_strategy="steps", save_steps=9, save_total_limit=2,
+        epochs=2.5,
+        max_steps=None,
+        micro_batch_size=3,
+        gradient_accumulation_steps=5,
+        learning_rate=3e-4,
+        weight_decay=0.1,
+        scheduler="constant_with_warmup",
+        warmup_steps=7,
+        max_grad_norm=0.3,
+        optimizer="adafactor",
+        seed=123,
+        gradient_checkpointing=True,
+        logging_steps=4,
+        save_strategy="steps",
+        save_steps=9,
+        save_total_limit=2,
     )
     assert args.num_train_epochs == 2.5 and args.max_steps == -1
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (3, 5)

@@ -17,10 +17,15 @@ from llmft.config import validate_recipe
 
 
 def _ctx(tmp_path: Path) -> RunContext:
-    recipe = validate_recipe(make_recipe(
-        Path("m"), Path("t.jsonl"), tmp_path / "out", stage="dpo",
-        training={"learning_rate": 3e-4, "logging_steps": 7, "gradient_checkpointing": False, "micro_batch_size": 3},
-    ))
+    recipe = validate_recipe(
+        make_recipe(
+            Path("m"),
+            Path("t.jsonl"),
+            tmp_path / "out",
+            stage="dpo",
+            training={"learning_rate": 3e-4, "logging_steps": 7, "gradient_checkpointing": False, "micro_batch_size": 3},
+        )
+    )
     return RunContext(recipe=recipe, tokenizer=None, settings=settings_for(recipe), output_dir=tmp_path / "out")
 
 
@@ -41,8 +46,7 @@ def test_every_default_trl_changes_is_set_from_the_recipe(config_cls, tmp_path):
     ours = training_kwargs(ctx.recipe, ctx.settings, tmp_path / "out")
     base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
     changed = [
-        f.name for f in dataclasses.fields(config_cls)
-        if f.name in base and f.init and _default(f) != _default(base[f.name])
+        f.name for f in dataclasses.fields(config_cls) if f.name in base and f.init and _default(f) != _default(base[f.name])
     ]
     assert changed and not [name for name in changed if name not in ours]
 

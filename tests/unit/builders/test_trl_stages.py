@@ -54,10 +54,14 @@ def test_grpo_knobs_reach_the_config(tmp_path, tokenizer):
     assert config.generation_batch_size == 8  # micro_batch_size x accumulation completions per round
 
 
-@pytest.mark.parametrize("config_for,stage", [(kto_config, {"name": "kto"}), (orpo_config, {"name": "orpo"}), (grpo_config, GRPO)])
+@pytest.mark.parametrize(
+    "config_for,stage", [(kto_config, {"name": "kto"}), (orpo_config, {"name": "orpo"}), (grpo_config, GRPO)]
+)
 def test_recipe_training_keys_win_over_trl_defaults(config_for, stage, tmp_path, tokenizer):
     """TRL's configs default to gradient checkpointing, bf16, logging every 10 steps and lr 1e-6."""
-    config = config_for(_ctx(tmp_path, tokenizer, stage, training={"learning_rate": 3e-3, "logging_steps": 2, "micro_batch_size": 2}))
+    config = config_for(
+        _ctx(tmp_path, tokenizer, stage, training={"learning_rate": 3e-3, "logging_steps": 2, "micro_batch_size": 2})
+    )
     assert config.learning_rate == 3e-3 and config.logging_steps == 2
     assert config.gradient_checkpointing is False and config.bf16 is False and config.fp16 is False
     assert config.per_device_train_batch_size == 2 and config.output_dir == str(tmp_path / "out")
@@ -70,9 +74,17 @@ def test_kto_needs_two_rows_per_micro_batch(tmp_path, tokenizer):
 
 
 def test_grpo_round_holds_whole_groups(tmp_path, tokenizer):
-    with pytest.raises(UserError, match=r"= 6 completions per generation round must be a multiple of stage.num_generations \(4\)"):
-        grpo_config(_ctx(tmp_path, tokenizer, {**GRPO, "num_generations": 4},
-                         training={"micro_batch_size": 3, "gradient_accumulation_steps": 2}))
+    with pytest.raises(
+        UserError, match=r"= 6 completions per generation round must be a multiple of stage.num_generations \(4\)"
+    ):
+        grpo_config(
+            _ctx(
+                tmp_path,
+                tokenizer,
+                {**GRPO, "num_generations": 4},
+                training={"micro_batch_size": 3, "gradient_accumulation_steps": 2},
+            )
+        )
 
 
 # --- records -> TRL rows -------------------------------------------------------------------------
@@ -83,7 +95,10 @@ A = {"role": "assistant", "content": "I am a helpful assistant.", "loss": True}
 
 def test_rows_are_trl_conversational_formats():
     assert kto_row(Completion((U,), (A,), False, "f:1")) == {
-        "prompt": [U], "completion": [{"role": "assistant", "content": "I am a helpful assistant."}], "label": False, "where": "f:1",
+        "prompt": [U],
+        "completion": [{"role": "assistant", "content": "I am a helpful assistant."}],
+        "label": False,
+        "where": "f:1",
     }
     row = pair_row(Pair((U,), (A,), ({"role": "assistant", "content": "No."},), "f:2"))
     assert row["prompt"] == [U] and row["chosen"][0]["content"] == A["content"] and row["rejected"][0]["content"] == "No."
@@ -91,7 +106,13 @@ def test_rows_are_trl_conversational_formats():
 
 
 def test_prompt_row_cuts_at_the_last_user_message():
-    messages = ({"role": "system", "content": "Be brief."}, U, A, {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Done."})
+    messages = (
+        {"role": "system", "content": "Be brief."},
+        U,
+        A,
+        {"role": "user", "content": "And?"},
+        {"role": "assistant", "content": "Done."},
+    )
     row = prompt_row(Conversation(messages, "f:3"))
     assert [m["content"] for m in row["prompt"]] == ["Be brief.", "Who are you?", "I am a helpful assistant.", "And?"]
     assert row["reference"] == "Done."
@@ -133,7 +154,13 @@ def _assistant(text: str) -> list[dict]:
 def test_builtin_rewards_as_trl_calls_them():
     completions = [_assistant("Paris.\nAnswer: Paris"), _assistant("go go go go")]
     ids = [[7, 8, 2], [7, 7, 7]]
-    kwargs = {"prompts": [[U], [U]], "completions": completions, "completion_ids": ids, "where": ["a", "b"], "trainer_state": None}
+    kwargs = {
+        "prompts": [[U], [U]],
+        "completions": completions,
+        "completion_ids": ids,
+        "where": ["a", "b"],
+        "trainer_state": None,
+    }
     assert BuiltinReward("format", [2])(**kwargs) == [1.0, 0.0]
     assert BuiltinReward("ends_cleanly", [2])(**kwargs) == [1.0, 0.0]
     assert BuiltinReward("no_repeat", [2])(**kwargs) == [1.0, 0.5]
@@ -168,7 +195,6 @@ def test_reward_model_scores_as_rm_training_renders(tmp_path):
         alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].item()
         assert score == pytest.approx(alone, abs=1e-5)
     assert scores[0] != pytest.approx(scores[1])
-
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])

@@ -28,7 +28,15 @@ def test_exo_pair_needs_label_smoothing():
     ]
 
 
-@pytest.mark.parametrize("stage", [{}, {"loss_type": "robust", "label_smoothing": 0.1}, {"loss_type": "exo_pair", "label_smoothing": 1e-3}, {"loss_type": "ipo"}])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {},
+        {"loss_type": "robust", "label_smoothing": 0.1},
+        {"loss_type": "exo_pair", "label_smoothing": 1e-3},
+        {"loss_type": "ipo"},
+    ],
+)
 def test_valid_dpo_stages(stage):
     recipe = validate_recipe(minimal_recipe(stage={"name": "dpo", **stage}))
     assert recipe.stage.label_smoothing == stage.get("label_smoothing", 0.0)

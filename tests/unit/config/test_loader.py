@@ -17,8 +17,6 @@ from llmft.errors import RecipeError, UserError
 PAIRS = "pt/full, pt/lora, pt/qlora, sft/full, sft/lora, sft/qlora, rm/full, rm/lora, dpo/full, dpo/lora, dpo/qlora, kto/full, kto/lora, kto/qlora, orpo/full, orpo/lora, orpo/qlora, grpo/full, grpo/lora, grpo/qlora, ppo/full, ppo/lora, ppo/qlora"
 
 
-
-
 @pytest.fixture
 def write(tmp_path: Path):
     """Write a recipe (a dict as YAML, or text as is) and return its path."""
@@ -148,8 +146,10 @@ def test_override_float(write):
 
 
 def test_scientific_float_in_yaml(write):
-    path = write("model: {path: m}\ndata: {train: t.jsonl}\nfinetune: {mode: lora}\nstage: {name: sft}\n"
-                 "training:\n  learning_rate: 2e-4\noutput: {dir: o}\n")
+    path = write(
+        "model: {path: m}\ndata: {train: t.jsonl}\nfinetune: {mode: lora}\nstage: {name: sft}\n"
+        "training:\n  learning_rate: 2e-4\noutput: {dir: o}\n"
+    )
     assert load_raw(path)["training"]["learning_rate"] == 0.0002
     r = load_recipe(path)
     assert type(r.training.learning_rate) is float and r.training.learning_rate == 0.0002
@@ -324,15 +324,26 @@ def test_pkg_resolver_missing_package(write):
 def test_unregistered_pair(write, stage, mode):
     raw = recipe(stage={"name": stage}, finetune={"mode": mode}, training={"micro_batch_size": 2})
     assert load_problems(write(raw)) == [
-        f"stage.name: stage {stage!r} with finetune mode {mode!r} is not available; "
-        f"available stage/mode pairs: {PAIRS}"
+        f"stage.name: stage {stage!r} with finetune mode {mode!r} is not available; available stage/mode pairs: {PAIRS}"
     ]
 
 
 @pytest.mark.parametrize(
     "stage,mode",
-    [("pt", "full"), ("pt", "lora"), ("sft", "full"), ("sft", "lora"), ("rm", "full"), ("rm", "lora"), ("dpo", "full"), ("dpo", "lora"),
-     ("kto", "full"), ("kto", "lora"), ("orpo", "full"), ("orpo", "lora")],
+    [
+        ("pt", "full"),
+        ("pt", "lora"),
+        ("sft", "full"),
+        ("sft", "lora"),
+        ("rm", "full"),
+        ("rm", "lora"),
+        ("dpo", "full"),
+        ("dpo", "lora"),
+        ("kto", "full"),
+        ("kto", "lora"),
+        ("orpo", "full"),
+        ("orpo", "lora"),
+    ],
 )
 def test_registered_pairs_validate(write, stage, mode):
     r = load_recipe(write(recipe(stage={"name": stage}, finetune={"mode": mode}, training={"micro_batch_size": 2})))
@@ -393,7 +404,9 @@ def test_evaluates_with_eval_data(write):
 
 def test_cross_section_problems_reported_together(write):
     raw = recipe(
-        stage={"name": "rm"}, finetune={"mode": "qlora"}, data={"train": [{"path": "a", "format": "text"}]},
+        stage={"name": "rm"},
+        finetune={"mode": "qlora"},
+        data={"train": [{"path": "a", "format": "text"}]},
         training={"eval_strategy": "steps", "micro_batch_size": 2},
     )
     problems = load_problems(write(raw))

@@ -54,7 +54,9 @@ def test_neftune_refused_for_sampling_stages(stage):
 def test_shift_attn_for_pt_and_sft_only():
     assert validate_recipe(recipe(training={"shift_attn": True})).training.shift_attn
     raw = recipe(training={"shift_attn": True}, stage={"name": "dpo"}, data={"train": "pairs.jsonl"})
-    assert only_problem(raw) == "training.shift_attn: S2-Attn is for the next-token stages pt and sft (got stage 'dpo'); remove it"
+    assert (
+        only_problem(raw) == "training.shift_attn: S2-Attn is for the next-token stages pt and sft (got stage 'dpo'); remove it"
+    )
 
 
 def test_shift_attn_refuses_flash_attention():
@@ -62,9 +64,15 @@ def test_shift_attn_refuses_flash_attention():
     assert only_problem(raw).startswith("training.shift_attn: works with model.attn_implementation sdpa or eager")
 
 
-
-@pytest.mark.parametrize("section, key, value", [("training", "chunked_loss", False), ("training", "fused_ops", False),
-                                                 ("training", "max_tokens_per_forward", None), ("data", "padding_free", False)])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("training", "chunked_loss", False),
+        ("training", "fused_ops", False),
+        ("training", "max_tokens_per_forward", None),
+        ("data", "padding_free", False),
+    ],
+)
 def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(section, key, value):
     raw = recipe(stage={"name": "dpo"}, **{section: {key: value}})
     assert only_problem(raw) == f"{section}.{key}: is part of the pt/sft fast path and has no effect on stage 'dpo'; remove it"
@@ -84,13 +92,17 @@ def test_explicit_pass_size_that_cannot_run_is_refused_before_launch():
     """Known from the recipe alone, so refused at validation (exit 2 before anything launches or loads)."""
     assert only_problem(recipe(training={"max_tokens_per_forward": 256, "chunked_loss": False})) == (
         "training.max_tokens_per_forward: the passes are part of the chunked loss, which training.chunked_loss: false "
-        "turns off; remove one of them")
+        "turns off; remove one of them"
+    )
     assert only_problem(recipe(training={"max_tokens_per_forward": 256}, distributed={"zero_stage": 2})) == (
         "training.max_tokens_per_forward: several processes or DeepSpeed count each backward as a micro-batch; "
-        "remove it or set it to null")
+        "remove it or set it to null"
+    )
     validate_recipe(recipe(distributed={"zero_stage": 2}))  # `auto` just runs whole micro-batches there
 
 
 def test_torch_compile_refused_for_ppo():
     problem = only_problem(recipe(stage={"name": "ppo", "reward_model": "rm"}, training={"torch_compile": True}))
-    assert problem == "training.torch_compile: stage 'ppo' trains with llmft's own loop, which does not compile the model; remove it"
+    assert (
+        problem == "training.torch_compile: stage 'ppo' trains with llmft's own loop, which does not compile the model; remove it"
+    )

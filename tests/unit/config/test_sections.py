@@ -359,15 +359,13 @@ def test_target_modules_forms():
     ]
 
 
-
 @pytest.mark.parametrize(
     "value,expected",
     [
         ("all", "finetune.target_modules: Input should be 'all-linear' or a valid list (got 'all')"),
         (
             "all-linea",
-            "finetune.target_modules: Input should be 'all-linear' or a valid list (got 'all-linea'); "
-            "did you mean 'all-linear'?",
+            "finetune.target_modules: Input should be 'all-linear' or a valid list (got 'all-linea'); did you mean 'all-linear'?",
         ),
         (5, "finetune.target_modules: Input should be 'all-linear' or a valid list (got 5)"),
         # a list is the right shape: the entry at fault is named, not the union's other member
@@ -402,7 +400,10 @@ def test_finetune_not_a_mapping():
         ({"offload": "optimizer"}, "offload: optimizer needs a ZeRO stage"),
         ({"deepspeed_config": "ds.json", "zero_stage": 2}, "set deepspeed_config or zero_stage/offload, not both"),
         ({"num_machines": 2, "num_processes": 4}, "num_machines > 1 needs main_process_ip"),
-        ({"num_machines": 2, "num_processes": 3, "main_process_ip": "10.0.0.1"}, "num_processes (3) must be a multiple of num_machines (2)"),
+        (
+            {"num_machines": 2, "num_processes": 3, "main_process_ip": "10.0.0.1"},
+            "num_processes (3) must be a multiple of num_machines (2)",
+        ),
         ({"machine_rank": 1}, "machine_rank 1 must be below num_machines (1)"),
     ],
 )
@@ -418,23 +419,44 @@ def test_zero_stage_outside_0_to_3_refused():
 
 
 def test_multi_node_accepted():
-    d = validate_recipe(recipe(distributed={"num_processes": 16, "num_machines": 2, "machine_rank": 1,
-                                            "main_process_ip": "10.0.0.1", "zero_stage": 3,
-                                            "offload": "optimizer_and_params"})).distributed
+    d = validate_recipe(
+        recipe(
+            distributed={
+                "num_processes": 16,
+                "num_machines": 2,
+                "machine_rank": 1,
+                "main_process_ip": "10.0.0.1",
+                "zero_stage": 3,
+                "offload": "optimizer_and_params",
+            }
+        )
+    ).distributed
     assert d.launches and d.uses_deepspeed
 
 
 @pytest.mark.parametrize(
     "sections, key, message",
     [
-        ({"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"num_processes": 2}}, "distributed.num_processes",
-         "stage ppo trains in one process without DeepSpeed"),
-        ({"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"zero_stage": 2}}, "distributed.zero_stage",
-         "stage ppo trains in one process without DeepSpeed"),
-        ({"finetune": {"mode": "qlora", "bits": 8}, "distributed": {"zero_stage": 3}}, "finetune.bits",
-         "8-bit bitsandbytes weights cannot be sharded by ZeRO-3"),
-        ({"training": {"optimizer": "paged_adamw_8bit"}, "distributed": {"zero_stage": 2, "offload": "optimizer"}},
-         "training.optimizer", "cannot step the CPU copies that distributed.offload keeps"),
+        (
+            {"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"num_processes": 2}},
+            "distributed.num_processes",
+            "stage ppo trains in one process without DeepSpeed",
+        ),
+        (
+            {"stage": {"name": "ppo", "reward_model": "rm"}, "distributed": {"zero_stage": 2}},
+            "distributed.zero_stage",
+            "stage ppo trains in one process without DeepSpeed",
+        ),
+        (
+            {"finetune": {"mode": "qlora", "bits": 8}, "distributed": {"zero_stage": 3}},
+            "finetune.bits",
+            "8-bit bitsandbytes weights cannot be sharded by ZeRO-3",
+        ),
+        (
+            {"training": {"optimizer": "paged_adamw_8bit"}, "distributed": {"zero_stage": 2, "offload": "optimizer"}},
+            "training.optimizer",
+            "cannot step the CPU copies that distributed.offload keeps",
+        ),
     ],
 )
 def test_distributed_cross_section_rules(sections, key, message):
@@ -529,8 +551,14 @@ def test_defaults_appear_in_dump():
         {"path": "train.jsonl", "format": "auto", "columns": {}, "samples": None, "weight": None, "text_unit": "line"}
     ]
     assert dumped["distributed"] == {
-        "num_processes": 1, "zero_stage": 0, "offload": "none", "deepspeed_config": None, "num_machines": 1,
-        "machine_rank": 0, "main_process_ip": None, "main_process_port": 29500,
+        "num_processes": 1,
+        "zero_stage": 0,
+        "offload": "none",
+        "deepspeed_config": None,
+        "num_machines": 1,
+        "machine_rank": 0,
+        "main_process_ip": None,
+        "main_process_port": 29500,
     }
 
 

@@ -14,8 +14,13 @@ from llmft.errors import RecipeError
 
 #: A valid stage section for each stage (the knobs a stage requires).
 STAGE = {
-    "pt": {"name": "pt"}, "sft": {"name": "sft"}, "rm": {"name": "rm"}, "dpo": {"name": "dpo"}, "kto": {"name": "kto"},
-    "orpo": {"name": "orpo"}, "grpo": {"name": "grpo", "reward_functions": ["length"], "num_generations": 2},
+    "pt": {"name": "pt"},
+    "sft": {"name": "sft"},
+    "rm": {"name": "rm"},
+    "dpo": {"name": "dpo"},
+    "kto": {"name": "kto"},
+    "orpo": {"name": "orpo"},
+    "grpo": {"name": "grpo", "reward_functions": ["length"], "num_generations": 2},
     "ppo": {"name": "ppo", "reward_model": "rm"},
 }
 FORMAT = {"pt": "text", "rm": "preference", "dpo": "preference", "orpo": "preference", "kto": "kto"}
@@ -47,8 +52,14 @@ def test_traits_table():
     assert [s for s in STAGES if TRAITS[s].samples] == ["grpo", "ppo"]
     assert [s for s in STAGES if TRAITS[s].next_token_loss] == ["pt", "sft", "orpo"]
     assert {s: TRAITS[s].objective for s in STAGES} == {
-        "pt": "next_token", "sft": "next_token", "rm": "reward", "dpo": "preference", "kto": "preference",
-        "orpo": "preference", "grpo": "rollout", "ppo": "rollout",
+        "pt": "next_token",
+        "sft": "next_token",
+        "rm": "reward",
+        "dpo": "preference",
+        "kto": "preference",
+        "orpo": "preference",
+        "grpo": "rollout",
+        "ppo": "rollout",
     }
     assert [s for s in STAGES if TRAITS[s].task == "reward"] == ["rm"]
 
@@ -98,7 +109,9 @@ def test_group_by_length_only_where_the_trainer_honours_it(stage):
     if stage in ("pt", "sft", "rm", "dpo"):
         assert validate_recipe(raw).data.group_by_length
     else:
-        assert problems(raw) == [f"data.group_by_length: not available for stage {stage!r} (its trainer batches the data itself); remove the key"]
+        assert problems(raw) == [
+            f"data.group_by_length: not available for stage {stage!r} (its trainer batches the data itself); remove the key"
+        ]
 
 
 @pytest.mark.parametrize("stage", ["kto", "orpo"])
@@ -143,7 +156,8 @@ def test_generated_tokens_must_leave_room_for_a_prompt(stage, key):
 def test_lora_on_the_output_head_is_refused_where_trl_reads_its_weight(stage):
     found = problems(recipe(stage, finetune={"mode": "lora", "target_modules": ["q_proj", "lm_head"]}))
     assert len(found) == 1 and found[0].startswith(
-        f"finetune.target_modules: a LoRA adapter on the output head (lm_head) would never train in stage {stage!r}")
+        f"finetune.target_modules: a LoRA adapter on the output head (lm_head) would never train in stage {stage!r}"
+    )
     # training the head in full is the way
     assert validate_recipe(recipe(stage, finetune={"mode": "lora", "modules_to_save": ["lm_head"]}))
 
@@ -155,20 +169,27 @@ def test_lora_on_the_output_head_is_accepted_where_it_trains(stage):
 
 def test_qlora_cannot_quantize_a_gguf_start():
     found = problems(recipe("sft", model={"path": "d", "gguf_file": "m.gguf"}, finetune={"mode": "qlora"}))
-    assert found == ["finetune.mode: qlora cannot quantize a model loaded from model.gguf_file (transformers does not "
-                     "combine the two); use finetune.mode: lora, or a safetensors checkpoint"]
+    assert found == [
+        "finetune.mode: qlora cannot quantize a model loaded from model.gguf_file (transformers does not "
+        "combine the two); use finetune.mode: lora, or a safetensors checkpoint"
+    ]
 
 
 def test_a_reloaded_reference_cannot_start_from_gguf():
-    raw = recipe("grpo", model={"path": "d", "gguf_file": "m.gguf"}, finetune={"mode": "full"},
-                 stage={**STAGE["grpo"], "beta": 0.1})
+    raw = recipe(
+        "grpo", model={"path": "d", "gguf_file": "m.gguf"}, finetune={"mode": "full"}, stage={**STAGE["grpo"], "beta": 0.1}
+    )
     assert [p.split(":")[0] for p in problems(raw)] == ["stage.beta"]
     raw["stage"]["beta"] = 0.0  # no reference: fine
     assert validate_recipe(raw)
 
 
 def test_all_problems_at_once():
-    raw = recipe("kto", data={"packing": True, "truncation": "truncate_left", "train_on": "all"}, training={"micro_batch_size": 1},
-                 finetune={"mode": "lora", "target_modules": ["lm_head"]})
+    raw = recipe(
+        "kto",
+        data={"packing": True, "truncation": "truncate_left", "train_on": "all"},
+        training={"micro_batch_size": 1},
+        finetune={"mode": "lora", "target_modules": ["lm_head"]},
+    )
     keys = [p.split(":")[0] for p in problems(raw)]
     assert keys == ["data.packing", "data.truncation", "data.train_on", "training.micro_batch_size", "finetune.target_modules"]

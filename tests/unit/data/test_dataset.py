@@ -104,8 +104,10 @@ def test_num_proc_gives_the_same_examples(tokenizer, many_file, tmp_path):
 def test_tools_the_template_cannot_render_are_reported(tokenizer, tmp_path, caplog):
     import logging
 
-    row = {"conversations": [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Hi."}],
-           "tools": json.dumps([{"name": "get_time", "parameters": {}}])}
+    row = {
+        "conversations": [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Hi."}],
+        "tools": json.dumps([{"name": "get_time", "parameters": {}}]),
+    }
     path = write_jsonl(tmp_path / "tools.jsonl", [row])
     with caplog.at_level(logging.WARNING, logger="llmft"):
         prepare_data("sft", data_config(str(path), tmp_path, cache=False), tokenizer, seed=0)

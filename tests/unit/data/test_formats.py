@@ -140,7 +140,10 @@ def test_messages_are_kept_with_only_role_and_content():
 @pytest.mark.parametrize(
     "messages, problem",
     [
-        ([{"role": "human", "content": "Hi"}, CHAT[1]], "messages[0].role should be one of system, user, assistant, tool (got 'human')"),
+        (
+            [{"role": "human", "content": "Hi"}, CHAT[1]],
+            "messages[0].role should be one of system, user, assistant, tool (got 'human')",
+        ),
         ([CHAT[0], {"role": "assistant", "content": 5}], "messages[1].content should be a string (got int)"),
         ([CHAT[0], {"role": "assistant"}], "messages[1].content should be a string (got NoneType)"),
         ([CHAT[0], "Hello"], "messages[1] should be an object with role and content"),
@@ -285,7 +288,11 @@ def test_sharegpt_tool_calling_roles():
 
 def test_sharegpt_system_field_and_system_turn():
     turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
-    expected = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"})
+    expected = (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    )
     assert sharegpt({"conversations": turns, "system": "Be brief."}).messages == expected
     assert sharegpt({"conversations": [{"from": "system", "value": "Be brief."}, *turns]}).messages == expected
 
@@ -313,20 +320,41 @@ TURNS = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
 @pytest.mark.parametrize(
     "value, problem",
     [
-        ({"conversations": TURNS, "tools": "[{oops"}, "field 'tools' is not valid JSON: Expecting property name enclosed in double quotes (line 1 column 3)"),
+        (
+            {"conversations": TURNS, "tools": "[{oops"},
+            "field 'tools' is not valid JSON: Expecting property name enclosed in double quotes (line 1 column 3)",
+        ),
         ({"conversations": TURNS, "tools": 3}, "field 'tools' should be a list of tool definitions (got int)"),
         ({"conversations": TURNS, "tools": '"f"'}, "field 'tools' should be a list of tool definitions (got str)"),
         ({"conversations": TURNS, "tools": ["f"]}, "tools[0] should be an object (a tool definition), got str"),
-        ({"conversations": [TURNS[0], {"from": "bot", "value": "x"}]}, "conversations[1].from should be one of human, user, gpt, assistant, system, function_call, observation, tool (got 'bot')"),
-        ({"conversations": [TURNS[0], {"from": "gpt", "value": None}]}, "conversations[1].value should be a string (got NoneType)"),
+        (
+            {"conversations": [TURNS[0], {"from": "bot", "value": "x"}]},
+            "conversations[1].from should be one of human, user, gpt, assistant, system, function_call, observation, tool (got 'bot')",
+        ),
+        (
+            {"conversations": [TURNS[0], {"from": "gpt", "value": None}]},
+            "conversations[1].value should be a string (got NoneType)",
+        ),
         ({"conversations": [TURNS[0], {"role": "assistant", "content": "x"}]}, "conversations[1].from should be one of"),
         ({"conversations": [TURNS[0], "Hello"]}, "conversations[1] should be an object with from and value"),
-        ({"conversations": [TURNS[0], {"from": "function_call", "value": "search(rice)"}]}, "conversations[1].value (a function_call) is not valid JSON"),
+        (
+            {"conversations": [TURNS[0], {"from": "function_call", "value": "search(rice)"}]},
+            "conversations[1].value (a function_call) is not valid JSON",
+        ),
         ({"conversations": [TURNS[0]]}, "no assistant message: nothing to train on"),
-        ({"conversations": [TURNS[1], *TURNS]}, "conversations[0].from should be system or human: a conversation cannot open with the assistant"),
-        ({"conversations": [{"from": "observation", "value": "{}"}, *TURNS]}, "conversations[0].from should be system or human: a conversation cannot open with the tool"),
+        (
+            {"conversations": [TURNS[1], *TURNS]},
+            "conversations[0].from should be system or human: a conversation cannot open with the assistant",
+        ),
+        (
+            {"conversations": [{"from": "observation", "value": "{}"}, *TURNS]},
+            "conversations[0].from should be system or human: a conversation cannot open with the tool",
+        ),
         ({"conversations": []}, "field 'conversations' should be a non-empty list"),
-        ({"conversations": [{"from": "system", "value": "S"}, *TURNS], "system": "S2"}, "both field 'system' and a system message at conversations[0]; keep one"),
+        (
+            {"conversations": [{"from": "system", "value": "S"}, *TURNS], "system": "S2"},
+            "both field 'system' and a system message at conversations[0]; keep one",
+        ),
         ({"conversations": TURNS, "system": 1}, "field 'system' should be a string (got int)"),
     ],
 )
@@ -374,7 +402,11 @@ def test_skip_mode_returns_good_records_and_counts_bad_ones():
     assert texts == [Text("ok", "c.txt:1")]
     assert bad.count == 8 and bad.fmt == "text"
     assert bad.examples == [f"c.txt:{n}: empty text" for n in range(2, 7)]
-    assert bad.report().splitlines() == ["8 bad text record(s):", *(f"  - c.txt:{n}: empty text" for n in range(2, 7)), "  ... and 3 more"]
+    assert bad.report().splitlines() == [
+        "8 bad text record(s):",
+        *(f"  - c.txt:{n}: empty text" for n in range(2, 7)),
+        "  ... and 3 more",
+    ]
 
 
 def test_skip_mode_with_no_bad_records():

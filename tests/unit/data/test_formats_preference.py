@@ -35,7 +35,7 @@ def problem(value: dict, fmt: str = "preference") -> str:
     message = str(info.value)
     prefix = f"1 bad {fmt} record(s):\n  - {WHERE}: "
     assert message.startswith(prefix)
-    return message[len(prefix):]
+    return message[len(prefix) :]
 
 
 # --- preference: prompt styles -------------------------------------------------------------------
@@ -118,7 +118,11 @@ def test_reply_with_a_tool_call():
     call = '{"name": "f", "arguments": {}}'
     value = {
         "prompt": "Q",
-        "chosen": [{"from": "function_call", "value": call}, {"from": "observation", "value": "1"}, {"from": "gpt", "value": "It is 1."}],
+        "chosen": [
+            {"from": "function_call", "value": call},
+            {"from": "observation", "value": "1"},
+            {"from": "gpt", "value": "It is 1."},
+        ],
         "rejected": "I don't know.",
     }
     assert pair(value).chosen == (assistant(call), {"role": "tool", "content": "1"}, assistant("It is 1."))
@@ -131,24 +135,71 @@ def test_reply_with_a_tool_call():
     "value, expected",
     [
         ({"prompt": "Q", "chosen": "good"}, "missing field 'rejected'"),
-        ({"prompt": "Q", "chosen": "good", "rejected": 3}, "field 'rejected' should be a string, a message or a list of messages (got int)"),
+        (
+            {"prompt": "Q", "chosen": "good", "rejected": 3},
+            "field 'rejected' should be a string, a message or a list of messages (got int)",
+        ),
         ({"prompt": "Q", "chosen": " ", "rejected": "bad"}, "empty chosen"),
         ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "'chosen' and 'rejected' are the same reply: nothing to prefer"),
         ({"prompt": " ", "chosen": "good", "rejected": "bad"}, "empty prompt"),
-        ({"chosen": "good", "rejected": "bad"}, "no prompt: give one of the fields prompt, conversations, question, instruction, or whole conversations (ending with the reply) in 'chosen' and 'rejected'"),
-        ({"prompt": "Q", "question": "Q", "chosen": "good", "rejected": "bad"}, "several prompt fields (prompt, question); keep one"),
-        ({"prompt": [user("Q"), assistant("A")], "chosen": "good", "rejected": "bad"}, "the prompt should end with a user message (got assistant)"),
-        ({"prompt": [assistant("A"), user("Q")], "chosen": "good", "rejected": "bad"}, "the prompt should open with a system or user message (got assistant)"),
-        ({"prompt": "Q", "chosen": [user("Q")], "rejected": "bad"}, "'chosen' has no assistant reply after its last user message"),
-        ({"prompt": "Q", "chosen": [assistant("A"), {"role": "tool", "content": "1"}], "rejected": "bad"}, "the reply in 'chosen' should start and end with an assistant message (got assistant, tool)"),
-        ({"prompt": "Q", "chosen": [assistant("A"), system("S"), assistant("B")], "rejected": "bad"}, "the reply in 'chosen' holds a system message"),
+        (
+            {"chosen": "good", "rejected": "bad"},
+            "no prompt: give one of the fields prompt, conversations, question, instruction, or whole conversations (ending with the reply) in 'chosen' and 'rejected'",
+        ),
+        (
+            {"prompt": "Q", "question": "Q", "chosen": "good", "rejected": "bad"},
+            "several prompt fields (prompt, question); keep one",
+        ),
+        (
+            {"prompt": [user("Q"), assistant("A")], "chosen": "good", "rejected": "bad"},
+            "the prompt should end with a user message (got assistant)",
+        ),
+        (
+            {"prompt": [assistant("A"), user("Q")], "chosen": "good", "rejected": "bad"},
+            "the prompt should open with a system or user message (got assistant)",
+        ),
+        (
+            {"prompt": "Q", "chosen": [user("Q")], "rejected": "bad"},
+            "'chosen' has no assistant reply after its last user message",
+        ),
+        (
+            {"prompt": "Q", "chosen": [assistant("A"), {"role": "tool", "content": "1"}], "rejected": "bad"},
+            "the reply in 'chosen' should start and end with an assistant message (got assistant, tool)",
+        ),
+        (
+            {"prompt": "Q", "chosen": [assistant("A"), system("S"), assistant("B")], "rejected": "bad"},
+            "the reply in 'chosen' holds a system message",
+        ),
         ({"prompt": "Q", "chosen": "good", "rejected": {"from": "bot", "value": "bad"}}, "rejected.from should be one of"),
-        ({"prompt": "Q", "chosen": "good", "rejected": [{"role": "bot", "content": "bad"}]}, "rejected[0].role should be one of system, user, assistant, tool (got 'bot')"),
-        ({"chosen": [user("Q"), assistant("good")], "rejected": [user("Other"), assistant("bad")]}, "'chosen' and 'rejected' hold different conversations before the reply"),
-        ({"prompt": "Q", "chosen": [user("X"), assistant("good")], "rejected": [user("X"), assistant("bad")]}, "the conversation before the reply in 'chosen' differs from the prompt"),
-        ({"conversations": [{"from": "human", "value": "Q"}], "history": [["a", "b"]], "chosen": "g", "rejected": "b"}, "field 'history' goes with a string prompt; put the turns in 'conversations'"),
-        ({"question": "Q", "history": [["a"]], "chosen": "g", "rejected": "b"}, "history[0] should be a [user, assistant] pair of strings"),
-        ({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}], "system": "S", "chosen": "g", "rejected": "b"}, "both field 'system' and a system message at conversations[0]; keep one"),
+        (
+            {"prompt": "Q", "chosen": "good", "rejected": [{"role": "bot", "content": "bad"}]},
+            "rejected[0].role should be one of system, user, assistant, tool (got 'bot')",
+        ),
+        (
+            {"chosen": [user("Q"), assistant("good")], "rejected": [user("Other"), assistant("bad")]},
+            "'chosen' and 'rejected' hold different conversations before the reply",
+        ),
+        (
+            {"prompt": "Q", "chosen": [user("X"), assistant("good")], "rejected": [user("X"), assistant("bad")]},
+            "the conversation before the reply in 'chosen' differs from the prompt",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "Q"}], "history": [["a", "b"]], "chosen": "g", "rejected": "b"},
+            "field 'history' goes with a string prompt; put the turns in 'conversations'",
+        ),
+        (
+            {"question": "Q", "history": [["a"]], "chosen": "g", "rejected": "b"},
+            "history[0] should be a [user, assistant] pair of strings",
+        ),
+        (
+            {
+                "conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}],
+                "system": "S",
+                "chosen": "g",
+                "rejected": "b",
+            },
+            "both field 'system' and a system message at conversations[0]; keep one",
+        ),
         ({"instruction": 5, "chosen": "g", "rejected": "b"}, "field 'instruction' should be a string (got int)"),
         (["Q", "good", "bad"], "a record is a JSON object (got list)"),
     ],
@@ -182,7 +233,11 @@ def test_kto_sharegpt_conversations_with_system():
     [
         ({"prompt": "Q", "completion": "A"}, (user("Q"),), (assistant("A"),)),
         ({"prompt": [user("Q")], "completion": [assistant("A")]}, (user("Q"),), (assistant("A"),)),
-        ({"prompt": "Q", "completion": {"role": "assistant", "content": "A"}, "system": "S"}, (system("S"), user("Q")), (assistant("A"),)),
+        (
+            {"prompt": "Q", "completion": {"role": "assistant", "content": "A"}, "system": "S"},
+            (system("S"), user("Q")),
+            (assistant("A"),),
+        ),
         ({"question": "Q", "completion": "A"}, (user("Q"),), (assistant("A"),)),
     ],
 )
@@ -197,7 +252,10 @@ def test_kto_prompt_and_completion_fields(value, prompt, reply):
         ({"messages": [user("Q"), assistant("A")], "label": "true"}, "field 'label' should be true or false (got str 'true')"),
         ({"messages": [user("Q"), assistant("A")], "label": 1}, "field 'label' should be true or false (got int 1)"),
         ({"messages": [user("Q"), assistant("A")], "label": None}, "missing field 'label'"),
-        ({"messages": [user("Q"), assistant("A"), user("Q2")], "label": True}, "'messages' has no assistant reply after its last user message"),
+        (
+            {"messages": [user("Q"), assistant("A"), user("Q2")], "label": True},
+            "'messages' has no assistant reply after its last user message",
+        ),
         ({"messages": [assistant("A")], "label": True}, "the prompt should end with a user message (got nothing)"),
         ({"messages": [], "label": True}, "field 'messages' should be a non-empty list"),
         ({"label": True, "text": "x"}, "missing field 'messages' (or 'completion' with a prompt)"),

@@ -89,7 +89,16 @@ def test_messages_record_golden(tok):
     assert example.labels == want_labels
     # what is trained, spelled out: the reply and its <|im_end|>, not the '\n' after it
     assert supervised_tokens(tok, example.labels) == [
-        "I", " am", " a", " he", "lp", "fu", "l", " assistant", ".", "<|im_end|>",
+        "I",
+        " am",
+        " a",
+        " he",
+        "lp",
+        "fu",
+        "l",
+        " assistant",
+        ".",
+        "<|im_end|>",
     ]
     assert example.input_ids[-1] == ids(tok, "\n")[0] and example.labels[-1] == IGNORE
     assert example.labels[-2] == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
@@ -103,7 +112,17 @@ def test_docs_data_md_example(tok):
     ]
     labels = encode_conversation(tok, messages, supervision="all_turns").labels
     assert supervised_tokens(tok, labels) == [
-        "I", " am", " f", "in", "e", ",", " th", "ank", " you", ".", "<|im_end|>",
+        "I",
+        " am",
+        " f",
+        "in",
+        "e",
+        ",",
+        " th",
+        "ank",
+        " you",
+        ".",
+        "<|im_end|>",
     ]
 
 

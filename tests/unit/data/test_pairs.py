@@ -34,7 +34,9 @@ def test_pair_dropped_when_a_reply_is_cut_away(tokenizer):
     prompt_len = len(tokenizer.apply_chat_template(list(PROMPT), add_generation_prompt=True)["input_ids"])
     pairs, report = build_pair_examples(tokenizer, [Pair(PROMPT, CHOSEN, REJECTED, "p.json record 3")], max_length=prompt_len)
     assert pairs == [] and report.dropped == {"reply truncated away by max_length": 1}
-    pairs, report = build_pair_examples(tokenizer, [Pair(PROMPT, CHOSEN, REJECTED, "p.json record 3")], max_length=prompt_len + 1, truncation="drop")
+    pairs, report = build_pair_examples(
+        tokenizer, [Pair(PROMPT, CHOSEN, REJECTED, "p.json record 3")], max_length=prompt_len + 1, truncation="drop"
+    )
     assert pairs == [] and report.dropped == {"longer than max_length": 1}
 
 

@@ -164,7 +164,7 @@ def test_read_source_names_the_path_key(tmp_path):
 
 
 def test_csv_header_and_rows(tmp_path):
-    path = write(tmp_path / "d.csv", "human,assistant\nHi,Hello\n\n\"a, b\",\"say \"\"c\"\"\"\n")
+    path = write(tmp_path / "d.csv", 'human,assistant\nHi,Hello\n\n"a, b","say ""c"""\n')
     assert source(path) == [
         RawRecord({"human": "Hi", "assistant": "Hello"}, f"{path}:2"),
         RawRecord({"human": "a, b", "assistant": 'say "c"'}, f"{path}:4"),
@@ -226,7 +226,11 @@ def test_directory_reads_every_data_file_sorted_by_name(tmp_path):
     records = source(data)
     assert [r.value["text"] for r in records] == ["a1", "b1", "b2", "c1", "d1"]
     assert [r.where for r in records] == [
-        f"{data / 'a.json'} record 0", f"{data / 'b.jsonl'}:1", f"{data / 'b.jsonl'}:2", f"{data / 'c.txt'}:1", f"{data / 'd.csv'}:2",
+        f"{data / 'a.json'} record 0",
+        f"{data / 'b.jsonl'}:1",
+        f"{data / 'b.jsonl'}:2",
+        f"{data / 'c.txt'}:1",
+        f"{data / 'd.csv'}:2",
     ]
 
 
@@ -305,9 +309,7 @@ def test_columns_missing_column_is_a_bad_record(tmp_path):
     path = write(tmp_path / "d.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q"}\n')
     first, second = source(path, columns={"instruction": "question", "output": "answer"})
     assert first.problem is None
-    assert second == RawRecord(
-        {"instruction": "q"}, f"{path}:2", "missing column 'answer' (columns maps 'output' to it)"
-    )
+    assert second == RawRecord({"instruction": "q"}, f"{path}:2", "missing column 'answer' (columns maps 'output' to it)")
 
 
 def test_columns_leave_non_objects_to_the_format(tmp_path):

@@ -261,9 +261,18 @@ FAMILIES = {
     "gemma": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
 }
 FAMILY = {
-    "chatml": "chatml", "qwen": "chatml", "alpaca": "chatml", "llama3": "llama3",
-    "llama2": "llama", "mistral": "llama", "vicuna": "llama", "default": "llama",
-    "baichuan2": "baichuan2", "chatglm3": "chatglm3", "phi3": "phi3", "gemma": "gemma",
+    "chatml": "chatml",
+    "qwen": "chatml",
+    "alpaca": "chatml",
+    "llama3": "llama3",
+    "llama2": "llama",
+    "mistral": "llama",
+    "vicuna": "llama",
+    "default": "llama",
+    "baichuan2": "baichuan2",
+    "chatglm3": "chatglm3",
+    "phi3": "phi3",
+    "gemma": "gemma",
 }
 
 
@@ -365,7 +374,17 @@ def test_every_recipe_template_name_exists():
 def test_every_named_template_has_a_reference():
     assert set(TEMPLATES) == set(REFERENCES) == set(END_TOKEN) == set(FAMILY)
     assert {
-        "chatml", "qwen", "llama2", "llama3", "mistral", "vicuna", "alpaca", "baichuan2", "chatglm3", "phi3", "gemma",
+        "chatml",
+        "qwen",
+        "llama2",
+        "llama3",
+        "mistral",
+        "vicuna",
+        "alpaca",
+        "baichuan2",
+        "chatglm3",
+        "phi3",
+        "gemma",
         "default",
     } == set(TEMPLATES)
     assert all(row.name == name for name, row in TEMPLATES.items())
@@ -459,20 +478,17 @@ def test_rendered_text_spelled_out(family_tokenizers):
         return render(t[FAMILY[name]], messages, to_jinja(TEMPLATES[name]), add_generation_prompt)
 
     assert ours("chatml", messages) == (
-        f"<|im_start|>system\nYou are a poet.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
-        f"<|im_start|>assistant\n{a}<|im_end|>\n"
+        f"<|im_start|>system\nYou are a poet.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
     )
     assert ours("qwen", TURNS[:1], True) == (
-        f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
     )
     assert ours("llama3", TURNS[:1], True) == (
         f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
     assert ours("llama2", [SYSTEM, *TURNS[:3]], True) == (
-        f"<s>[INST] <<SYS>>\nYou are a poet.\n<</SYS>>\n\n{q} [/INST] {a} </s>"
-        "<s>[INST] Translate to French: good morning [/INST]"
+        f"<s>[INST] <<SYS>>\nYou are a poet.\n<</SYS>>\n\n{q} [/INST] {a} </s><s>[INST] Translate to French: good morning [/INST]"
     )
     assert ours("mistral", messages) == f"<s> [INST] You are a poet.\n\n{q} [/INST] {a}</s>"
     assert ours("vicuna", TURNS[:1], True) == (
@@ -485,9 +501,7 @@ def test_rendered_text_spelled_out(family_tokenizers):
     )
     assert ours("baichuan2", messages) == f"You are a poet.<reserved_106>{q}<reserved_107>{a}</s>"
     assert ours("chatglm3", messages) == f"[gMASK]sop<|system|>\n You are a poet.<|user|>\n {q}<|assistant|>\n {a}</s>"
-    assert ours("phi3", messages) == (
-        f"<|system|>\nYou are a poet.<|end|>\n<|user|>\n{q}<|end|>\n<|assistant|>\n{a}<|end|>\n"
-    )
+    assert ours("phi3", messages) == (f"<|system|>\nYou are a poet.<|end|>\n<|user|>\n{q}<|end|>\n<|assistant|>\n{a}<|end|>\n")
     assert ours("gemma", messages, True) == (
         f"<bos><start_of_turn>user\nYou are a poet.\n\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n"
         "<start_of_turn>model\n"
@@ -504,9 +518,9 @@ def test_rendered_text_spelled_out(family_tokenizers):
 
 def test_templates_with_jinja_sensitive_text_render_literally(tok):
     """Quotes, backslashes and braces in a row's text are data, not jinja."""
-    row = with_changes(ALPACA, default_system="It's {{ not }} a \\ \"template\".")
+    row = with_changes(ALPACA, default_system='It\'s {{ not }} a \\ "template".')
     text = render(tok, TURNS[:1], to_jinja(row), False)
-    assert text.startswith("It's {{ not }} a \\ \"template\".\n\n### Instruction:\n")
+    assert text.startswith('It\'s {{ not }} a \\ "template".\n\n### Instruction:\n')
 
 
 @pytest.mark.parametrize("name", ["llama2", "mistral", "gemma"])

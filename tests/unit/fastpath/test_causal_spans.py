@@ -18,9 +18,15 @@ def reference(q, k, v, spans, scale):
     group = q.shape[1] // k.shape[1]
     outs = []
     for s, e in spans:
-        outs.append(torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, s:e], k[:, :, s:e].repeat_interleave(group, 1), v[:, :, s:e].repeat_interleave(group, 1),
-            is_causal=True, scale=scale))
+        outs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, s:e],
+                k[:, :, s:e].repeat_interleave(group, 1),
+                v[:, :, s:e].repeat_interleave(group, 1),
+                is_causal=True,
+                scale=scale,
+            )
+        )
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
@@ -73,10 +79,15 @@ def test_small_query_blocks_give_the_same_gradients(monkeypatch):
         assert rel_err(a, b) < 1e-2
 
 
-@pytest.mark.parametrize("dtype, grad_on, dropout, expected", [
-    (torch.bfloat16, True, 0.0, True), (torch.float32, True, 0.0, False),
-    (torch.bfloat16, False, 0.0, False), (torch.bfloat16, True, 0.1, False),
-])
+@pytest.mark.parametrize(
+    "dtype, grad_on, dropout, expected",
+    [
+        (torch.bfloat16, True, 0.0, True),
+        (torch.float32, True, 0.0, False),
+        (torch.bfloat16, False, 0.0, False),
+        (torch.bfloat16, True, 0.1, False),
+    ],
+)
 def test_applies_to_cpu_bf16_training_only(dtype, grad_on, dropout, expected):
     q = torch.zeros(1, 2, 4, 8, dtype=dtype, requires_grad=grad_on)
     assert causal_spans.applies(q, dropout) is expected

@@ -77,7 +77,9 @@ def test_chunked_loss_dtype_argument_sets_the_projection_dtype():
     ours = causal_lm_loss_sum(hidden, weight, labels, torch.bfloat16)
     ours.backward()
     assert weight.grad.dtype == torch.float32
-    assert torch.allclose(ours, reference_ce_sum(hidden.to(torch.bfloat16), weight.detach().to(torch.bfloat16), labels), rtol=1e-6)
+    assert torch.allclose(
+        ours, reference_ce_sum(hidden.to(torch.bfloat16), weight.detach().to(torch.bfloat16), labels), rtol=1e-6
+    )
     assert not torch.allclose(ours, reference_ce_sum(hidden, weight.detach(), labels), rtol=1e-4)
 
 
@@ -120,8 +122,11 @@ def test_varlen_attention_equals_sdpa_with_padding_mask_and_cache():
     ids = torch.randint(0, 64, (2, 6))
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding
     with torch.no_grad():
-        assert torch.allclose(ours(input_ids=ids, attention_mask=mask).logits[mask.bool()],
-                              sdpa(input_ids=ids, attention_mask=mask).logits[mask.bool()], atol=1e-5)
+        assert torch.allclose(
+            ours(input_ids=ids, attention_mask=mask).logits[mask.bool()],
+            sdpa(input_ids=ids, attention_mask=mask).logits[mask.bool()],
+            atol=1e-5,
+        )
         kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert torch.equal(ours.generate(ids, **kwargs), sdpa.generate(ids, **kwargs))
 

@@ -52,7 +52,9 @@ def test_unknown_head_falls_back_with_a_reason():
     model.config.model_type = "gemma2"  # soft-caps its logits after the head
     path = choose(recipe(), model)
     assert not path.chunked_loss
-    assert path.reasons == ["chunked loss off: model type 'gemma2' is not one whose output head is known to be a plain projection"]
+    assert path.reasons == [
+        "chunked loss off: model type 'gemma2' is not one whose output head is known to be a plain projection"
+    ]
 
 
 def test_explicit_chunked_loss_that_cannot_run_is_an_error():
@@ -90,9 +92,13 @@ def test_auto_cuts_passes_only_where_the_memory_plan_needs_them(monkeypatch):
     monkeypatch.setattr(passes, "available_memory", lambda: (1 << 20, "this machine's available RAM (no GPU)"))
     path = choose(recipe(**sections), build_model(64))
     assert path.forward_tokens == 256  # nothing fits 1 MiB: the smallest pass size
-    assert path.reasons == ["passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's available RAM (no GPU) has 0.0 GiB"]
-    assert path.describe().endswith("passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, "
-                                    "this machine's available RAM (no GPU) has 0.0 GiB)")
+    assert path.reasons == [
+        "passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, this machine's available RAM (no GPU) has 0.0 GiB"
+    ]
+    assert path.describe().endswith(
+        "passes of <= 256 tokens (passes: whole micro-batches of 2,048 tokens would need 0.6 GiB, "
+        "this machine's available RAM (no GPU) has 0.0 GiB)"
+    )
     settings, zero2 = resolve(recipe(**sections)), recipe(**sections, distributed={"zero_stage": 2})
     zero2_settings = resolve(zero2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

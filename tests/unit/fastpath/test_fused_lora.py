@@ -13,8 +13,9 @@ from llmft.fastpath.fused_lora import apply_fused_lora
 
 def lora_model(dtype=torch.float32, dropout=0.0, **config):
     torch.manual_seed(0)
-    model = get_peft_model(build_model(64).to(dtype), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                  lora_dropout=dropout, **config))
+    model = get_peft_model(
+        build_model(64).to(dtype), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout, **config)
+    )
     for name, p in model.named_parameters():
         if "lora_" in name:  # peft starts B at zero; make both sides of the adapter matter
             torch.nn.init.normal_(p, std=0.1)

@@ -56,8 +56,19 @@ def test_multi_node(tmp_path):
 
 def test_argv_runs_llmft_with_the_same_recipe_and_overrides():
     argv = launch_argv(Path("/tmp/x/accelerate.yaml"), "r.yaml", ["training.learning_rate=1e-4", "data.max_length=64"])
-    assert argv == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "/tmp/x/accelerate.yaml",
-                    "-m", "llmft", "train", "r.yaml", "training.learning_rate=1e-4", "data.max_length=64"]
+    assert argv == [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "/tmp/x/accelerate.yaml",
+        "-m",
+        "llmft",
+        "train",
+        "r.yaml",
+        "training.learning_rate=1e-4",
+        "data.max_length=64",
+    ]
     assert launch_argv(Path("c.yaml"), "r.yaml", [], verbose=True)[-3:] == ["--verbose", "train", "r.yaml"]
 
 

@@ -50,10 +50,16 @@ def test_bundled_files_leave_to_the_recipe_what_the_recipe_decides(name):
 def test_every_stage_and_offload_gets_what_it_asks_for(stage, offload):
     config = deepspeed_config(DistributedConfig(zero_stage=stage, offload=offload))
     assert config["zero_optimization"]["stage"] == stage
-    assert offloads(config) == {"none": set(), "optimizer": {"optimizer"}, "optimizer_and_params": {"optimizer", "param"}}[offload]
+    assert (
+        offloads(config) == {"none": set(), "optimizer": {"optimizer"}, "optimizer_and_params": {"optimizer", "param"}}[offload]
+    )
     assert config.get("zero_force_ds_cpu_optimizer", True) is (offload == "none")
-    exact = {(2, "optimizer"): "zero2_offload.json", (3, "optimizer_and_params"): "zero3_offload.json",
-             (1, "optimizer"): "zero1.json + offload optimizer", (3, "optimizer"): "zero3.json + offload optimizer"}
+    exact = {
+        (2, "optimizer"): "zero2_offload.json",
+        (3, "optimizer_and_params"): "zero3_offload.json",
+        (1, "optimizer"): "zero1.json + offload optimizer",
+        (3, "optimizer"): "zero3.json + offload optimizer",
+    }
     assert config_source(DistributedConfig(zero_stage=stage, offload=offload)) == exact.get((stage, offload), f"zero{stage}.json")
 
 
@@ -64,18 +70,23 @@ def test_no_deepspeed_without_a_stage():
 
 def test_a_users_json_is_read_as_it_is(tmp_path):
     own = tmp_path / "ds.json"
-    own.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}, "train_batch_size": "auto"}))
+    own.write_text(
+        json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}, "train_batch_size": "auto"})
+    )
     d = DistributedConfig(deepspeed_config=str(own))
     assert deepspeed_config(d)["zero_optimization"]["offload_optimizer"] == {"device": "nvme"}
     assert zero_stage(d) == 2 and config_source(d) == str(own)
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "file not found"),
-    ("{not json", "is not valid JSON"),
-    ('{"train_batch_size": "auto"}', "has no zero_optimization.stage"),
-    ('{"zero_optimization": {"stage": 5}}', "has no zero_optimization.stage (0-3)"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "file not found"),
+        ("{not json", "is not valid JSON"),
+        ('{"train_batch_size": "auto"}', "has no zero_optimization.stage"),
+        ('{"zero_optimization": {"stage": 5}}', "has no zero_optimization.stage (0-3)"),
+    ],
+)
 def test_a_broken_users_json_names_the_key(tmp_path, content, problem):
     path = tmp_path / "ds.json"
     if content is not None:
@@ -86,7 +97,9 @@ def test_a_broken_users_json_names_the_key(tmp_path, content, problem):
 
 
 def test_the_config_reaches_training_arguments(tmp_path):
-    recipe = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", distributed={"zero_stage": 3, "num_processes": 2}))
+    recipe = validate_recipe(
+        make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out", distributed={"zero_stage": 3, "num_processes": 2})
+    )
     kwargs = training_kwargs(recipe, settings_for(recipe), tmp_path / "out")
     assert kwargs["deepspeed"]["zero_optimization"]["stage"] == 3
     plain = validate_recipe(make_recipe(Path("m"), Path("t.jsonl"), tmp_path / "out"))

@@ -35,8 +35,14 @@ def test_a_multi_process_recipe_run_in_one_plain_process_is_refused(tmp_path, mo
 
 
 def test_agreeing_launcher_hands_deepspeed_settings_to_the_recipes_json(tmp_path, monkeypatch):
-    env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "ACCELERATE_USE_DEEPSPEED": "true",
-           "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,mixed_precision"}
+    env = {
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "RANK": "0",
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+        "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,mixed_precision",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     from llmft.launch import cpu_shims
@@ -60,7 +66,9 @@ def test_one_process_per_gpu():
         check_devices(DistributedConfig(num_processes=8), gpus=4)
     two = DistributedConfig(num_processes=16, num_machines=2, main_process_ip="10.0.0.1")
     check_devices(two, gpus=8)
-    with pytest.raises(UserError, match=r"8 processes on this machine \(num_processes / num_machines = 16 / 2\), but it has 1 GPU;"):
+    with pytest.raises(
+        UserError, match=r"8 processes on this machine \(num_processes / num_machines = 16 / 2\), but it has 1 GPU;"
+    ):
         check_devices(two, gpus=1)
 
 

@@ -23,14 +23,21 @@ def brute_force(q, k, v, allowed=None):
         mask = (group[:, None] == group[None, :]) & (pos[:, None] >= pos[None, :])
         mask = mask.expand(batch, length, length) & (allowed if allowed is not None else True)
         mask = mask | torch.eye(length, dtype=torch.bool)
-        out.append(torch.nn.functional.scaled_dot_product_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], attn_mask=mask[:, None]))
+        out.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], attn_mask=mask[:, None]
+            )
+        )
     return torch.cat(out, 1).transpose(1, 2)
 
 
 def qkv(length, heads=4, kv_heads=2, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, heads, length, 8, generator=g), torch.randn(batch, kv_heads, length, 8, generator=g),
-            torch.randn(batch, kv_heads, length, 8, generator=g))
+    return (
+        torch.randn(batch, heads, length, 8, generator=g),
+        torch.randn(batch, kv_heads, length, 8, generator=g),
+        torch.randn(batch, kv_heads, length, 8, generator=g),
+    )
 
 
 def test_group_size_is_a_quarter_rounded_up_to_even():
@@ -92,8 +99,11 @@ def test_unsupported_model_family_is_refused():
 def test_flash_attention_base_is_refused():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+        )
+    )
     model.config._attn_implementation_internal = "flash_attention_2"
     with pytest.raises(UserError, match="training.shift_attn: works with model.attn_implementation sdpa or eager"):
         shift_attn.enable(model)

@@ -83,8 +83,10 @@ def test_eight_bit_optimizer_states():
 @pytest.mark.parametrize("offload", [False, True])
 def test_higher_zero_stage_never_needs_more_per_gpu(mode, offload):
     base = knobs(mode=mode, weight_bytes=4 if mode == "full" else 2, num_processes=8)
-    totals = [estimate(L7B, replace(base, zero_stage=s, offload="optimizer" if offload and s else "none")).per_device_bytes
-              for s in (0, 1, 2, 3)]
+    totals = [
+        estimate(L7B, replace(base, zero_stage=s, offload="optimizer" if offload and s else "none")).per_device_bytes
+        for s in (0, 1, 2, 3)
+    ]
     assert totals == sorted(totals, reverse=True), totals
     if mode == "full":
         assert totals[3] < totals[0] / 3
@@ -117,7 +119,14 @@ def test_activations_grow_with_tokens():
 def test_compare_zero_lists_every_variant():
     plans = compare_zero(L7B, knobs(mode="full", num_processes=8))
     assert [(p.knobs.zero_stage, p.knobs.offload) for p in plans] == [
-        (0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "optimizer_and_params")]
+        (0, "none"),
+        (1, "none"),
+        (2, "none"),
+        (3, "none"),
+        (2, "optimizer"),
+        (3, "optimizer"),
+        (3, "optimizer_and_params"),
+    ]
 
 
 def test_checkpointing_needed_only_when_it_makes_the_difference():
@@ -130,8 +139,15 @@ def test_checkpointing_needed_only_when_it_makes_the_difference():
 
 
 def test_schedule():
-    s = Schedule(micro_batch_size=4, gradient_accumulation_steps=8, num_processes=2, examples=1000,
-                 tokens_per_example=300.0, max_length=1024, epochs=3)
+    s = Schedule(
+        micro_batch_size=4,
+        gradient_accumulation_steps=8,
+        num_processes=2,
+        examples=1000,
+        tokens_per_example=300.0,
+        max_length=1024,
+        epochs=3,
+    )
     assert s.global_batch == 64
     assert s.steps_per_epoch == 16  # 500 per process -> 125 micro-batches -> 16 optimizer steps
     assert s.total_steps == 48
