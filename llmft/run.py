@@ -69,6 +69,7 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
 
 def train(recipe: Recipe) -> RunResult:
     from llmft.builders import get_builder
+    from llmft.builders.protocol import TrainerLike
     from llmft.launch.ranks import is_main_process
     from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
@@ -80,6 +81,8 @@ def train(recipe: Recipe) -> RunResult:
         check_same_recipe(recipe, ctx.output_dir, RESOLVED_RECIPE)
     builder = get_builder(recipe.stage.name, recipe.finetune.mode)
     trainer = builder(ctx)
+    if not isinstance(trainer, TrainerLike):  # a builder's bug, not the recipe's
+        raise TypeError(f"{builder.__module__}.{builder.__qualname__} returned {type(trainer).__name__}, not a TrainerLike")
     if is_main_process():  # the builder created the process group: every process has passed preflight
         write_resolved_recipe(recipe, ctx.output_dir)
     log.info(

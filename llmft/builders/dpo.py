@@ -26,6 +26,7 @@ import logging
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import trl_config
 from llmft.config.stage import Reference
 from llmft.registry import register_builder
@@ -46,7 +47,7 @@ def trainer_class() -> type:
 
 
 @register_builder("dpo", modes=("full", "lora", "qlora"))
-def build_dpo(ctx: RunContext) -> Any:
+def build_dpo(ctx: RunContext) -> TrainerLike:
     import copy
 
     from trl import DPOConfig

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmft import rewards
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
 from llmft.config.stage import Reference
@@ -151,7 +152,7 @@ def check_rebuilt_reference(trainer: Any, zero3: bool) -> None:
 
 
 @register_builder("grpo", modes=("full", "lora", "qlora"))
-def build_grpo(ctx: RunContext) -> Any:
+def build_grpo(ctx: RunContext) -> TrainerLike:
     from trl import GRPOTrainer
 
     from llmft.data.trl_rows import prompt_rows

@@ -12,6 +12,7 @@ import random
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import training_kwargs
 from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
 from llmft.config.stage import Reference
@@ -40,7 +41,7 @@ def kto_config(ctx: RunContext) -> Any:
 
 
 @register_builder("kto", modes=("full", "lora", "qlora"))
-def build_kto(ctx: RunContext) -> Any:
+def build_kto(ctx: RunContext) -> TrainerLike:
     import copy
 
     from trl import KTOTrainer

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import trl_config
 from llmft.builders.trl_common import trl_datasets, trl_trainer
 from llmft.registry import register_builder
@@ -37,7 +38,7 @@ def orpo_config(ctx: RunContext) -> Any:
 
 
 @register_builder("orpo", modes=("full", "lora", "qlora"))
-def build_orpo(ctx: RunContext) -> Any:
+def build_orpo(ctx: RunContext) -> TrainerLike:
     from llmft.data.trl_rows import pair_rows
 
     data = ctx.recipe.data

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
@@ -58,7 +59,7 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
 
 
 @register_builder("ppo", modes=("full", "lora", "qlora"))
-def build_ppo(ctx: RunContext) -> Any:
+def build_ppo(ctx: RunContext) -> TrainerLike:
     from llmft.alignment.ppo_trainer import PpoTrainer
     from llmft.builders.trainer import training_arguments
     from llmft.callbacks import callbacks_for

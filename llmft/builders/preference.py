@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.data.collate import PadCollator
 from llmft.data.pairs import PairExample
 from llmft.data.tokenize import IGNORE
@@ -73,7 +74,7 @@ def keep_only_adapter_dropout(model: Any) -> None:
             module.p = 0.0
 
 
-def finish(trainer: Any) -> Any:
+def finish(trainer: Any) -> TrainerLike:
     """llmft prints its own log lines (LogLines) instead of the Trainer's dicts."""
     from transformers.trainer_callback import PrinterCallback
 

@@ -3,9 +3,10 @@ trainers) already satisfy it; llmft's own PPO trainer implements it."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
+@runtime_checkable
 class TrainerLike(Protocol):
     model: Any
     args: Any  # has .output_dir

@@ -21,12 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import trl_config
 from llmft.registry import register_builder
 
 
 @register_builder("rm", modes=("full", "lora"))
-def build_rm(ctx: RunContext) -> Any:
+def build_rm(ctx: RunContext) -> TrainerLike:
     from trl import RewardConfig, RewardTrainer
 
     from llmft.builders.preference import finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs

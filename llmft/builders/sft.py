@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import next_token_trainer
 from llmft.data.tokenize import turn_end_problem
 from llmft.registry import register_builder
@@ -14,7 +14,7 @@ log = logging.getLogger("llmft")
 
 
 @register_builder("sft", modes=("full", "lora", "qlora"))
-def build_sft(ctx: RunContext) -> Any:
+def build_sft(ctx: RunContext) -> TrainerLike:
     problem = turn_end_problem(ctx.tokenizer)
     if problem:
         log.warning("WARNING: %s", problem)

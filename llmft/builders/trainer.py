@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.builders.context import RunContext
+from llmft.builders.protocol import TrainerLike
 from llmft.config.recipe import Recipe
 from llmft.resolve import Resolved
 
@@ -80,7 +81,7 @@ def training_kwargs(recipe: Recipe, settings: Resolved, output_dir: Path) -> dic
 
 def make_trainer(
     ctx: RunContext, train_dataset: Any, eval_dataset: Any | None, collator: Any, trainer_class: type | None = None
-) -> Any:
+) -> TrainerLike:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -101,7 +102,7 @@ def make_trainer(
     return trainer
 
 
-def next_token_trainer(ctx: RunContext) -> Any:
+def next_token_trainer(ctx: RunContext) -> TrainerLike:
     """Prepare the train/eval examples of the run's stage (before loading the model, so data errors
     surface fast), choose the fast path (`llmft.fastpath.decide`, its passes sized by the memory plan),
     batch, build the Trainer."""
