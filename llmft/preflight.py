@@ -38,6 +38,15 @@ def check_data_paths(recipe: Recipe) -> None:
         raise UserError("\n".join(missing))
 
 
+def check_stage_inputs(recipe: Recipe) -> None:
+    """Runs the stage reads besides its model (a reward model) must exist."""
+    missing = [
+        f"{key}: directory not found: {path}" for key, path in recipe.stage.input_dirs() if not Path(path).expanduser().is_dir()
+    ]
+    if missing:
+        raise UserError("\n".join(missing))
+
+
 def check_optimizer(recipe: Recipe) -> None:
     import torch
 
@@ -54,6 +63,7 @@ def preflight(recipe: Recipe) -> Path:
 
     out = check_output_dir(recipe)
     check_data_paths(recipe)
+    check_stage_inputs(recipe)
     check_optimizer(recipe)
     check_attention(recipe.model)
     check_model_path(recipe.model)

@@ -6,34 +6,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any
 
 from llmft.builders.context import RunContext
 from llmft.builders.protocol import TrainerLike
 from llmft.config.stage import Reference
 from llmft.errors import UserError
+from llmft.modeling.reward import load_reward_model
 from llmft.registry import register_builder
 
 log = logging.getLogger("llmft")
-
-
-def load_reward(path: str, dtype: Any) -> tuple[Any, Any]:
-    """(model, tokenizer) of the reward model; `model(input_ids, attention_mask).logits[:, 0]`
-    is the score."""
-    try:
-        from llmft.modeling.reward import load_reward_model
-    except ImportError as exc:
-        if exc.name != "llmft.modeling.reward":
-            raise
-        raise UserError("stage.reward_model: this llmft cannot load reward models (llmft.modeling.reward is missing)") from None
-    return load_reward_model(path, dtype=dtype)
-
-
-def check_reward_model_path(path: str) -> None:
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise UserError(f"stage.reward_model: directory not found: {path}")
 
 
 def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
@@ -66,7 +48,6 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
     from llmft.data.tokenize import end_of_turn_ids, turn_end_problem
 
     recipe, stage = ctx.recipe, ctx.recipe.stage
-    check_reward_model_path(stage.reward_model)
     if recipe.finetune.continues_adapter:
         log.warning(
             "WARNING: finetune.adapter_path: the PPO reference is the model with the adapter disabled, i.e. "
@@ -89,7 +70,7 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
             recipe.finetune.dropout,
         )
     train_prompts, eval_prompts = read_prompts(ctx)
-    reward_model, reward_tokenizer = load_reward(stage.reward_model, ctx.settings.frozen_dtype)
+    reward_model, reward_tokenizer = load_reward_model(stage.reward_model, dtype=ctx.settings.frozen_dtype)
     log.info("reward model: %s", stage.reward_model)
 
     policy = ctx.model

@@ -112,6 +112,11 @@ class StageSection(Section):
         """Batch shapes this stage needs, as (dotted.key, problem) pairs."""
         return []
 
+    def input_dirs(self) -> list[tuple[str, str]]:
+        """(dotted.key, directory) of the runs this stage reads besides its model (a reward model),
+        checked to exist before anything loads (`llmft.preflight`)."""
+        return []
+
 
 #: DPO losses as TRL's DPOTrainer offers them.
 DpoLoss = Literal[
@@ -299,6 +304,9 @@ class GrpoStage(StageSection):
     def reference_source(self, finetune: Any) -> Reference:
         return Reference.NONE if self.beta == 0 else policy_at_start(finetune, full=Reference.RELOADED)
 
+    def input_dirs(self) -> list[tuple[str, str]]:
+        return [("stage.reward_model", self.reward_model)] if self.reward_model else []
+
     def generated_tokens(self) -> tuple[str, int]:
         return "max_completion_length", self.max_completion_length
 
@@ -367,6 +375,9 @@ class PpoStage(StageSection):
         # the PPO loop's LoRA reference is always the policy with its adapter disabled (a continued
         # adapter included: the builder warns that the KL then pulls towards the model before it)
         return policy_at_start(finetune, continued=Reference.ADAPTER_DISABLED)
+
+    def input_dirs(self) -> list[tuple[str, str]]:
+        return [("stage.reward_model", self.reward_model)]
 
     def generated_tokens(self) -> tuple[str, int]:
         return "max_new_tokens", self.max_new_tokens

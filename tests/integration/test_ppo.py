@@ -89,7 +89,9 @@ def live(cls: type) -> int:
 def test_ppo_raises_reward(mode, tiny_model_dir, sft_file, tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
-    monkeypatch.setattr(ppo_builder, "load_reward", lambda path, dtype: (MergedTokenRM(build_tokenizer()), build_tokenizer()))
+    monkeypatch.setattr(
+        ppo_builder, "load_reward_model", lambda path, dtype: (MergedTokenRM(build_tokenizer()), build_tokenizer())
+    )
     (tmp_path / "rm").mkdir()
     stage = {"kl_control": "adaptive", "target_kl": 1.0, "kl_horizon": 200} if mode == "full" else {}
     raw = ppo_recipe(

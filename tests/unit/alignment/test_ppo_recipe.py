@@ -1,13 +1,13 @@
-"""ppo recipes validate in both modes; the builder's own checks name the recipe key."""
+"""ppo recipes validate in both modes; a missing reward model is refused before anything loads, naming the key."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import minimal_recipe
 
-from llmft.builders.ppo import check_reward_model_path
 from llmft.config import validate_recipe
 from llmft.errors import UserError
+from llmft.preflight import check_stage_inputs
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
@@ -16,7 +16,13 @@ def test_ppo_recipe_validates(mode):
     assert (recipe.stage.name, recipe.finetune.mode, recipe.stage.reward_model) == ("ppo", mode, "outputs/rm")
 
 
-def test_missing_reward_model_dir_names_the_key(tmp_path):
+@pytest.mark.parametrize("stage", [{"name": "ppo"}, {"name": "grpo", "num_generations": 2}])
+def test_missing_reward_model_dir_names_the_key(stage, tmp_path):
+    def recipe(reward_model):
+        return validate_recipe(
+            minimal_recipe(stage={**stage, "reward_model": str(reward_model)}, training={"micro_batch_size": 2})
+        )
+
     with pytest.raises(UserError, match=r"^stage.reward_model: directory not found: .*nope"):
-        check_reward_model_path(str(tmp_path / "nope"))
-    check_reward_model_path(str(tmp_path))
+        check_stage_inputs(recipe(tmp_path / "nope"))
+    check_stage_inputs(recipe(tmp_path))
