@@ -98,30 +98,26 @@ def _train_with_spy(monkeypatch, raw: dict, spy) -> Any:
 
 
 def test_gradient_checkpointing_recomputes_each_layer(tiny_model_dir, sft_file, tmp_path, monkeypatch):
-    """With checkpointing a decoder layer runs twice per micro-batch (forward, then again in
-    backward to rebuild its activations); without it, once."""
-    from transformers import TrainerCallback
+    """With checkpointing each decoder layer's forward runs twice per micro-batch (forward, then again
+    in backward to rebuild its activations); without it, once. Counted inside the layer (its rotary
+    embedding): transformers checkpoints the layer's forward, so hooks on modules do not run again."""
+    import transformers.models.llama.modeling_llama as llama
 
-    class CountLayerCalls(TrainerCallback):
-        def __init__(self) -> None:
-            self.counts: list[int] = []
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            layer = model.get_base_model().model.layers[0]
-            layer.register_forward_hook(lambda *a: self.counts.append(1))
-
-    calls = {}
+    calls = []
+    rotary = llama.apply_rotary_pos_emb
+    monkeypatch.setattr(llama, "apply_rotary_pos_emb", lambda *a, **k: calls.append(1) or rotary(*a, **k))
+    counted = {}
     for checkpointing in (False, True):
+        calls.clear()
         raw = make_recipe(
             tiny_model_dir,
             sft_file,
             tmp_path / f"gc{checkpointing}",
             training={"max_steps": 2, "gradient_checkpointing": checkpointing},
         )
-        counter = CountLayerCalls()
-        _train_with_spy(monkeypatch, raw, counter)
-        calls[checkpointing] = len(counter.counts)
-    assert calls == {False: 2, True: 4}
+        train(validate_recipe(raw))
+        counted[checkpointing] = len(calls)
+    assert counted == {False: 2 * 2, True: 2 * 2 * 2}  # steps x layers (x 2 when recomputed)
 
 
 @pytest.mark.parametrize("kernel", ["eager", "sdpa"])
