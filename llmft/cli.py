@@ -236,6 +236,52 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmft.evaluation import data as eval_data
+    from llmft.evaluation.measures import EvalOptions
+    from llmft.evaluation.report import table, write
+    from llmft.evaluation.run import evaluate, free, load
+    from llmft.modeling.sources import resolve_source
+
+    if bool(args.data) == bool(args.recipe):
+        raise UserError("eval: give exactly one of --data FILE and --recipe RECIPE (its eval split)")
+    recipe, template = None, args.template
+    if args.recipe:
+        from llmft.config import load_recipe
+
+        recipe = load_recipe(args.recipe, require_builder=False)
+        template = template or recipe.data.template
+        data = eval_data.from_recipe(recipe, args.max_samples)
+    else:
+        data = eval_data.from_file(args.data, args.data_format, args.max_samples)
+    max_length = args.max_length or (recipe.data.max_length if recipe else 1024)
+    options = EvalOptions(
+        metrics=tuple(args.metrics.split(",")) if args.metrics else None,
+        max_length=max_length,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    reference = resolve_source(args.reference, template=template) if args.reference else None
+    results = []
+    for model in [args.model, *([args.compare] if args.compare else [])]:
+        loaded = load(resolve_source(model, args.gguf_file, template), reference, args.reward_model)
+        results.append(evaluate(loaded, data, options))
+        free(loaded)
+    last = Path(args.compare or args.model).expanduser()
+    out = Path(args.out) if args.out else (last / "eval" if last.is_dir() else Path("llmft-eval"))
+    written = write(results, out)
+    if args.format == "json":
+        print(json.dumps({"results": [r.to_dict() for r in results]}, indent=2, ensure_ascii=False))
+    else:
+        print(table(results))
+        print(f"\nwritten: {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmft", description="Fine-tune LLMs from one recipe file.")
     parser.add_argument("--version", action="version", version=f"llmft {__version__}")
@@ -281,6 +327,35 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--gguf-file", help="GGUF file inside --base")
     merge.add_argument("--no-verify", action="store_true", help="skip the logits check (base+adapter vs merged)")
     merge.set_defaults(fn=cmd_merge)
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure a model on held-out data (loss, generated answers, preference/reward accuracy, win rate)",
+        description="Measure a model (run dir, adapter dir, model dir, hub id, or GGUF with --gguf-file) on held-out data "
+        "with the chat template it was trained with; --compare puts a second model beside it (e.g. before/after a stage).",
+    )
+    evaluate.add_argument("model", help="run output dir, adapter dir, model dir or hub id")
+    evaluate.add_argument("--compare", help="a second model, measured on the same data with the same settings")
+    evaluate.add_argument("--data", help="held-out records: any format llmft reads (conversations, text or preference pairs)")
+    evaluate.add_argument("--data-format", default="auto", help="the --data format (default: detected)")
+    evaluate.add_argument("--recipe", help="use this recipe's eval split (data.eval or data.eval_split) and its template")
+    evaluate.add_argument(
+        "--metrics", help="comma-separated: lm, generate, preference, reward, win_rate (default: what the data allows)"
+    )
+    evaluate.add_argument("--max-samples", type=int, help="measure at most this many records (the first ones)")
+    evaluate.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's data.max_length, else 1024)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer")
+    evaluate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; above 0 samples with --seed")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    evaluate.add_argument("--reference", help="reference model for implicit rewards and win rate (default: an adapter's base)")
+    evaluate.add_argument("--reward-model", help="an rm run's output dir, to judge answers (win_rate)")
+    evaluate.add_argument("--template", help="named chat template for a model without one (see docs/data.md)")
+    evaluate.add_argument("--gguf-file", help="GGUF file inside MODEL")
+    evaluate.add_argument(
+        "--out", help="where eval.json and the answers go (default: MODEL/eval for a local dir, else ./llmft-eval)"
+    )
+    evaluate.add_argument("--format", choices=("table", "json"), default="table")
+    evaluate.set_defaults(fn=cmd_eval)
     chat = sub.add_parser("chat", help="chat with a trained run or a model")
     chat.add_argument("--model", help="run output dir, adapter dir, model dir or hub id")
     chat.add_argument("--recipe", help="chat with this recipe's base model instead")

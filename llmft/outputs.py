@@ -4,6 +4,7 @@ train_results.json, eval_results.json, logs/ and recipe.resolved.yaml."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import yaml
 
 from llmft.config.recipe import Recipe
 from llmft.rundir import RESOLVED_RECIPE
+
+log = logging.getLogger("llmft")
 
 
 def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
@@ -33,6 +36,37 @@ def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
     return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
 
 
+def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
+    """`output.eval`: measure the saved model (and the starting one, side by side) on the recipe's eval
+    data; print the table, write `<dir>/eval/`. Returns the results (empty when not asked)."""
+    spec = recipe.output.eval
+    if spec is None:
+        return []
+    from llmft.evaluation import data as eval_data
+    from llmft.evaluation.measures import EvalOptions
+    from llmft.evaluation.report import table, write
+    from llmft.evaluation.run import evaluate, free, load
+    from llmft.modeling.sources import resolve_source, source_for_base
+
+    data = eval_data.from_recipe(recipe, spec.max_samples)
+    options = EvalOptions(
+        metrics=tuple(spec.metrics) if spec.metrics else None,
+        max_length=recipe.data.max_length,
+        max_new_tokens=spec.max_new_tokens,
+    )
+    compare = spec.compare_base if spec.compare_base is not None else recipe.stage.traits.task == "causal_lm"
+    sources = [source_for_base(recipe, output_dir)] if compare else []
+    sources.append(resolve_source(str(output_dir)))
+    results = []
+    for source in sources:
+        loaded = load(source, judge=spec.reward_model)
+        results.append(evaluate(loaded, data, options))
+        free(loaded)
+    write(results, output_dir / "eval")
+    log.info("output.eval (%s):\n%s", "before -> after" if compare else "the trained model", table(results))
+    return results
+
+
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
     from llmft.launch.ranks import is_main_process, wait_for_everyone
@@ -47,7 +81,18 @@ def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, An
     metrics = dict(train_result.metrics)
     trainer.save_metrics("train", metrics, combined=False)
     if evaluates:
-        eval_metrics = trainer.evaluate()
+        eval_metrics = final_evaluation(trainer.state) or trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics, combined=False)
         metrics.update(eval_metrics)
     return metrics
+
+
+def final_evaluation(state: Any) -> dict[str, Any] | None:
+    """The evaluation the trainer already ran on the final weights (at the last step, e.g. the end of
+    the last epoch), so the run does not evaluate the same weights twice; None if there was none."""
+    for entry in reversed(state.log_history):
+        if entry.get("step") != state.global_step:
+            return None
+        if any(key.startswith("eval_") for key in entry):
+            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+    return None

@@ -71,7 +71,7 @@ def train(recipe: Recipe) -> RunResult:
     from llmft.builders import get_builder
     from llmft.builders.protocol import TrainerLike
     from llmft.launch.ranks import is_main_process
-    from llmft.outputs import merge_if_asked, save_final, write_resolved_recipe
+    from llmft.outputs import eval_if_asked, merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.rundir import RESOLVED_RECIPE
 
@@ -96,5 +96,6 @@ def train(recipe: Recipe) -> RunResult:
     metrics = save_final(trainer, result, recipe.evaluates)
     if is_main_process():
         merge_if_asked(recipe, ctx.output_dir)
+        eval_if_asked(recipe, ctx.output_dir)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return RunResult(ctx.output_dir, metrics, list(trainer.state.log_history), trainer.model)

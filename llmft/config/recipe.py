@@ -56,5 +56,5 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
     problems += rules.finetune_for_stage(stage, finetune, recipe.model)
     problems += rules.distributed_for_stage(stage, finetune, training, recipe.distributed)
     problems += rules.training_for_stage(stage, training, recipe.model, recipe.distributed)
-    problems += rules.outputs_and_eval(finetune, training, data, recipe.output)
+    problems += rules.outputs_and_eval(stage, finetune, training, data, recipe.output)
     return problems

@@ -218,8 +218,20 @@ def distributed_for_stage(stage: StageSection, finetune: Any, training: Training
     return problems
 
 
-def outputs_and_eval(finetune: Any, training: TrainingConfig, data: DataConfig, output: OutputConfig) -> Problems:
+def outputs_and_eval(
+    stage: StageSection, finetune: Any, training: TrainingConfig, data: DataConfig, output: OutputConfig
+) -> Problems:
     problems = []
+    if output.eval is not None:
+        if not data.has_eval:
+            problems.append(("output.eval", "measures the eval data, and there is none; add data.eval or data.eval_split"))
+        if output.eval.compare_base and stage.traits.task == "reward":
+            problems.append(
+                (
+                    "output.eval.compare_base",
+                    f"the starting model of stage {stage.name!r} has no reward head to measure; remove it",
+                )
+            )
     if output.merge_adapter and not isinstance(finetune, LoraFinetune):
         problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
     if training.eval_on_start and not data.has_eval:

@@ -178,3 +178,32 @@ def test_torch_compile_compiles_the_model_it_trains(tiny_model_dir, sft_file, tm
     compiled.clear()
     train(validate_recipe(raw))
     assert not compiled
+
+
+@pytest.mark.parametrize("eval_steps,expected", [(2, [2, 4]), (3, [3, 4])])
+def test_the_final_weights_are_evaluated_once(tiny_model_dir, sft_file, tmp_path, monkeypatch, eval_steps, expected):
+    """An evaluation the trainer ran at the last step is the final one (rm/dpo runs evaluated the same
+    weights twice, ~30% of their wall time); otherwise the final weights get one more."""
+    from transformers import Trainer
+
+    steps = []
+    original = Trainer.evaluate
+
+    def counting(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counting)
+    raw = make_recipe(
+        tiny_model_dir,
+        sft_file,
+        tmp_path / "run",
+        data={"eval": str(sft_file)},
+        training={"max_steps": 4, "eval_strategy": "steps", "eval_steps": eval_steps},
+    )
+    result = train(validate_recipe(raw))
+    assert steps == expected
+    final = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert (
+        final["eval_loss"] == result.metrics["eval_loss"] == [h for h in result.log_history if "eval_loss" in h][-1]["eval_loss"]
+    )

@@ -106,3 +106,15 @@ def test_torch_compile_refused_for_ppo():
     assert (
         problem == "training.torch_compile: stage 'ppo' trains with llmft's own loop, which does not compile the model; remove it"
     )
+
+
+def test_output_eval_needs_eval_data_and_a_comparable_base():
+    assert only_problem(recipe(output={"dir": "o", "eval": {}})) == (
+        "output.eval: measures the eval data, and there is none; add data.eval or data.eval_split"
+    )
+    ok = validate_recipe(recipe(data={"train": "t.jsonl", "eval_split": 0.1}, output={"dir": "o", "eval": {"max_samples": 8}}))
+    assert ok.output.eval.max_samples == 8 and ok.output.eval.compare_base is None
+    rm = recipe(
+        stage={"name": "rm"}, data={"train": "t.jsonl", "eval_split": 0.1}, output={"dir": "o", "eval": {"compare_base": True}}
+    )
+    assert only_problem(rm).startswith("output.eval.compare_base: the starting model of stage 'rm' has no reward head")

@@ -101,7 +101,7 @@ def test_unknown_key_in_section(section, typo, meant):
 
 
 def test_unknown_key_without_close_match_lists_known_keys():
-    assert only_problem(recipe(output={"zzz": 1})) == "output.zzz: unknown key; known keys: dir, merge_adapter"
+    assert only_problem(recipe(output={"zzz": 1})) == "output.zzz: unknown key; known keys: dir, merge_adapter, eval"
 
 
 def test_unknown_key_in_stage_variant():

@@ -1,0 +1,83 @@
+"""Load what `llmft eval` measures and run the measures: one model, or two side by side on the same
+data with the same settings (`--compare`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmft.errors import UserError
+from llmft.evaluation.data import EvalSet
+from llmft.evaluation.measures import MEASURES, EvalOptions, Loaded, default_measures
+from llmft.modeling.sources import ModelSource, load_causal_lm, load_tokenizer_for
+
+log = logging.getLogger("llmft")
+
+
+@dataclass
+class EvalResult:
+    model: str
+    data: str
+    metrics: dict[str, dict[str, Any]]  # measure -> its figures
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # measure -> what a person reads (answers)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "metrics": self.metrics,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def load(source: ModelSource, reference: ModelSource | None = None, judge: str | None = None) -> Loaded:
+    """The model to measure; its reference (`reference`, else an adapter's base), and a judging reward model."""
+    from llmft.modeling.reward import load_reward_model
+
+    if source.reward:
+        path = str(source.adapter or source.base.path)
+        model, tokenizer = load_reward_model(path)
+        return Loaded(source.describe(), model, tokenizer, reward=True)
+    model, tokenizer = load_causal_lm(source)
+    loaded = Loaded(source.describe(), model, tokenizer)
+    if reference is not None:
+        loaded.reference, loaded.reference_tokenizer = load_causal_lm(reference)
+    if judge is not None:
+        loaded.judge = load_reward_model(judge)
+    return loaded
+
+
+def evaluate(loaded: Loaded, data: EvalSet, options: EvalOptions) -> EvalResult:
+    names = options.metrics or default_measures(data, loaded)
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown:
+        raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    started = time.perf_counter()
+    result = EvalResult(loaded.name, f"{data.name} ({len(data.records)} records)", {})
+    for name in names:
+        log.info("eval: %s on %s", name, loaded.name)
+        figures = MEASURES[name](loaded, data, options)
+        rows = figures.pop("_rows", None)
+        if rows is not None:
+            result.rows[name] = rows
+        result.metrics[name] = figures
+    result.notes = list(loaded.notes)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def free(loaded: Loaded) -> None:
+    """Let go of a model before loading the next (two 135M fp32 models fit anywhere; a 7B does not)."""
+    loaded.model = loaded.reference = loaded.judge = None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["EvalOptions", "EvalResult", "evaluate", "free", "load", "load_tokenizer_for"]
