@@ -20,7 +20,7 @@ from llmft.config.finetune import MODES, FullFinetune
 from llmft.config.training import TrainingConfig
 
 #: Record layouts a conversation stage reads (`data.*.format`).
-CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv")
+CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv", "qa")
 #: What a stage's loss is: next-token cross-entropy, a preference loss (pairs or labelled replies),
 #: a reward model's pairwise score loss, or a policy-gradient loss on replies it samples itself.
 Objective = Literal["next_token", "preference", "reward", "rollout"]
