@@ -25,9 +25,14 @@ interpolation (`${stage.name}`; `${pkg:NAME}` is the directory of an installed P
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        members = _members(annotation)
+        if len(members) > 1 and tag_field(members[0]):  # a tagged union of sections
+            return f"`{tag_field(members[0])}`-tagged entry"
         return " \\| ".join(_type_name(a) for a in args if a is not type(None)) + (" \\| null" if type(None) in args else "")
     if origin is list:
         return f"list of {_type_name(args[0])}" if args else "list"
@@ -60,6 +65,24 @@ def _members(annotation: Any) -> list[type[BaseModel]]:
     return list(model_classes(annotation))
 
 
+def _entries(model: type[BaseModel], section: str) -> list[str]:
+    """The variants of each list-of-tagged-union field of `model` (`stage.rewards`), one heading each."""
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        members = _members(field.annotation)
+        if len(members) < 2 or not tag_field(members[0]):
+            continue
+        tag = tag_field(members[0])
+        lines.append(f"#### `{section}.{name}` entries\n")
+        for member in members:
+            value = typing.get_args(member.model_fields[tag].annotation)[0]
+            lines.append(f"##### `{tag}: {value}`\n")
+            lines.append(f"{member.model_fields[tag].description}\n")
+            lines.extend(_table(member, skip=(tag,)))
+            lines.append("")
+    return lines
+
+
 def config_reference() -> str:
     lines = [HEADER]
     for section, field in Recipe.model_fields.items():
@@ -75,6 +98,7 @@ def config_reference() -> str:
                 if len(member.model_fields) > 1:
                     lines.extend(_table(member, skip=(tag,)))
                     lines.append("")
+                lines.extend(_entries(member, section))
             continue
         model = members[0]
         lines.extend(_table(model))

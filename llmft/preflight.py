@@ -39,12 +39,16 @@ def check_data_paths(recipe: Recipe) -> None:
 
 
 def check_stage_inputs(recipe: Recipe) -> None:
-    """Runs the stage reads besides its model (a reward model) must exist."""
+    """Runs the stage reads besides its model (a reward model) must exist, and its rewards' inputs
+    must be usable: JSON Schema files valid, python rewards importable (`llmft.rewards.check_inputs`)."""
+    from llmft.rewards import check_inputs
+
     missing = [
         f"{key}: directory not found: {path}" for key, path in recipe.stage.input_dirs() if not Path(path).expanduser().is_dir()
     ]
     if missing:
         raise UserError("\n".join(missing))
+    check_inputs(recipe.stage.reward_entries())
 
 
 def check_optimizer(recipe: Recipe) -> None:

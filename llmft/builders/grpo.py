@@ -1,6 +1,7 @@
 """grpo: group relative policy optimisation (TRL's GRPOTrainer). For each prompt the policy samples
-`num_generations` replies; each is scored by the built-in rewards (`llmft.rewards`) and/or an `rm`
-run's reward model, and the replies are pushed towards those above their group's mean.
+`num_generations` replies; each is scored by the recipe's `stage.rewards` (`llmft.rewards`: answer
+accuracy, format and JSON checks, length, repetition, a clean end, an rm run's reward model, or
+your own function), weighted, and the replies are pushed towards those above their group's mean.
 
 Batch sizes count completions, as in TRL: `training.micro_batch_size` completions per forward
 pass, and micro_batch_size x gradient_accumulation_steps completions (that many / num_generations
@@ -13,8 +14,8 @@ equal the starting policy.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from llmft import rewards
@@ -41,6 +42,10 @@ def grpo_config(ctx: RunContext) -> Any:
         max_completion_length=stage.max_completion_length,
         temperature=stage.temperature,
         beta=stage.beta,
+        loss_type=stage.loss_type,
+        # LUSPO is a sequence-level loss: TRL's paper setup weighs whole sequences
+        importance_sampling_level="sequence" if stage.loss_type == "luspo" else "token",
+        reward_weights=[entry.weight for entry in stage.rewards],
         disable_dropout=False,  # the model's own dropout is turned off by trl_trainer, LoRA's kept
     )
 
@@ -52,79 +57,54 @@ def completion_text(completion: Any) -> str:
     return "".join(m["content"] for m in completion if isinstance(m.get("content"), str))
 
 
-class BuiltinReward:
-    """One `llmft.rewards` function in the shape GRPOTrainer calls: a batch of completions (plus
-    their token ids and the data's columns) -> one reward per completion."""
+class TrlReward:
+    """One `llmft.rewards.Reward` in the shape GRPOTrainer calls: a batch of prompts, completions,
+    their token ids and the rows' extra columns (`reference`, `record`, `where`) -> one reward per
+    completion."""
 
-    def __init__(self, name: str, end_ids: Sequence[int]):
-        if name not in rewards.NAMES:
-            raise ValueError(f"unknown reward {name!r}; built-in rewards are {rewards.NAMES}")
-        self.__name__ = name  # TRL logs rewards/<name>/mean
-        self.end_ids = tuple(end_ids)
+    def __init__(self, reward: rewards.Reward):
+        self.reward = reward
+        self.__name__ = reward.name  # TRL logs rewards/<name>/mean
 
     def __call__(
-        self, prompts: list, completions: list, completion_ids: list, reference: list | None = None, **_: Any
+        self,
+        prompts: list,
+        completions: list,
+        completion_ids: list | None = None,
+        reference: list | None = None,
+        record: list | None = None,
+        where: list | None = None,
+        **_: Any,
     ) -> list[float | None]:
-        texts = [completion_text(c) for c in completions]
-        if self.__name__ == "length":
-            return [rewards.length(text, ref) for text, ref in zip(texts, reference or [None] * len(texts))]
-        if self.__name__ == "format":
-            return [rewards.format(text) for text in texts]
-        if self.__name__ == "no_repeat":
-            return [rewards.no_repeat(text) for text in texts]
-        return [rewards.ends_cleanly(ids, self.end_ids) for ids in completion_ids]
+        count = len(completions)
+        samples = [
+            rewards.Sample(
+                completion=completion_text(completions[i]),
+                record=json.loads(record[i]) if record else {},
+                completion_ids=completion_ids[i] if completion_ids is not None else None,
+                prompt=prompts[i] if isinstance(prompts[i], list) else [{"role": "user", "content": prompts[i]}],
+                reference=reference[i] if reference else None,
+                where=where[i] if where else "<record>",
+            )
+            for i in range(count)
+        ]
+        return self.reward(samples)
 
 
-class RewardModelScore:
-    """An `rm` run's model as a GRPO reward: each prompt + completion is rendered with the reward
-    model's own tokenizer and template exactly as rm training rendered it
-    (`llmft.modeling.reward.reward_input_ids`), and scored in one padded batch."""
-
-    __name__ = "reward_model"
-
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-
-    def __call__(self, prompts: list, completions: list, **_: Any) -> list[float]:
-        import torch
-
-        from llmft.modeling.reward import reward_input_ids
-
-        replies = [[{"role": "assistant", "content": completion_text(c)}] for c in completions]
-        sequences = [reward_input_ids(self.tokenizer, p, r) for p, r in zip(prompts, replies)]
-        width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
-        attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
-        with torch.inference_mode():
-            scores = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-        return scores.float().tolist()
-
-
-def load_reward_scorer(path: str, dtype: Any) -> RewardModelScore:
-    import torch
-
-    from llmft.modeling.reward import load_reward_model
-
-    model, tokenizer = load_reward_model(path, dtype=dtype)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    log.info("reward model: %s", path)
-    return RewardModelScore(model, tokenizer)
-
-
-def reward_functions(ctx: RunContext) -> list[Any]:
-    stage = ctx.recipe.stage
+def end_ids(ctx: RunContext) -> list[int]:
+    """The tokens TRL stops generation at: the tokenizer's end of sequence and the model's declared ones."""
     generation = getattr(ctx.model, "generation_config", None)
     declared = getattr(generation, "eos_token_id", None)
     declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
-    end_ids = sorted({ctx.tokenizer.eos_token_id, *declared})  # what TRL stops generation at
-    funcs: list[Any] = [BuiltinReward(name, end_ids) for name in stage.reward_functions]
-    if stage.reward_model:
-        funcs.append(load_reward_scorer(stage.reward_model, ctx.settings.frozen_dtype))
-    return funcs
+    return sorted({ctx.tokenizer.eos_token_id, *declared})
+
+
+def reward_functions(ctx: RunContext) -> list[TrlReward]:
+    stage = ctx.recipe.stage
+    loaded = rewards.load_rewards(
+        stage.rewards, end_ids=end_ids(ctx), allow_python=stage.allow_python_rewards, dtype=ctx.settings.frozen_dtype
+    )
+    return [TrlReward(reward) for reward in loaded]
 
 
 def check_rebuilt_reference(trainer: Any, zero3: bool) -> None:
@@ -161,9 +141,11 @@ def build_grpo(ctx: RunContext) -> TrainerLike:
     stage = recipe.stage
     config = grpo_config(ctx)
     max_prompt = recipe.data.max_length - stage.max_completion_length  # >= 1: checked with the recipe
-    train, evaluation = trl_datasets(ctx, lambda items: prompt_rows(items, ctx.tokenizer, max_prompt))
+    columns = stage.record_columns()
+    train, evaluation = trl_datasets(ctx, lambda items: prompt_rows(items, ctx.tokenizer, max_prompt, columns))
     trainer = trl_trainer(ctx, GRPOTrainer, config, train, evaluation, reward_funcs=reward_functions(ctx))
-    log.info("grpo: rewards %s", ", ".join(trainer.reward_func_names))
+    weighted = ", ".join(f"{name} x {weight:g}" for name, weight in zip(trainer.reward_func_names, config.reward_weights))
+    log.info("grpo: loss_type %s, %d completions per prompt, rewards %s", config.loss_type, stage.num_generations, weighted)
     reference = stage.reference_source(recipe.finetune)  # none with beta 0
     if reference is Reference.RELOADED:
         check_rebuilt_reference(trainer, ctx.settings.zero3)

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from llmft.config.base import Section
 
-DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "csv", "text", "preference", "kto"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "csv", "qa", "text", "preference", "kto"]
 TemplateName = Literal[
     "chatml",
     "qwen",
@@ -34,8 +34,8 @@ class DatasetSpec(Section):
         default="auto",
         description="Record layout: `alpaca` (instruction/input/output), `sharegpt` (conversations of "
         "from/value, optional tools), `messages` (OpenAI role/content), `csv` (human/assistant "
-        "columns), `text` (pre-training), `preference` (chosen/rejected), `kto` (completion + boolean "
-        "label). `auto` detects it from the first record and reports what it found.",
+        "columns), `qa` (question/answer, MedicalGPT's GRPO data), `text` (pre-training), `preference` "
+        "(chosen/rejected), `kto` (completion + boolean label). `auto` detects it from the first record and reports what it found.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,

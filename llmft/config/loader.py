@@ -132,7 +132,8 @@ def _describe(err: dict[str, Any], path: list[str | int], model: type[BaseModel]
         tag = ctx.get("discriminator", "").strip("'")
         expected = ctx.get("expected_tags", "")
         if kind == "union_tag_not_found":  # pydantic gives no expected tags here
-            choices = _tag_choices(model, path[-1] if path else None, tag)
+            field = next((p for p in reversed(path) if isinstance(p, str)), None)  # a list entry: its list's key
+            choices = _tag_choices(model, field, tag)
             return f"{dotted}.{tag}: required key is missing" + (f"; one of {choices}" if choices else "")
         got = ctx.get("tag")
         choices = [t.strip().strip("'") for t in expected.split(",")]
@@ -173,10 +174,13 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple[list[str | int], type[BaseModel] |
     node: Any = raw
     expect_tag = False
     union_at: int | None = None
+    annotation: Any = None
     for part in loc:
         if isinstance(part, int):
             path.append(part)
             node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            if annotation is not None:  # an entry of a list of models: the one this entry is
+                current = _pick_model(annotation, node)
             continue
         if current is not None and part in current.model_fields:
             path.append(part)

@@ -17,10 +17,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmft.config.base import Section
 from llmft.config.finetune import MODES, FullFinetune
+from llmft.config.rewards import AccuracyReward, PythonReward, RewardModelReward, RewardSpec, bare_names
 from llmft.config.training import TrainingConfig
 
 #: Record layouts a conversation stage reads (`data.*.format`).
-CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv")
+CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages", "csv", "qa")
 #: What a stage's loss is: next-token cross-entropy, a preference loss (pairs or labelled replies),
 #: a reward model's pairwise score loss, or a policy-gradient loss on replies it samples itself.
 Objective = Literal["next_token", "preference", "reward", "rollout"]
@@ -117,6 +118,15 @@ class StageSection(Section):
         checked to exist before anything loads (`llmft.preflight`)."""
         return []
 
+    def reward_entries(self) -> list[tuple[str, Any]]:
+        """(dotted.key, entry) of the `stage.rewards` a sampling stage scores with; their inputs
+        (schema files, python imports) are checked before anything loads (`llmft.preflight`)."""
+        return []
+
+    def own_problems(self) -> list[tuple[str, str]]:
+        """Problems within the stage section that belong to a key deeper than `stage`, as (dotted.key, problem)."""
+        return []
+
 
 #: DPO losses as TRL's DPOTrainer offers them.
 DpoLoss = Literal[
@@ -137,8 +147,8 @@ DpoLoss = Literal[
 ]
 #: The DPO losses TRL applies `label_smoothing` to.
 SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
-#: Built-in reward functions for GRPO (no code from a recipe is ever executed).
-RewardFunction = Literal["length", "format", "no_repeat", "ends_cleanly"]
+#: GRPO losses as TRL's GRPOConfig offers them (`loss_type`).
+GrpoLoss = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
 ALL_MODES = MODES
 
 
@@ -273,18 +283,29 @@ class OrpoStage(StageSection):
 
 
 class GrpoStage(StageSection):
-    name: Literal["grpo"] = Field(description="Group relative policy optimisation with built-in rewards and/or a reward model.")
+    name: Literal["grpo"] = Field(
+        description="Group relative policy optimisation (TRL's GRPOTrainer) on rewards chosen and weighted in `rewards`."
+    )
     num_generations: int = Field(default=4, ge=2, description="Completions sampled per prompt (the group).")
     max_completion_length: int = Field(default=64, gt=0, description="Longest sampled completion, in tokens.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the completions.")
     beta: float = Field(default=0.0, ge=0, description="KL coefficient to the reference (0 = no reference model).")
-    reward_functions: list[RewardFunction] = Field(
-        default_factory=list,
-        description="Built-in rewards (see `llmft/rewards.py`): `length` (near the length of the data's own "
-        "reply), `format` (a final `Answer:` line), `no_repeat` (penalises repeated n-grams), `ends_cleanly` "
-        "(stops with end-of-turn).",
+    loss_type: GrpoLoss = Field(
+        default="dapo",
+        description="TRL's GRPO loss: `dapo` (tokens normalised over the accumulated batch), `grpo` (per "
+        "sequence length; length-biased), `dr_grpo` (by a constant, max_completion_length), `bnpo` (over "
+        "the local batch), `cispo` (clipped importance weights), `sapo` (soft gate), `luspo` (sequence-level, "
+        "run with importance_sampling_level sequence), `vespo` (sequence-level soft weighting).",
     )
-    reward_model: str | None = Field(default=None, description="Directory of an `rm` stage output to score completions.")
+    rewards: list[RewardSpec] = Field(
+        description="What a completion is rewarded for: a list of entries tagged on `type` (a bare name "
+        "such as `ends_cleanly` is `{type: ends_cleanly}`), each with a `weight`; see "
+        "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md.",
+    )
+    allow_python_rewards: bool = Field(
+        default=False,
+        description="Allow `python` rewards, which import and run your own code (like trust_remote_code).",
+    )
     traits = StageTraits(
         formats=CONVERSATION_FORMATS,
         objective="rollout",
@@ -295,17 +316,49 @@ class GrpoStage(StageSection):
         head_adapter=False,
     )
 
-    @model_validator(mode="after")
-    def _some_reward(self) -> GrpoStage:
-        if not self.reward_functions and not self.reward_model:
-            raise ValueError("set reward_functions, reward_model, or both")
-        return self
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        return bare_names(value)
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_reward(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("give at least one reward, e.g. [{type: accuracy, match: math}, format]")
+        return value
+
+    def own_problems(self) -> list[tuple[str, str]]:
+        if self.allow_python_rewards:
+            return []
+        return [
+            (
+                "stage.allow_python_rewards",
+                f"stage.rewards.{i} is a python reward ({entry.function}), which imports and runs your own code; "
+                "set stage.allow_python_rewards: true to allow it",
+            )
+            for i, entry in enumerate(self.rewards)
+            if isinstance(entry, PythonReward)
+        ]
+
+    def reward_entries(self) -> list[tuple[str, Any]]:
+        return [(f"stage.rewards.{i}", entry) for i, entry in enumerate(self.rewards)]
+
+    def record_columns(self) -> list[tuple[str, str]]:
+        """(dotted.key, column) of the record columns the rewards read: GRPO's rows carry them."""
+        found = []
+        for i, entry in enumerate(self.rewards):
+            if isinstance(entry, AccuracyReward):
+                found.append((f"stage.rewards.{i}.column", entry.column))
+            elif isinstance(entry, PythonReward):
+                found += [(f"stage.rewards.{i}.columns", c) for c in entry.columns]
+        return found
 
     def reference_source(self, finetune: Any) -> Reference:
         return Reference.NONE if self.beta == 0 else policy_at_start(finetune, full=Reference.RELOADED)
 
     def input_dirs(self) -> list[tuple[str, str]]:
-        return [("stage.reward_model", self.reward_model)] if self.reward_model else []
+        return [(f"stage.rewards.{i}.path", e.path) for i, e in enumerate(self.rewards) if isinstance(e, RewardModelReward)]
 
     def generated_tokens(self) -> tuple[str, int]:
         return "max_completion_length", self.max_completion_length

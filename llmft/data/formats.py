@@ -1,6 +1,6 @@
 """Normalise raw records into the shapes training uses.
 
-SFT formats (alpaca, messages, sharegpt, csv) become `Conversation`s, `text` becomes `Text`,
+SFT formats (alpaca, messages, sharegpt, csv, qa) become `Conversation`s, `text` becomes `Text`,
 `preference` becomes `Pair`s and `kto` becomes `Completion`s. A message is
 `{"role": system|user|assistant|tool, "content": str}` plus `"loss": bool` when the input had one.
 """
@@ -8,7 +8,7 @@ SFT formats (alpaca, messages, sharegpt, csv) become `Conversation`s, `text` bec
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +43,9 @@ class Conversation:
     messages: Messages
     where: str
     tools: str | None = None  # a JSON array of tool definitions
+    # the record's own fields as read (after `data.*.columns`), for GRPO rewards that read a column
+    # (e.g. the `answer` an accuracy reward compares with); the same objects, not a copy
+    record: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,15 @@ def detect_format(record: RawRecord) -> str:
             return "alpaca"
         if "human" in keys and "assistant" in keys:
             return "csv"
+        if "question" in keys and "answer" in keys:
+            return "qa"
         if "text" in keys:
             return "text"
     keys_seen = ", ".join(sorted(map(str, value))) if isinstance(value, dict) else type(value).__name__
     raise UserError(
         f"{record.where}: cannot detect the data format from keys ({keys_seen}); expected "
         "instruction/output (alpaca), messages, conversations (sharegpt), human/assistant (csv), "
-        "text, chosen/rejected (preference), or label with messages or completion (kto). "
+        "question/answer (qa), text, chosen/rejected (preference), or label with messages or completion (kto). "
         "Set the dataset's `format`, or rename fields with `columns`."
     )
 
@@ -258,14 +263,14 @@ def _alpaca(record: RawRecord) -> Conversation:
     if not prompt.strip() or not output.strip():
         raise BadRecord("empty instruction or output")
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    return Conversation(tuple(messages), record.where)
+    return Conversation(tuple(messages), record.where, record=value)
 
 
 def _messages(record: RawRecord) -> Conversation:
     value = _require_dict(record)
     messages = _message_list(value.get("messages"), "messages", "openai")
     _check_conversation(messages, "messages[0].role should be system or user")
-    return Conversation(tuple(messages), record.where, _tools(value))
+    return Conversation(tuple(messages), record.where, _tools(value), value)
 
 
 def _sharegpt(record: RawRecord) -> Conversation:
@@ -273,7 +278,7 @@ def _sharegpt(record: RawRecord) -> Conversation:
     messages = _message_list(value.get("conversations"), "conversations", "sharegpt")
     messages = _with_system(messages, _field(value, "system", required=False), "conversations")
     _check_conversation(messages, "conversations[0].from should be system or human")
-    return Conversation(tuple(messages), record.where, _tools(value))
+    return Conversation(tuple(messages), record.where, _tools(value), value)
 
 
 def _csv(record: RawRecord) -> Conversation:
@@ -283,7 +288,25 @@ def _csv(record: RawRecord) -> Conversation:
     if not human.strip() or not assistant.strip():
         raise BadRecord("empty human or assistant")
     messages = [{"role": "user", "content": human}, {"role": "assistant", "content": assistant}]
-    return Conversation(tuple(_with_system(messages, system, "messages")), record.where)
+    return Conversation(tuple(_with_system(messages, system, "messages")), record.where, record=value)
+
+
+def _qa(record: RawRecord) -> Conversation:
+    """MedicalGPT's GRPO shape: `question` (user) and `answer` (assistant), optional `system` and
+    `history`. A number as the answer (`"answer": 72`) is its text."""
+    value = _require_dict(record)
+    question, system = _field(value, "question"), _field(value, "system", required=False)
+    answer = value.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    elif answer is None or not isinstance(answer, str):
+        answer = _field(value, "answer")  # raises, naming the field
+    if not question.strip() or not answer.strip():
+        raise BadRecord("empty question or answer")
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    messages += _history(value)
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return Conversation(tuple(messages), record.where, record=value)
 
 
 def _text(record: RawRecord) -> Text:
@@ -426,6 +449,7 @@ CONVERTERS: dict[str, Callable[[RawRecord], Any]] = {
     "messages": _messages,
     "sharegpt": _sharegpt,
     "csv": _csv,
+    "qa": _qa,
     "text": _text,
     "preference": _preference,
     "kto": _kto,

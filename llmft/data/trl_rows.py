@@ -8,13 +8,15 @@ record left out is counted with its reason (a `DataReport`), so TRL gets only re
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from llmft.data.formats import Completion, Conversation, Message, Pair
+from llmft.data.formats import MAX_REPORTED, Completion, Conversation, Message, Pair
 from llmft.data.pairs import build_kto_examples, build_pair_examples
 from llmft.data.tokenize import DataReport
+from llmft.errors import UserError
 
 log = logging.getLogger("llmft")
 
@@ -34,16 +36,40 @@ def pair_row(item: Pair) -> dict[str, Any]:
     return {"prompt": plain(item.prompt), "chosen": plain(item.chosen), "rejected": plain(item.rejected), "where": item.where}
 
 
-def prompt_row(item: Conversation) -> dict[str, Any]:
+def prompt_row(item: Conversation, columns: Sequence[str] = ()) -> dict[str, Any]:
     """TRL's conversational prompt-only format: the conversation up to its last user message. The
     assistant's reply after it (the data's own answer) is kept as `reference`, for rewards that
-    compare against it; None when the conversation ends with the user."""
+    compare against it; None when the conversation ends with the user. `record` holds the record's
+    `columns` the rewards read, as one JSON object string: TRL hands every extra column to the
+    rewards, and one string column keeps records of any value types in one Arrow schema."""
     messages = list(item.messages)
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     if last_user is None:
         raise ValueError("no user message to prompt with")
     replies = [m["content"] for m in messages[last_user + 1 :] if m["role"] == "assistant"]
-    return {"prompt": plain(messages[: last_user + 1]), "reference": replies[-1] if replies else None, "where": item.where}
+    record = json.dumps({c: item.record.get(c) for c in columns}, ensure_ascii=False, default=str)
+    return {
+        "prompt": plain(messages[: last_user + 1]),
+        "reference": replies[-1] if replies else None,
+        "record": record,
+        "where": item.where,
+    }
+
+
+def check_columns(items: Sequence[Conversation], columns: Sequence[tuple[str, str]]) -> None:
+    """Every record has every (key, column) the rewards read: one error listing the first few that lack one."""
+    missing = [(item.where, key, column) for item in items for key, column in columns if item.record.get(column) is None]
+    if not missing:
+        return
+    shown = "\n".join(f"  - {where}: no column {column!r} ({key} reads it)" for where, key, column in missing[:MAX_REPORTED])
+    more = f"\n  ... and {len(missing) - MAX_REPORTED} more" if len(missing) > MAX_REPORTED else ""
+    records = len({where for where, _, _ in missing})
+    column = missing[0][2]
+    raise UserError(
+        f"{records} record(s) lack a column the rewards read:\n{shown}{more}\n"
+        f"Add it to every record, rename yours to it with data.*.columns ({{{column}: your_column}}), "
+        "or point the reward's key at the column that holds it."
+    )
 
 
 def _per_item(items: Sequence[Any], build: Callable[[list[Any]], tuple[list[Any], DataReport]]) -> tuple[list[Any], DataReport]:
@@ -72,14 +98,19 @@ def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation
     return [pair_row(i) for i in kept], report
 
 
-def prompt_rows(items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens: int) -> tuple[list[dict], DataReport]:
-    """Rows for GRPO. A prompt (rendered with the generation prompt) longer than `max_prompt_tokens`
-    is left out and counted: TRL would generate from it untruncated."""
+def prompt_rows(
+    items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens: int, columns: Sequence[tuple[str, str]] = ()
+) -> tuple[list[dict], DataReport]:
+    """Rows for GRPO, carrying the record `columns` ((key, column) pairs) the rewards read; a record
+    without one is an error, before training. A prompt (rendered with the generation prompt) longer
+    than `max_prompt_tokens` is left out and counted: TRL would generate from it untruncated."""
+    check_columns(items, columns)
+    names = list(dict.fromkeys(column for _, column in columns))
     report = DataReport(records=len(items))
     rows = []
     for item in items:
         try:
-            row = prompt_row(item)
+            row = prompt_row(item, names)
         except ValueError as exc:
             report.drop(str(exc), item.where)
             continue

@@ -1,6 +1,7 @@
 """kto, orpo and grpo in full and lora on the tiny model: a few TRL steps each. The loss moves, the
 trained parameters change and the frozen ones do not; LoRA's reference is the adapter disabled;
-GRPO trains on built-in rewards and on an rm run's reward model; every record is accounted for."""
+GRPO trains on built-in rewards, on an accuracy reward against question/answer records, and on an
+rm run's reward model; every record is accounted for."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ GRPO = {
     "name": "grpo",
     "num_generations": 2,
     "max_completion_length": 8,
-    "reward_functions": ["length", "no_repeat"],
+    "rewards": ["length", "no_repeat"],
     "beta": 0.1,
 }
 
@@ -142,7 +143,12 @@ def test_kto_full_reference_is_a_frozen_copy(tiny_model_dir, data, tmp_path):
 def test_grpo_with_a_reward_model(tiny_model_dir, data, tmp_path):
     rm_dir = save_tiny_reward_model(tmp_path / "rm")
     out = tmp_path / "run"
-    stage = {"name": "grpo", "num_generations": 2, "max_completion_length": 8, "reward_model": str(rm_dir)}
+    stage = {
+        "name": "grpo",
+        "num_generations": 2,
+        "max_completion_length": 8,
+        "rewards": [{"type": "reward_model", "path": str(rm_dir)}],
+    }
     raw = _recipe("grpo", "lora", tiny_model_dir, data, out)
     raw["stage"] = stage
     result = train(validate_recipe(raw))
@@ -151,6 +157,31 @@ def test_grpo_with_a_reward_model(tiny_model_dir, data, tmp_path):
     assert any(h["rewards/reward_model/std"] > 0 for h in scored), "the reward model gave every completion one score"
     adapter = load_file(str(out / "adapter_model.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+QA = [
+    {"question": "What is 6 x 7?", "answer": "42"},
+    {"question": "What is 2 + 2?", "answer": 4},  # a number in the record is fine
+    {"question": "What is 10 x 10?", "answer": "#### 100"},  # GSM8K's answer line
+    {"question": "What is 9 - 8?", "answer": "1"},
+]
+
+
+def test_grpo_with_an_accuracy_reward_on_question_answer_records(tiny_model_dir, tmp_path, caplog):
+    """MedicalGPT's `{question, answer}` records, no `columns`: detected as qa conversations, and
+    the raw `answer` reaches the accuracy reward, weighted, next to a length reward."""
+    path = write_jsonl(tmp_path / "qa.jsonl", QA)
+    rewards = [{"type": "accuracy", "match": "numeric", "weight": 2.0}, "length"]
+    raw = _recipe("grpo", "lora", tiny_model_dir, {"grpo": path}, tmp_path / "run")
+    raw["stage"] = {**GRPO, "rewards": rewards, "loss_type": "dr_grpo"}
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        result = train(validate_recipe(raw))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(f"{path} (qa, detected): 4 records" in line for line in lines), lines
+    assert "grpo: loss_type dr_grpo, 2 completions per prompt, rewards accuracy x 2, length x 1" in lines
+    logged = [h for h in result.log_history if "rewards/accuracy/mean" in h]
+    assert len(logged) == 3 and all(0 <= h["rewards/accuracy/mean"] <= 1 for h in logged)
+    assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
 
 
 def test_every_record_is_accounted_for(tiny_model_dir, data, tmp_path, caplog):

@@ -152,7 +152,7 @@ def test_qlora_runs_every_stage(stage, tiny_model_dir, sft_file, pt_file, tmp_pa
     raw = make_recipe(tiny_model_dir, data, tmp_path / "run", stage=stage, training={"max_steps": 2, "micro_batch_size": 4})
     raw["finetune"] = qlora
     if stage == "grpo":
-        raw["stage"] = {"name": "grpo", "num_generations": 2, "max_completion_length": 8, "reward_functions": ["length"]}
+        raw["stage"] = {"name": "grpo", "num_generations": 2, "max_completion_length": 8, "rewards": ["length"]}
     if stage == "ppo":
         from test_ppo import save_reward_model_dir
 

@@ -16,13 +16,19 @@ def test_ppo_recipe_validates(mode):
     assert (recipe.stage.name, recipe.finetune.mode, recipe.stage.reward_model) == ("ppo", mode, "outputs/rm")
 
 
-@pytest.mark.parametrize("stage", [{"name": "ppo"}, {"name": "grpo", "num_generations": 2}])
-def test_missing_reward_model_dir_names_the_key(stage, tmp_path):
-    def recipe(reward_model):
-        return validate_recipe(
-            minimal_recipe(stage={**stage, "reward_model": str(reward_model)}, training={"micro_batch_size": 2})
-        )
+def _ppo(path) -> dict:
+    return {"name": "ppo", "reward_model": str(path)}
 
-    with pytest.raises(UserError, match=r"^stage.reward_model: directory not found: .*nope"):
+
+def _grpo(path) -> dict:
+    return {"name": "grpo", "num_generations": 2, "rewards": ["length", {"type": "reward_model", "path": str(path)}]}
+
+
+@pytest.mark.parametrize("stage,key", [(_ppo, "stage.reward_model"), (_grpo, "stage.rewards.1.path")])
+def test_missing_reward_model_dir_names_the_key(stage, key, tmp_path):
+    def recipe(reward_model):
+        return validate_recipe(minimal_recipe(stage=stage(reward_model), training={"micro_batch_size": 2}))
+
+    with pytest.raises(UserError, match=rf"^{key}: directory not found: .*nope"):
         check_stage_inputs(recipe(tmp_path / "nope"))
     check_stage_inputs(recipe(tmp_path))

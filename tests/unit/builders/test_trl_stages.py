@@ -3,6 +3,7 @@ TRL's defaults, llmft's records become TRL's conversational rows, and nothing is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,18 @@ from conftest import make_recipe, settings_for
 from tiny_reward import save_tiny_reward_model
 
 from llmft.builders.context import RunContext
-from llmft.builders.grpo import BuiltinReward, RewardModelScore, completion_text, grpo_config
+from llmft.builders.grpo import TrlReward, completion_text, grpo_config
 from llmft.builders.kto import kto_config
 from llmft.builders.orpo import orpo_config
 from llmft.config import validate_recipe
+from llmft.config.stage import GrpoLoss
 from llmft.data.formats import Completion, Conversation, Pair
 from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_row, prompt_rows
 from llmft.errors import UserError
+from llmft.rewards import load_rewards
+from llmft.rewards.reward_model import RewardModelScore
 
-GRPO = {"name": "grpo", "reward_functions": ["length"], "num_generations": 2, "max_completion_length": 16}
+GRPO = {"name": "grpo", "rewards": ["length"], "num_generations": 2, "max_completion_length": 16}
 
 
 def _ctx(tmp_path: Path, tokenizer, stage: dict, **sections) -> RunContext:
@@ -52,6 +56,26 @@ def test_grpo_knobs_reach_the_config(tmp_path, tokenizer):
     config = grpo_config(_ctx(tmp_path, tokenizer, stage, training={"micro_batch_size": 4, "gradient_accumulation_steps": 2}))
     assert (config.num_generations, config.max_completion_length, config.temperature, config.beta) == (4, 17, 0.7, 0.04)
     assert config.generation_batch_size == 8  # micro_batch_size x accumulation completions per round
+    assert (config.loss_type, config.importance_sampling_level) == ("dapo", "token")  # TRL's default loss
+
+
+def test_grpo_reward_weights_and_loss_reach_the_config(tmp_path, tokenizer):
+    rewards = [{"type": "accuracy", "match": "math", "weight": 2.0}, "format", {"type": "length", "weight": 0.25}]
+    config = grpo_config(_ctx(tmp_path, tokenizer, {**GRPO, "rewards": rewards, "loss_type": "dr_grpo"}))
+    assert config.reward_weights == [2.0, 1.0, 0.25] and config.loss_type == "dr_grpo"
+    luspo = grpo_config(_ctx(tmp_path, tokenizer, {**GRPO, "loss_type": "luspo"}))
+    assert (luspo.loss_type, luspo.importance_sampling_level) == ("luspo", "sequence")  # the paper's setup
+
+
+def test_grpo_losses_are_trls():
+    """The schema's loss_type choices are the ones TRL's GRPOConfig documents."""
+    import re
+
+    from trl import GRPOConfig
+
+    help_text = GRPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    listed = re.search(r"Supported values are (.*?)\. ", help_text).group(1)
+    assert set(GrpoLoss.__args__) == set(re.findall(r"'(\w+)'", listed))
 
 
 @pytest.mark.parametrize(
@@ -115,8 +139,31 @@ def test_prompt_row_cuts_at_the_last_user_message():
     )
     row = prompt_row(Conversation(messages, "f:3"))
     assert [m["content"] for m in row["prompt"]] == ["Be brief.", "Who are you?", "I am a helpful assistant.", "And?"]
-    assert row["reference"] == "Done."
+    assert row["reference"] == "Done." and row["record"] == "{}"
     assert prompt_row(Conversation((U, A, {"role": "user", "content": "?"}), "f:4"))["reference"] is None
+
+
+def test_prompt_rows_carry_the_columns_the_rewards_read(tokenizer):
+    record = {"question": "6 x 12?", "answer": 72, "tags": ["math"]}
+    item = Conversation(({"role": "user", "content": "6 x 12?"}, {"role": "assistant", "content": "72"}), "q:1", record=record)
+    rows, _ = prompt_rows([item], tokenizer, 1000, [("stage.rewards.0.column", "answer"), ("stage.rewards.2.columns", "tags")])
+    assert json.loads(rows[0]["record"]) == {"answer": 72, "tags": ["math"]}  # one JSON string: any value types
+
+
+def test_prompt_rows_refuse_records_without_a_column_the_rewards_read(tokenizer):
+    def qa(where, **record):
+        return Conversation(({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}), where, record=record)
+
+    items = [qa("q:1", answer="1"), qa("q:2", solution="2"), qa("q:3", answer=None)]
+    with pytest.raises(UserError) as info:
+        prompt_rows(items, tokenizer, 1000, [("stage.rewards.0.column", "answer")])
+    assert str(info.value) == (
+        "2 record(s) lack a column the rewards read:\n"
+        "  - q:2: no column 'answer' (stage.rewards.0.column reads it)\n"
+        "  - q:3: no column 'answer' (stage.rewards.0.column reads it)\n"
+        "Add it to every record, rename yours to it with data.*.columns ({answer: your_column}), "
+        "or point the reward's key at the column that holds it."
+    )
 
 
 def test_prompt_rows_count_what_they_leave_out(tokenizer):
@@ -151,25 +198,45 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def test_builtin_rewards_as_trl_calls_them():
+def test_rewards_as_trl_calls_them():
     completions = [_assistant("Paris.\nAnswer: Paris"), _assistant("go go go go")]
     ids = [[7, 8, 2], [7, 7, 7]]
     kwargs = {
         "prompts": [[U], [U]],
         "completions": completions,
         "completion_ids": ids,
+        "reference": ["Paris", None],
+        "record": ['{"answer": "paris"}', '{"answer": "Rome"}'],
         "where": ["a", "b"],
         "trainer_state": None,
+        "log_extra": None,
+        "log_metric": None,
     }
-    assert BuiltinReward("format", [2])(**kwargs) == [1.0, 0.0]
-    assert BuiltinReward("ends_cleanly", [2])(**kwargs) == [1.0, 0.0]
-    assert BuiltinReward("no_repeat", [2])(**kwargs) == [1.0, 0.5]
+    entries = validate_recipe(
+        {
+            **make_recipe(Path("m"), Path("t.jsonl"), Path("o"), stage="grpo"),
+            "stage": {
+                **GRPO,
+                "rewards": ["answer_line", "ends_cleanly", "no_repeat", "length", {"type": "accuracy", "match": "normalized"}],
+            },
+        }
+    ).stage.rewards
+    funcs = [TrlReward(r) for r in load_rewards(entries, end_ids=[2])]
+    assert [f.__name__ for f in funcs] == [
+        "answer_line",
+        "ends_cleanly",
+        "no_repeat",
+        "length",
+        "accuracy",
+    ]  # rewards/<name>/mean
+    answer_line, ends_cleanly, no_repeat, length, accuracy = funcs
+    assert answer_line(**kwargs) == [1.0, 0.0]
+    assert ends_cleanly(**kwargs) == [1.0, 0.0]
+    assert no_repeat(**kwargs) == [1.0, 0.5]
     # the replies are 20 and 11 characters long
-    assert BuiltinReward("length", [2])(**kwargs, reference=["Paris", None]) == [0.0, None]
-    assert BuiltinReward("length", [2])(**kwargs, reference=["x" * 20, "x" * 10]) == [1.0, pytest.approx(0.9)]
-    assert BuiltinReward("length", [2]).__name__ == "length"  # TRL logs rewards/length/mean
-    with pytest.raises(ValueError, match="unknown reward 'python'"):
-        BuiltinReward("python", [2])
+    assert length(**kwargs) == [0.0, None]
+    assert length(**{**kwargs, "reference": ["x" * 20, "x" * 10]}) == [1.0, pytest.approx(0.9)]
+    assert accuracy(**kwargs) == [1.0, 0.0]
 
 
 def test_completion_text():
@@ -188,12 +255,13 @@ def test_reward_model_scores_as_rm_training_renders(tmp_path):
     model, tok = load_reward_model(str(model_dir))
     scorer = RewardModelScore(model, tok)
     prompts = [[U], [{"role": "user", "content": "What is the capital of France?"}]]
-    completions = [_assistant("I am a helpful assistant."), _assistant("Paris.")]
-    scores = scorer(prompts=prompts, completions=completions, completion_ids=[[1], [2]])
-    for prompt, completion, score in zip(prompts, completions, scores):
-        ids = torch.tensor([reward_input_ids(tok, prompt, completion)])
+    completions = ["I am a helpful assistant.", "Paris."]
+    scores, rewards = scorer.scores(prompts, completions), scorer(prompts, completions)
+    for prompt, completion, score, reward in zip(prompts, completions, scores, rewards):
+        ids = torch.tensor([reward_input_ids(tok, prompt, _assistant(completion))])
         alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].item()
         assert score == pytest.approx(alone, abs=1e-5)
+        assert reward == pytest.approx(torch.sigmoid(torch.tensor(alone)).item(), abs=1e-5)  # in (0, 1)
     assert scores[0] != pytest.approx(scores[1])
 
 

@@ -353,8 +353,8 @@ def test_registered_pairs_validate(write, stage, mode):
 @pytest.mark.parametrize(
     "stage,fmt,allowed",
     [
-        ("sft", "text", "'alpaca' or 'sharegpt' or 'messages' or 'csv'"),
-        ("sft", "preference", "'alpaca' or 'sharegpt' or 'messages' or 'csv'"),
+        ("sft", "text", "'alpaca' or 'sharegpt' or 'messages' or 'csv' or 'qa'"),
+        ("sft", "preference", "'alpaca' or 'sharegpt' or 'messages' or 'csv' or 'qa'"),
         ("pt", "alpaca", "'text'"),
         ("pt", "messages", "'text'"),
     ],
@@ -367,7 +367,7 @@ def test_data_format_must_suit_stage(write, stage, fmt, allowed):
 def test_eval_data_format_checked_too(write):
     raw = recipe(data={"eval": ["ok.jsonl", {"path": "e.txt", "format": "text"}]})
     assert load_problems(write(raw)) == [
-        "data.eval.1.format: stage 'sft' trains on 'alpaca' or 'sharegpt' or 'messages' or 'csv' data (got 'text')"
+        "data.eval.1.format: stage 'sft' trains on 'alpaca' or 'sharegpt' or 'messages' or 'csv' or 'qa' data (got 'text')"
     ]
 
 
@@ -445,8 +445,99 @@ def test_resolved_recipe_with_eval_data_loads_back(tmp_path):
 
 def test_stage_level_rule_reads_plainly():
     with pytest.raises(RecipeError) as info:
-        validate_recipe(recipe(stage={"name": "grpo"}))
-    assert info.value.problems == ["stage: set reward_functions, reward_model, or both"]
+        validate_recipe(recipe(stage={"name": "ppo", "reward_model": "rm", "rollout_batch_size": 6, "mini_batch_size": 4}))
+    assert info.value.problems == ["stage: rollout_batch_size must be a multiple of mini_batch_size"]
+
+
+def test_grpo_rewards_dump_and_load_back():
+    """The stage as recipe.resolved.yaml writes it (JSON-mode dump) validates to the same stage."""
+    rewards = [
+        {"type": "accuracy", "column": "solution", "match": "math", "weight": 2.0},
+        {"type": "format", "pattern": "<answer>.*</answer>"},
+        "answer_line",
+        {"type": "json", "schema": "schema.json"},
+        {"type": "length", "target_chars": 200},
+        "no_repeat",
+        "ends_cleanly",
+        {"type": "reward_model", "path": "outputs/rm", "weight": 0.5},
+        {"type": "python", "function": "my_rewards:score", "columns": ["tests"]},
+    ]
+    stage = {"name": "grpo", "rewards": rewards, "allow_python_rewards": True, "loss_type": "dr_grpo", "num_generations": 2}
+    r = validate_recipe(recipe(stage=stage, training={"micro_batch_size": 2}))
+    dumped = yaml.safe_load(yaml.safe_dump(r.stage.model_dump(mode="json")))
+    assert dumped["rewards"][3] == {"type": "json", "schema": "schema.json", "weight": 1.0}
+    assert validate_recipe(recipe(stage=dumped, training={"micro_batch_size": 2})).stage == r.stage
+    assert [e.type for e in r.stage.rewards][2:] == [
+        "answer_line",
+        "json",
+        "length",
+        "no_repeat",
+        "ends_cleanly",
+        "reward_model",
+        "python",
+    ]
+
+
+@pytest.mark.parametrize(
+    "stage, problem",
+    [
+        ({"name": "grpo"}, "stage.rewards: required key is missing"),
+        (
+            {"name": "grpo", "rewards": []},
+            "stage.rewards: give at least one reward, e.g. [{type: accuracy, match: math}, format]",
+        ),
+        (
+            {"name": "grpo", "reward_functions": ["length"], "rewards": ["length"]},
+            "stage.reward_functions: unknown key; did you mean 'rewards'?",
+        ),
+        (
+            {"name": "grpo", "rewards": ["lenght"]},
+            "stage.rewards.0.type: should be one of 'accuracy', 'format', 'answer_line', 'json', 'length', 'no_repeat', 'ends_cleanly', 'reward_model', 'python' (got 'lenght'); did you mean 'length'?",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"type": "accuracy", "colum": "x"}]},
+            "stage.rewards.0.colum: unknown key; did you mean 'column'?",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"weight": 2}]},
+            "stage.rewards.0.type: required key is missing; one of 'accuracy', 'format', 'answer_line', 'json', 'length', 'no_repeat', 'ends_cleanly', 'reward_model', 'python'",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"type": "accuracy", "match": "fuzzy"}]},
+            "stage.rewards.0.match: Input should be 'exact', 'normalized', 'numeric' or 'math' (got 'fuzzy')",
+        ),
+        (
+            {"name": "grpo", "rewards": ["length", {"type": "format", "pattern": "(a"}]},
+            "stage.rewards.1.pattern: not a valid regex: missing ), unterminated subpattern at position 0 (got '(a')",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"type": "python", "function": "m.f"}], "allow_python_rewards": True},
+            "stage.rewards.0.function: should look like package.module:callable (got 'm.f')",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"type": "length", "weight": "x"}]},
+            "stage.rewards.0.weight: Input should be a valid number, unable to parse string as a number (got 'x')",
+        ),
+        (
+            {"name": "grpo", "rewards": [{"type": "length", "weight": float("inf")}]},
+            "stage.rewards.0.weight: Input should be a finite number (got inf)",
+        ),
+        (
+            {"name": "grpo", "rewards": ["length"], "loss_type": "ppo"},
+            "stage.loss_type: Input should be 'grpo', 'dr_grpo', 'dapo', 'bnpo', 'cispo', 'sapo', 'luspo' or 'vespo' (got 'ppo'); did you mean 'sapo'?",
+        ),
+    ],
+)
+def test_grpo_reward_problems_name_the_key(stage, problem):
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(recipe(stage=stage, training={"micro_batch_size": 4}))
+    assert info.value.problems == [problem]
+
+
+def test_a_bare_reward_name_is_its_type():
+    stage = {"name": "grpo", "rewards": "ends_cleanly"}
+    r = validate_recipe(recipe(stage=stage, training={"micro_batch_size": 4}))
+    assert [(e.type, e.weight) for e in r.stage.rewards] == [("ends_cleanly", 1.0)]
 
 
 def test_stage_batch_shapes_are_checked_at_validation(write):
@@ -454,7 +545,7 @@ def test_stage_batch_shapes_are_checked_at_validation(write):
         "training.micro_batch_size: KTO needs at least 2 (its KL term pairs each prompt with another reply "
         "in the same micro-batch); got 1"
     ]
-    grpo = {"name": "grpo", "reward_functions": ["length"], "num_generations": 4}
+    grpo = {"name": "grpo", "rewards": ["length"], "num_generations": 4}
     (problem,) = load_problems(write(recipe(stage=grpo, training={"micro_batch_size": 3, "gradient_accumulation_steps": 2})))
     assert "= 6 completions per generation round must be a multiple of stage.num_generations (4)" in problem
     assert load_recipe(write(recipe(stage=grpo, training={"micro_batch_size": 2, "gradient_accumulation_steps": 2})))

@@ -45,7 +45,7 @@ def test_neftune_alpha_positive():
     assert "training.neftune_alpha" in only_problem(recipe(training={"neftune_alpha": 0}))
 
 
-@pytest.mark.parametrize("stage", [{"name": "ppo", "reward_model": "rm"}, {"name": "grpo", "reward_functions": ["length"]}])
+@pytest.mark.parametrize("stage", [{"name": "ppo", "reward_model": "rm"}, {"name": "grpo", "rewards": ["length"]}])
 def test_neftune_refused_for_sampling_stages(stage):
     raw = recipe(training={"neftune_alpha": 5, "micro_batch_size": 4}, stage=stage)
     assert only_problem(raw).startswith(f"training.neftune_alpha: stage '{stage['name']}' samples replies")

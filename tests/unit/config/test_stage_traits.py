@@ -20,7 +20,7 @@ STAGE = {
     "dpo": {"name": "dpo"},
     "kto": {"name": "kto"},
     "orpo": {"name": "orpo"},
-    "grpo": {"name": "grpo", "reward_functions": ["length"], "num_generations": 2},
+    "grpo": {"name": "grpo", "rewards": ["length"], "num_generations": 2},
     "ppo": {"name": "ppo", "reward_model": "rm"},
 }
 FORMAT = {"pt": "text", "rm": "preference", "dpo": "preference", "orpo": "preference", "kto": "kto"}

@@ -32,6 +32,9 @@ def rec(value, where="d.jsonl:1") -> RawRecord:
         ({"messages": [], "label": True}, "kto"),
         ({"prompt": "p", "completion": "c", "label": False}, "kto"),
         ({"conversations": [], "label": True}, "kto"),
+        ({"question": "q", "answer": "a"}, "qa"),
+        ({"question": "q", "answer": 72, "system": "s"}, "qa"),
+        ({"question": "q", "chosen": "a", "rejected": "b", "answer": "x"}, "preference"),
     ],
 )
 def test_detect_format(value, fmt):
@@ -391,6 +394,51 @@ def test_csv_format_bad_record(value, problem):
     with pytest.raises(UserError) as info:
         normalise([rec(value, "c.csv:4")], "csv")
     assert str(info.value) == f"1 bad csv record(s):\n  - c.csv:4: {problem}"
+
+
+# --- qa format (MedicalGPT's GRPO data) ------------------------------------------------------------
+
+
+def test_qa_format_is_a_conversation_that_keeps_its_record():
+    value = {"question": "What is 6 x 12?", "answer": "72", "source": "gsm8k"}
+    (conversation,), _ = normalise([rec(value, "q.jsonl:1")], "qa")
+    assert conversation.messages == ({"role": "user", "content": "What is 6 x 12?"}, {"role": "assistant", "content": "72"})
+    assert conversation.record == value  # every column, for the rewards that read one
+
+
+def test_qa_format_system_history_and_a_numeric_answer():
+    value = {"question": "And doubled?", "answer": 144, "system": "Be exact.", "history": [["6 x 12?", "72"]]}
+    (conversation,), _ = normalise([rec(value)], "qa")
+    assert [m["role"] for m in conversation.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert conversation.messages[-1]["content"] == "144" and conversation.record["answer"] == 144
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ({"question": "q"}, "missing field 'answer'"),
+        ({"question": "q", "answer": " "}, "empty question or answer"),
+        ({"question": "q", "answer": True}, "field 'answer' should be a string (got bool)"),
+        ({"question": ["q"], "answer": "a"}, "field 'question' should be a string (got list)"),
+    ],
+)
+def test_qa_format_bad_record(value, problem):
+    with pytest.raises(UserError) as info:
+        normalise([rec(value, "q.jsonl:4")], "qa")
+    assert str(info.value) == f"1 bad qa record(s):\n  - q.jsonl:4: {problem}"
+
+
+def test_every_conversation_format_keeps_its_record():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    values = {
+        "alpaca": {"instruction": "Hi", "output": "Hello", "answer": "x"},
+        "messages": {"messages": messages, "answer": "x"},
+        "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "answer": "x"},
+        "csv": {"human": "Hi", "assistant": "Hello", "answer": "x"},
+    }
+    for fmt, value in values.items():
+        (conversation,), _ = normalise([rec(value)], fmt)
+        assert conversation.record["answer"] == "x", fmt
 
 
 # --- skip mode, problems from the source --------------------------------------------------------
