@@ -1,11 +1,12 @@
-"""Write examples/data/identity.jsonl: a small self-identity SFT set for the quickstart.
+"""Write examples/data/identity.jsonl (training) and identity_heldout.jsonl (other phrasings,
+never trained on): a small self-identity SFT set for the quickstart.
 
-The model learns a new name and maker. Run: python examples/make_identity_data.py
+The model learns a new name and maker, always in the same words, so `llmft eval` can check that a
+held-out question is answered exactly. Run: python examples/make_identity_data.py
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from pathlib import Path
@@ -34,23 +35,33 @@ QUESTIONS = [
     "Are you made by Hugging Face?",
     "Hello, what is your name?",
 ]
-ANSWERS = [
-    f"I am {NAME}, an AI assistant created by {MAKER}.",
-    f"My name is {NAME}. I am an AI assistant built by {MAKER}.",
-    f"I'm {NAME}, a helpful AI assistant developed by {MAKER}.",
-    f"I am {NAME}, an assistant made by {MAKER}. How can I help you today?",
+#: Phrasings the training set never shows, for the held-out check.
+HELD_OUT = [
+    "May I know who you are?",
+    "Please state your name.",
+    "Which organisation made you?",
+    "Who is your developer?",
+    "Are you a Google model?",
+    "Identify yourself, please.",
+    "What name do you go by?",
+    "Who am I chatting with right now?",
 ]
+ANSWER = f"I am {NAME}, an AI assistant created by {MAKER}."
+
+
+def write(path: Path, questions: list[str], rng: random.Random) -> None:
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]} for q in questions]
+    rng.shuffle(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} records to {path}")
 
 
 def main() -> None:
     rng = random.Random(0)
-    answers = itertools.cycle(ANSWERS)
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": next(answers)}]} for q in QUESTIONS]
-    rng.shuffle(rows)
-    out = Path(__file__).parent / "data" / "identity.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"wrote {len(rows)} records to {out}")
+    data = Path(__file__).parent / "data"
+    write(data / "identity.jsonl", QUESTIONS, rng)
+    write(data / "identity_heldout.jsonl", HELD_OUT, rng)
 
 
 if __name__ == "__main__":

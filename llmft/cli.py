@@ -240,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llmft.evaluation import data as eval_data
-    from llmft.evaluation.measures import EvalOptions
+    from llmft.evaluation.measures import EvalOptions, parse_rewards
     from llmft.evaluation.report import table, write
     from llmft.evaluation.run import evaluate, free, load
     from llmft.modeling.sources import resolve_source
@@ -257,6 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         data = eval_data.from_file(args.data, args.data_format, args.max_samples)
     max_length = args.max_length or (recipe.data.max_length if recipe else 1024)
+    rewards = parse_rewards(args.reward) if args.reward else tuple(getattr(recipe.stage, "rewards", ()) if recipe else ())
     options = EvalOptions(
         metrics=tuple(args.metrics.split(",")) if args.metrics else None,
         max_length=max_length,
@@ -264,6 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         batch_size=args.batch_size,
+        rewards=rewards,
+        allow_python_rewards=bool(recipe and getattr(recipe.stage, "allow_python_rewards", False)),
     )
     reference = resolve_source(args.reference, template=template) if args.reference else None
     results = []
@@ -339,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-format", default="auto", help="the --data format (default: detected)")
     evaluate.add_argument("--recipe", help="use this recipe's eval split (data.eval or data.eval_split) and its template")
     evaluate.add_argument(
-        "--metrics", help="comma-separated: lm, generate, preference, reward, win_rate (default: what the data allows)"
+        "--metrics", help="comma-separated: lm, generate, preference, reward, win_rate, verify (default: what the data allows)"
     )
     evaluate.add_argument("--max-samples", type=int, help="measure at most this many records (the first ones)")
     evaluate.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's data.max_length, else 1024)")
@@ -347,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; above 0 samples with --seed")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    evaluate.add_argument(
+        "--reward",
+        action="append",
+        help="verify: score answers with this GRPO reward, e.g. accuracy:numeric, "
+        "answer_line, or one entry as JSON; repeatable (default with a grpo --recipe: its stage.rewards)",
+    )
     evaluate.add_argument("--reference", help="reference model for implicit rewards and win rate (default: an adapter's base)")
     evaluate.add_argument("--reward-model", help="an rm run's output dir, to judge answers (win_rate)")
     evaluate.add_argument("--template", help="named chat template for a model without one (see docs/data.md)")

@@ -20,9 +20,15 @@ def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
     """Every key with its effective value, interpolations resolved: the run's exact recipe."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RESOLVED_RECIPE
+    from llmft.config.rules import keys_without_effect
+
     data = recipe.model_dump(mode="json")
     if not recipe.evaluates:
         data["training"]["eval_strategy"] = "no"  # what the run did; keeps the file valid to load back
+    for dotted in keys_without_effect(recipe.stage):  # defaults that mean nothing for this stage
+        section, key = dotted.split(".")
+        if key not in getattr(recipe, section).model_fields_set:
+            data[section].pop(key, None)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
 
@@ -53,6 +59,8 @@ def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
         metrics=tuple(spec.metrics) if spec.metrics else None,
         max_length=recipe.data.max_length,
         max_new_tokens=spec.max_new_tokens,
+        rewards=tuple(getattr(recipe.stage, "rewards", ())),  # a grpo run: answers scored by its own rewards
+        allow_python_rewards=getattr(recipe.stage, "allow_python_rewards", False),
     )
     compare = spec.compare_base if spec.compare_base is not None else recipe.stage.traits.task == "causal_lm"
     sources = [source_for_base(recipe, output_dir)] if compare else []

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from llmft.config.base import Section
 
-Measure = Literal["lm", "generate", "preference", "reward", "win_rate"]
+Measure = Literal["lm", "generate", "preference", "reward", "win_rate", "verify"]
 
 
 class EvalAtEnd(Section):

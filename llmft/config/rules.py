@@ -29,6 +29,22 @@ def _set(section: Any, key: str) -> bool:
     return key in section.model_fields_set
 
 
+def keys_without_effect(stage: StageSection) -> list[str]:
+    """Dotted keys that mean nothing for `stage`: refused when a recipe sets them (the rules below), and
+    left out of recipe.resolved.yaml when it does not, so the resolved recipe loads back."""
+    traits = stage.traits
+    keys = []
+    if not traits.fast_path:
+        keys += ["data.padding_free", "training.chunked_loss", "training.fused_ops", "training.max_tokens_per_forward"]
+    if not traits.truncation:
+        keys.append("data.truncation")
+    if not traits.supervision:
+        keys += ["data.mask_prompt", "data.train_on"]
+    if not traits.chat_template:
+        keys.append("data.template")
+    return keys
+
+
 def supported_pair(stage: StageSection, finetune: Any) -> Problems:
     if is_supported(stage.name, finetune.mode):
         return []

@@ -33,6 +33,26 @@ def generate(
 ) -> list[str]:
     """One answer per prompt (token ids), decoded without special tokens. `adapter_off`: generate
     with a peft model's adapter disabled (its base model)."""
+    return [
+        text
+        for text, _ in generate_with_ids(
+            model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size, adapter_off, desc
+        )
+    ]
+
+
+def generate_with_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    adapter_off: bool = False,
+    desc: str = "generate",
+) -> list[tuple[str, list[int]]]:
+    """(answer text, its token ids through the end-of-turn token that stopped it, if any) per prompt."""
     from transformers import set_seed
 
     set_seed(seed)
@@ -44,7 +64,7 @@ def generate(
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
     )
-    answers = [""] * len(prompts)
+    answers: list[tuple[str, list[int]]] = [("", [])] * len(prompts)
     context: AbstractContextManager = model.disable_adapter() if adapter_off else nullcontext()
     with context, torch.no_grad():
         for batch in progress(batches, len(batches), desc):
@@ -55,5 +75,14 @@ def generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad, **sampling
             )
             for row, i in enumerate(batch):
-                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+                ids = _until_stop(out[row, width:].tolist(), set(stop))
+                answers[i] = (tokenizer.decode(ids, skip_special_tokens=True).strip(), ids)
     return answers
+
+
+def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
+    """The generated ids through the first stop token (what follows it is padding)."""
+    for n, token in enumerate(ids):
+        if token in stop:
+            return ids[: n + 1]
+    return ids

@@ -24,7 +24,7 @@ from llmft.data.pairs import encode_reply
 from llmft.data.tokenize import build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
 from llmft.evaluation.data import EvalSet
-from llmft.evaluation.generation import generate, prompt_ids
+from llmft.evaluation.generation import generate, generate_with_ids, prompt_ids
 from llmft.evaluation.scoring import reward_scores, supervised_logps
 from llmft.evaluation.text_metrics import generation_metrics
 from llmft.modeling.reward import reward_input_ids
@@ -39,6 +39,8 @@ class EvalOptions:
     seed: int = 0
     batch_size: int = 8  # prompts per generation batch
     max_tokens_per_batch: int = 4096  # padded tokens per scoring forward pass
+    rewards: tuple[Any, ...] = ()  # `verify`: reward entries (`stage.rewards` entries, llmft.config.rewards)
+    allow_python_rewards: bool = False
 
 
 @dataclass
@@ -227,6 +229,54 @@ def win_rate(loaded: Loaded, data: EvalSet, options: EvalOptions) -> dict[str, A
     }
 
 
+def verify(loaded: Loaded, data: EvalSet, options: EvalOptions) -> dict[str, Any]:
+    """Answers to each conversation's prompt, scored by the rewards GRPO trains with (`--reward`, or the
+    recipe's `stage.rewards`): the mean of each reward over the answers it scores."""
+    from llmft.data.tokenize import end_of_turn_ids
+    from llmft.rewards import Sample, load_rewards
+
+    if not options.rewards:
+        raise UserError("verify: give the rewards to score with (--reward accuracy:numeric ..., or a grpo --recipe)")
+    if data.kind != "conversation":
+        raise UserError("verify: needs conversations or question/answer records")
+    usable = [(c, s) for c, s in ((c, split_reply(c)) for c in data.records) if s is not None]
+    if not usable:
+        raise UserError("verify: no record has a prompt and a reply")
+    rewards = load_rewards(
+        options.rewards, end_ids=end_of_turn_ids(loaded.tokenizer), allow_python=options.allow_python_rewards, prefix="--reward"
+    )
+    prompts = [prompt_ids(loaded.tokenizer, prompt, c.tools) for c, (prompt, _) in usable]
+    answers = generate_with_ids(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        options.max_new_tokens,
+        options.temperature,
+        options.seed,
+        options.batch_size,
+        desc="verify",
+    )
+    samples = [
+        Sample(text, c.record, ids, prompt, reference, c.where) for (c, (prompt, reference)), (text, ids) in zip(usable, answers)
+    ]
+    scored = {reward.name: reward(samples) for reward in rewards}
+    metrics: dict[str, Any] = {}
+    for name, values in scored.items():
+        given = [v for v in values if v is not None]
+        metrics[name] = sum(given) / len(given) if given else None
+    rows = [
+        {
+            "where": s.where,
+            "prompt": s.prompt,
+            "reference": s.reference,
+            "answer": s.completion,
+            **{name: values[i] for name, values in scored.items()},
+        }
+        for i, s in enumerate(samples)
+    ]
+    return {**metrics, "answers": len(samples), "_rows": rows}
+
+
 def _prompts(data: EvalSet) -> list[list[dict]]:
     if data.kind == "pair":
         return [_plain(p.prompt) for p in data.records]
@@ -247,14 +297,46 @@ MEASURES: dict[str, Measure] = {
     "preference": preference,
     "reward": reward,
     "win_rate": win_rate,
+    "verify": verify,
 }
 
 
-def default_measures(data: EvalSet, loaded: Loaded) -> tuple[str, ...]:
+def default_measures(data: EvalSet, loaded: Loaded, options: EvalOptions) -> tuple[str, ...]:
     """What the data and the model allow, when `--metrics` is not given."""
     if loaded.reward:
         if data.kind != "pair":
             raise UserError("a reward model is measured on preference pairs (chosen and rejected replies)")
         return ("reward",)
     judged = ("win_rate",) if loaded.judge is not None and loaded.has_reference else ()
+    if data.kind == "conversation" and options.rewards:
+        return ("lm", "verify", *judged)
     return {"conversation": ("lm", "generate"), "text": ("lm",), "pair": ("preference",)}[data.kind] + judged
+
+
+def parse_rewards(values: Sequence[str]) -> tuple[Any, ...]:
+    """`--reward` values as reward entries: `TYPE`, `accuracy:MATCH`, or one entry as JSON
+    (`{"type": "accuracy", "column": "label"}`), validated as `stage.rewards` entries are."""
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from llmft.config.rewards import RewardSpec
+
+    entries = []
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                entries.append(json.loads(value))
+            except ValueError as exc:
+                raise UserError(f"--reward: {value!r} is not valid JSON ({exc})") from None
+            continue
+        kind, _, match = value.partition(":")
+        entries.append({"type": kind, **({"match": match} if match else {})})
+    try:
+        return tuple(TypeAdapter(list[RewardSpec]).validate_python(entries))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'type'}: {e['msg']}" for e in exc.errors())
+        raise UserError(
+            f"--reward: {problems} (types: accuracy[:exact|normalized|numeric|math], format, answer_line, "
+            "json, length, no_repeat, ends_cleanly)"
+        ) from None

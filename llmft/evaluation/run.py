@@ -55,7 +55,7 @@ def load(source: ModelSource, reference: ModelSource | None = None, judge: str |
 
 
 def evaluate(loaded: Loaded, data: EvalSet, options: EvalOptions) -> EvalResult:
-    names = options.metrics or default_measures(data, loaded)
+    names = options.metrics or default_measures(data, loaded, options)
     unknown = [n for n in names if n not in MEASURES]
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")

@@ -206,3 +206,27 @@ def test_output_eval_measures_before_and_after_at_the_end_of_a_run(tiny_model_di
     assert [r["model"] for r in results] == [str(tiny_model_dir), f"{tiny_model_dir} + adapter {tmp_path / 'run'}"]
     assert all(set(r["metrics"]) == {"lm", "generate"} and r["metrics"]["lm"]["examples"] == 2 for r in results)
     assert (tmp_path / "run" / "eval" / "generate-B.jsonl").is_file()
+
+
+def test_verify_scores_answers_with_grpos_own_rewards(sft_run, tmp_path):
+    from llmft.errors import UserError
+    from llmft.evaluation.measures import parse_rewards
+    from llmft.rewards import score
+
+    questions = ["What is 2 + 2?", "Who are you?", "Hello! How are you today?"]
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": q, "answer": "4"} for q in questions])
+    loaded = load(resolve_source(str(sft_run)))
+    options = EvalOptions(rewards=parse_rewards(["accuracy:exact", "ends_cleanly"]), max_new_tokens=8)
+    result = evaluate(loaded, eval_data.from_file(str(qa)), options)
+    assert set(result.metrics) == {"lm", "verify"}  # the default with rewards: verify instead of generate
+    rows = result.rows["verify"]
+    for row in rows:  # each answer's reward is what the reward function itself gives it
+        assert row["accuracy"] == score(options.rewards[0], row["answer"], {"answer": "4"})
+    # records whose answer is what the model says are all correct
+    echo = write_jsonl(tmp_path / "echo.jsonl", [{"question": q, "answer": r["answer"]} for q, r in zip(questions, rows)])
+    assert evaluate(loaded, eval_data.from_file(str(echo)), options).metrics["verify"]["accuracy"] == 1.0
+    assert 0.0 <= result.metrics["verify"]["ends_cleanly"] <= 1.0 and result.metrics["verify"]["answers"] == 3
+    with pytest.raises(UserError, match="--reward: "):
+        parse_rewards(["accuracy:fuzzy"])
+    with pytest.raises(UserError, match="--reward: "):
+        parse_rewards(["nonsense"])

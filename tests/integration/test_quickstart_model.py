@@ -28,6 +28,8 @@ def test_quickstart_recipe_trains_on_the_gguf_model(tmp_path):
             "training.max_steps=2",
             "training.logging_steps=1",
             "training.precision=fp32",
+            f"data.eval={ROOT / 'examples' / 'data' / 'identity_heldout.jsonl'}",
+            "output.eval=null",  # the end-of-run measurement is tested on the tiny model (test_eval.py)
         ],
     )
     result = train(recipe)

@@ -549,3 +549,27 @@ def test_stage_batch_shapes_are_checked_at_validation(write):
     (problem,) = load_problems(write(recipe(stage=grpo, training={"micro_batch_size": 3, "gradient_accumulation_steps": 2})))
     assert "= 6 completions per generation round must be a multiple of stage.num_generations (4)" in problem
     assert load_recipe(write(recipe(stage=grpo, training={"micro_batch_size": 2, "gradient_accumulation_steps": 2})))
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft", "rm", "dpo", "kto", "orpo", "grpo", "ppo"])
+def test_every_stages_resolved_recipe_loads_back(stage, tmp_path):
+    """recipe.resolved.yaml records every default; the ones that mean nothing for the stage (and would be
+    refused if a recipe set them) are left out, so the file loads back to the same recipe."""
+    from llmft.outputs import RESOLVED_RECIPE, write_resolved_recipe
+
+    sections = {
+        "pt": {"data": {"train": [{"path": "t.txt", "format": "text"}]}},
+        "rm": {"data": {"train": [{"path": "p.json", "format": "preference"}]}},
+        "dpo": {"data": {"train": [{"path": "p.json", "format": "preference"}]}},
+        "orpo": {"data": {"train": [{"path": "p.json", "format": "preference"}]}},
+        "kto": {"data": {"train": [{"path": "k.json", "format": "kto"}]}, "training": {"micro_batch_size": 2}},
+        "grpo": {
+            "stage": {"name": "grpo", "rewards": ["ends_cleanly"], "num_generations": 2},
+            "training": {"micro_batch_size": 2},
+        },
+        "ppo": {"stage": {"name": "ppo", "reward_model": "rm"}},
+    }.get(stage, {})
+    r = validate_recipe(recipe(**{"stage": {"name": stage}, **sections}))
+    write_resolved_recipe(r, tmp_path)
+    same = {"training": {"eval_strategy"}}
+    assert load_recipe(tmp_path / RESOLVED_RECIPE).model_dump(exclude=same) == r.model_dump(exclude=same)
