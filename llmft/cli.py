@@ -127,12 +127,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _prepared_data(args: argparse.Namespace) -> tuple:
     from llmft.config import load_recipe
-    from llmft.data.dataset import prepare_data
+    from llmft.data.dataset import prepare_for
     from llmft.modeling.load import prepare_tokenizer
 
     recipe = load_recipe(args.recipe, args.overrides, require_builder=False)
     tokenizer = prepare_tokenizer(recipe)
-    return prepare_data(recipe.stage.name, recipe.data, tokenizer, recipe.training.seed), tokenizer, recipe
+    return prepare_for(recipe, tokenizer), tokenizer, recipe
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -75,3 +75,43 @@ def test_data_reports_skipped_bad_records(tiny_model_dir, tmp_path, capsys):
     assert main(["data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 records, 1 bad skipped (e.g. " in out and "mixed.jsonl:2" in out
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"name": "ppo", "reward_model": "rm", "max_new_tokens": 40},
+        {"name": "grpo", "rewards": ["ends_cleanly"], "num_generations": 2, "max_completion_length": 40},
+    ],
+)
+def test_data_shows_the_prompts_a_sampling_stage_trains_on(stage, tiny_model_dir, tmp_path, capsys):
+    """ppo/grpo train on prompts (the replies are sampled), filtered by the tokens data.max_length leaves
+    before the generated reply: `llmft data` counts exactly those, with the reason for every drop."""
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 6},
+                {"role": "assistant", "content": "Yes."},
+            ]
+        },
+        # an open question after an exchange: asked as it is
+        {
+            "messages": [
+                {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "And you?"},
+            ]
+        },
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    raw = make_recipe(tiny_model_dir, data, tmp_path / "out", data={"max_length": 96}, training={"micro_batch_size": 2})
+    raw["stage"] = stage
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["data", str(tmp_path / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    key = "max_new_tokens" if stage["name"] == "ppo" else "max_completion_length"
+    assert "3 records -> 2 prompts (the replies are sampled in training)" in out
+    assert f"dropped 1: prompt longer than data.max_length - stage.{key}" in out
+    assert "tokens per prompt:" in out and "supervised" not in out.split("prompt 0")[0].split("train:")[1]
+    assert "prompt 0 (" in out and "Hello." not in out.split("prompt 0")[1]  # the data's reply is not shown as trained

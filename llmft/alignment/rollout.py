@@ -1,4 +1,4 @@
-"""Rollouts: prompts from conversations, padding, sampling replies, log-probs/values of replies,
+"""Rollouts (prompts come from `llmft.data.prompts`): padding, sampling replies, log-probs/values of replies,
 and scoring replies with a reward model."""
 
 from __future__ import annotations
@@ -10,61 +10,7 @@ from typing import Any
 import torch
 
 from llmft.alignment.losses import token_logprobs
-from llmft.data.render import parse_tools, render
-from llmft.data.tokenize import DataReport
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A conversation up to (excluding) its last assistant reply, rendered with the generation
-    prompt and tokenized for the policy."""
-
-    messages: tuple[dict, ...]
-    ids: tuple[int, ...]
-    where: str
-    tools: str | None = None
-
-
-class PromptReport(DataReport):
-    """DataReport's counting (nothing dropped uncounted), worded for prompts."""
-
-    def summary(self, name: str) -> str:
-        line = f"{name}: {self.records} conversations -> {self.kept} prompts, {self.tokens} prompt tokens"
-        if self.dropped:
-            reasons = ", ".join(f"{n} {r}" for r, n in self.dropped.items())
-            line += f"; dropped {sum(self.dropped.values())}: {reasons}; e.g. {'; '.join(self.first_dropped)}"
-        return line
-
-
-def prompt_messages(messages: Sequence[dict]) -> list[dict] | None:
-    """The messages before the last assistant reply (all of them when there is none); None when
-    that leaves nothing, or ends with something other than a user or tool message."""
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    prompt = [dict(m) for m in messages[:last]]
-    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
-        return None
-    return prompt
-
-
-def build_prompts(tokenizer: Any, conversations: Sequence[Any], max_prompt_tokens: int) -> tuple[list[Prompt], PromptReport]:
-    """Prompts for the policy; every conversation that cannot give one is counted with its reason."""
-    report = PromptReport(records=len(conversations))
-    prompts = []
-    for conversation in conversations:
-        messages = prompt_messages(conversation.messages)
-        if messages is None:
-            report.drop("no user turn before the last reply", conversation.where)
-            continue
-        text = render(tokenizer, messages, parse_tools(conversation.tools), generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_prompt_tokens:
-            report.drop("prompt longer than data.max_length - stage.max_new_tokens", conversation.where)
-            continue
-        prompts.append(Prompt(tuple(messages), tuple(ids), conversation.where, conversation.tools))
-        report.tokens += len(ids)
-    report.kept = len(prompts)
-    return prompts, report
-
+from llmft.data.prompts import Prompt
 
 # --- padding -------------------------------------------------------------------------------
 

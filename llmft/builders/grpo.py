@@ -135,14 +135,15 @@ def check_rebuilt_reference(trainer: Any, zero3: bool) -> None:
 def build_grpo(ctx: RunContext) -> TrainerLike:
     from trl import GRPOTrainer
 
+    from llmft.data.prompts import prompt_budget
     from llmft.data.trl_rows import prompt_rows
 
     recipe = ctx.recipe
     stage = recipe.stage
     config = grpo_config(ctx)
-    max_prompt = recipe.data.max_length - stage.max_completion_length  # >= 1: checked with the recipe
+    budget = prompt_budget(stage, recipe.data.max_length)
     columns = stage.record_columns()
-    train, evaluation = trl_datasets(ctx, lambda items: prompt_rows(items, ctx.tokenizer, max_prompt, columns))
+    train, evaluation = trl_datasets(ctx, lambda items: prompt_rows(items, ctx.tokenizer, budget, columns))
     trainer = trl_trainer(ctx, GRPOTrainer, config, train, evaluation, reward_funcs=reward_functions(ctx))
     weighted = ", ".join(f"{name} x {weight:g}" for name, weight in zip(trainer.reward_func_names, config.reward_weights))
     log.info("grpo: loss_type %s, %d completions per prompt, rewards %s", config.loss_type, stage.num_generations, weighted)

@@ -19,12 +19,12 @@ log = logging.getLogger("llmft")
 
 
 def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
-    """Train (and eval) prompts: each conversation up to its last assistant reply."""
-    from llmft.alignment.rollout import build_prompts
+    """Train (and eval) prompts (`llmft.data.prompts`: the rule grpo and `llmft data` share)."""
     from llmft.data.dataset import load_items
+    from llmft.data.prompts import build_prompts, prompt_budget
 
     recipe = ctx.recipe
-    budget = recipe.data.max_length - recipe.stage.max_new_tokens  # >= 1: checked with the recipe
+    budget, limit = prompt_budget(recipe.stage, recipe.data.max_length)
     items = load_items(recipe.stage.name, recipe.data, recipe.training.seed)
     for source in items.sources:
         log.info(source.line())
@@ -32,7 +32,7 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
     for name, records in (("train", items.train), ("eval", items.eval if recipe.evaluates else None)):
         if records is None:
             continue
-        prompts, report = build_prompts(ctx.tokenizer, records, budget)
+        prompts, report = build_prompts(ctx.tokenizer, records, budget, limit)
         log.info(report.summary(f"data.{name}"))
         if not prompts:
             raise UserError(f"data.{name}: no usable prompts remain. {report.summary('data.' + name)}")

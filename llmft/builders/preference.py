@@ -21,10 +21,10 @@ log = logging.getLogger("llmft")
 
 def prepared_pairs(ctx: RunContext) -> tuple[list[PairExample], list[PairExample] | None]:
     """llmft's tokenized pairs (template, masks, truncation, drops counted, cache), logged."""
-    from llmft.data.dataset import log_prepared, prepare_data
+    from llmft.data.dataset import log_prepared, prepare_for
 
     recipe = ctx.recipe
-    prepared = prepare_data(recipe.stage.name, recipe.data, ctx.tokenizer, recipe.training.seed)
+    prepared = prepare_for(recipe, ctx.tokenizer)
     log_prepared(prepared)
     return prepared.train, prepared.eval if recipe.evaluates else None
 

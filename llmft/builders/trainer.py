@@ -107,14 +107,14 @@ def next_token_trainer(ctx: RunContext) -> TrainerLike:
     surface fast), choose the fast path (`llmft.fastpath.decide`, its passes sized by the memory plan),
     batch, build the Trainer."""
     from llmft.data.collate import FlatCollator, PackedCollator, PadCollator
-    from llmft.data.dataset import ExampleDataset, log_prepared, prepare_data
+    from llmft.data.dataset import ExampleDataset, log_prepared, prepare_for
     from llmft.data.packing import pack
     from llmft.fastpath.decide import apply, causal_lm, choose
     from llmft.fastpath.trainer import chunked_loss_trainer_class
     from llmft.plan.passes import settle_passes
 
     data = ctx.recipe.data
-    prepared = prepare_data(ctx.recipe.stage.name, data, ctx.tokenizer, ctx.recipe.training.seed)
+    prepared = prepare_for(ctx.recipe, ctx.tokenizer)
     log_prepared(prepared)
     path = choose(ctx.recipe, ctx.model, ctx.settings)
     path = settle_passes(path, ctx.recipe, causal_lm(ctx.model).config, ctx.settings)

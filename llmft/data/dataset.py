@@ -17,8 +17,9 @@ from llmft.config.stage import TRAITS
 from llmft.data import cache
 from llmft.data.formats import detect_format, normalise
 from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
+from llmft.data.prompts import build_prompts, prompt_budget
 from llmft.data.sources import read_source
-from llmft.data.tokenize import DataReport, Example, build_pt_blocks, build_sft_examples
+from llmft.data.tokenize import IGNORE, DataReport, Example, build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
 
 log = logging.getLogger("llmft")
@@ -119,9 +120,16 @@ def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any) -> None:
         )
 
 
-def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any) -> tuple[list[Any], DataReport]:
-    """Token ids and labels for what the stage's records become (`StageTraits.examples`)."""
+def tokenize(
+    stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any, prompt_budget: tuple[int, str] | None = None
+) -> tuple[list[Any], DataReport]:
+    """Token ids and labels for what the stage's records become (`StageTraits.examples`). Prompts
+    (grpo, ppo) are the prompt's ids with nothing supervised: the replies are sampled in training;
+    `prompt_budget` is (tokens a prompt may have, where the limit comes from)."""
     examples = TRAITS[stage].examples
+    if examples == "prompt":
+        prompts, report = build_prompts(tokenizer, items, *(prompt_budget or (data.max_length, "data.max_length")))
+        return [Example(list(p.ids), [IGNORE] * len(p.ids)) for p in prompts], report
     if examples == "pair":
         return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
     if examples == "labelled":
@@ -129,7 +137,7 @@ def tokenize(stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any)
     warn_unrendered_tools(items, tokenizer)
     if examples == "text":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
-    # conversations (and, for the sampling stages, the conversations their prompts come from)
+    # conversations
     if data.num_proc == 1 or len(items) < 2 * data.num_proc:
         return _sft_chunk(tokenizer, items, data)
     # rendering chat templates is Python-bound: split the records into contiguous chunks
@@ -176,12 +184,23 @@ def load_items(stage: str, data: DataConfig, seed: int) -> ItemSplits:
     return ItemSplits(train_items, eval_items, sources)
 
 
-def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> PreparedData:
-    """Tokenized examples for the train and eval splits, from the cache when it is current."""
+def prepare_for(recipe: Any, tokenizer: Any) -> PreparedData:
+    """`prepare_data` with everything the recipe decides: its stage, data, seed, and (grpo, ppo) the
+    tokens its prompts may have before the generated reply."""
+    budget = prompt_budget(recipe.stage, recipe.data.max_length)
+    return prepare_data(recipe.stage.name, recipe.data, tokenizer, recipe.training.seed, budget)
+
+
+def prepare_data(
+    stage: str, data: DataConfig, tokenizer: Any, seed: int, prompt_budget: tuple[int, str] | None = None
+) -> PreparedData:
+    """Tokenized examples for the train and eval splits, from the cache when it is current (prompts,
+    cheap to build, are not cached)."""
     started = time.perf_counter()
     key = cache.fingerprint(stage, data, tokenizer, seed)
     root = cache.cache_root(data)
-    if data.cache and (hit := cache.load(root, key)) is not None:
+    use_cache = data.cache and TRAITS[stage].examples != "prompt"
+    if use_cache and (hit := cache.load(root, key)) is not None:
         arrays, meta = hit
         splits = {name: _unflatten(name, arrays, meta) for name in meta["reports"]}
         reports = {name: DataReport(**r) for name, r in meta["reports"].items()}
@@ -195,10 +214,10 @@ def prepare_data(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> Pre
     for name, records in (("train", loaded.train), ("eval", loaded.eval)):
         if records is None:
             continue
-        splits[name], reports[name] = tokenize(stage, records, data, tokenizer)
+        splits[name], reports[name] = tokenize(stage, records, data, tokenizer, prompt_budget)
         if not splits[name]:
             raise UserError(f"data.{name}: no usable examples remain. {reports[name].summary('data.' + name)}")
-    if data.cache:
+    if use_cache:
         arrays: dict[str, list[Example]] = {}
         flags: dict[str, list[bool]] = {}
         for name, examples in splits.items():

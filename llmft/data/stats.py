@@ -8,6 +8,7 @@ from typing import Any
 
 from llmft.data.dataset import PreparedData
 from llmft.data.pairs import KtoExample, PairExample
+from llmft.data.prompts import PromptReport
 from llmft.data.tokenize import IGNORE, Example, supervised_count
 
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -73,8 +74,12 @@ def describe(
         if examples is None:
             continue
         report = prepared.reports[name]
+        prompts = isinstance(report, PromptReport)  # grpo, ppo: the replies are sampled in training
         lines.append(f"{name}:")
-        lines.append(f"  {report.records} records -> {report.kept} examples; {report.truncated} truncated")
+        if prompts:
+            lines.append(f"  {report.records} records -> {report.kept} prompts (the replies are sampled in training)")
+        else:
+            lines.append(f"  {report.records} records -> {report.kept} examples; {report.truncated} truncated")
         for reason, count in report.dropped.items():
             lines.append(f"  dropped {count}: {reason}")
         if report.first_dropped:
@@ -83,11 +88,15 @@ def describe(
             desirable = sum(e.desirable for e in examples)
             lines.append(f"  desirable {desirable}, undesirable {len(examples) - desirable}")
         lengths = percentiles([len(e.input_ids) for e in _sequences(examples)])
+        unit = "prompt" if prompts else "example"
         lines.append(
-            "  tokens per example: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}"
+            f"  tokens per {unit}: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}"
         )
-        share = report.supervised_tokens / max(report.tokens, 1)
-        lines.append(f"  tokens {report.tokens}, supervised {report.supervised_tokens} ({share:.1%})")
+        if prompts:
+            lines.append(f"  prompt tokens {report.tokens}")
+        else:
+            share = report.supervised_tokens / max(report.tokens, 1)
+            lines.append(f"  tokens {report.tokens}, supervised {report.supervised_tokens} ({share:.1%})")
     if packed_rows is not None:
         lines.append(f"packing: {len(prepared.train)} examples -> {packed_rows} rows")
     index = min(example_index, len(prepared.train) - 1)
@@ -96,6 +105,9 @@ def describe(
     tokens = sum(len(e.input_ids) for e in sequences)
     supervised = sum(supervised_count(e.labels) for e in sequences)
     marker = "green" if color else "[[...]]"
-    lines.append(f"example {index} ({tokens} tokens, {supervised} supervised; trained-on text in {marker}):")
+    if isinstance(prepared.reports["train"], PromptReport):
+        lines.append(f"prompt {index} ({tokens} tokens; the policy writes the reply after it):")
+    else:
+        lines.append(f"example {index} ({tokens} tokens, {supervised} supervised; trained-on text in {marker}):")
     lines.extend(_show(tokenizer, item, color))
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmft.data.formats import MAX_REPORTED, Completion, Conversation, Message, Pair
 from llmft.data.pairs import build_kto_examples, build_pair_examples
+from llmft.data.prompts import build_prompts
 from llmft.data.tokenize import DataReport
 from llmft.errors import UserError
 
@@ -34,26 +35,6 @@ def kto_row(item: Completion) -> dict[str, Any]:
 def pair_row(item: Pair) -> dict[str, Any]:
     """TRL's conversational preference format with an explicit prompt."""
     return {"prompt": plain(item.prompt), "chosen": plain(item.chosen), "rejected": plain(item.rejected), "where": item.where}
-
-
-def prompt_row(item: Conversation, columns: Sequence[str] = ()) -> dict[str, Any]:
-    """TRL's conversational prompt-only format: the conversation up to its last user message. The
-    assistant's reply after it (the data's own answer) is kept as `reference`, for rewards that
-    compare against it; None when the conversation ends with the user. `record` holds the record's
-    `columns` the rewards read, as one JSON object string: TRL hands every extra column to the
-    rewards, and one string column keeps records of any value types in one Arrow schema."""
-    messages = list(item.messages)
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if last_user is None:
-        raise ValueError("no user message to prompt with")
-    replies = [m["content"] for m in messages[last_user + 1 :] if m["role"] == "assistant"]
-    record = json.dumps({c: item.record.get(c) for c in columns}, ensure_ascii=False, default=str)
-    return {
-        "prompt": plain(messages[: last_user + 1]),
-        "reference": replies[-1] if replies else None,
-        "record": record,
-        "where": item.where,
-    }
 
 
 def check_columns(items: Sequence[Conversation], columns: Sequence[tuple[str, str]]) -> None:
@@ -99,30 +80,26 @@ def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation
 
 
 def prompt_rows(
-    items: Sequence[Conversation], tokenizer: Any, max_prompt_tokens: int, columns: Sequence[tuple[str, str]] = ()
+    items: Sequence[Conversation], tokenizer: Any, budget: tuple[int, str], columns: Sequence[tuple[str, str]] = ()
 ) -> tuple[list[dict], DataReport]:
-    """Rows for GRPO, carrying the record `columns` ((key, column) pairs) the rewards read; a record
-    without one is an error, before training. A prompt (rendered with the generation prompt) longer
-    than `max_prompt_tokens` is left out and counted: TRL would generate from it untruncated."""
+    """Rows for GRPO in TRL's conversational prompt-only format: each prompt (`llmft.data.prompts`, the
+    rule ppo and `llmft data` share) that fits `budget` ((tokens, where the limit comes from)), its
+    `reference` (the data's own reply, for rewards that compare against it) and `record`: the record's
+    `columns` ((key, column) pairs) the rewards read, as one JSON object string (TRL hands every extra
+    column to the rewards, and one string column keeps records of any value types in one Arrow
+    schema). A record without a column a reward reads is an error, before training."""
     check_columns(items, columns)
     names = list(dict.fromkeys(column for _, column in columns))
-    report = DataReport(records=len(items))
-    rows = []
-    for item in items:
-        try:
-            row = prompt_row(item, names)
-        except ValueError as exc:
-            report.drop(str(exc), item.where)
-            continue
-        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-        if len(ids) > max_prompt_tokens:
-            report.drop(f"prompt longer than {max_prompt_tokens} tokens", item.where)
-            continue
-        report.tokens += len(ids)
-        rows.append(row)
-    report.kept = len(rows)
+    prompts, report = build_prompts(tokenizer, items, *budget)
+    rows = [
+        {
+            "prompt": list(p.messages),
+            "reference": p.reference,
+            "record": json.dumps({c: p.record.get(c) for c in names}, ensure_ascii=False, default=str),
+            "where": p.where,
+        }
+        for p in prompts
+    ]
     with_tools = sum(1 for item in items if item.tools)
     if with_tools:
         log.warning(

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmft.config.recipe import Recipe
 from llmft.data import cache
-from llmft.data.dataset import load_items, prepare_data
+from llmft.data.dataset import prepare_for
 from llmft.data.packing import pack
 from llmft.data.tokenize import IGNORE
 from llmft.errors import UserError
@@ -43,9 +43,6 @@ def count_training_data(recipe: Recipe, force: bool = False) -> DataCount:
     stage = recipe.stage.name
     size = _data_bytes(recipe)
     try:
-        if recipe.stage.traits.examples == "prompt":  # count the records, no tokenizing
-            items = load_items(stage, recipe.data, recipe.training.seed)
-            return DataCount(examples=len(items.train), how=f"{len(items.train)} prompts")
         tokenizer = prepare_tokenizer(recipe)
         key = cache.fingerprint(stage, recipe.data, tokenizer, recipe.training.seed)
         cached = recipe.data.cache and cache.load(cache.cache_root(recipe.data), key) is not None
@@ -54,7 +51,7 @@ def count_training_data(recipe: Recipe, force: bool = False) -> DataCount:
                 how=f"not counted: {size / 2**20:,.0f} MiB of data is not in the cache yet "
                 "(run `llmft preprocess` first, or pass --count-data)"
             )
-        prepared = prepare_data(stage, recipe.data, tokenizer, recipe.training.seed)
+        prepared = prepare_for(recipe, tokenizer)
     except UserError as exc:
         return DataCount(how=f"not counted: {exc}")
     return _count_prepared(recipe, prepared)
@@ -87,5 +84,5 @@ def _count_prepared(recipe: Recipe, prepared: Any) -> DataCount:
         tokens_per_example=sum(tokens) / n,
         supervised_per_example=sum(s for _, s in lengths) / n,
         longest_micro_batch=longest,
-        how=f"{n} training {'rows' if data.packing else 'examples'} ({origin})",
+        how=f"{n} training {'rows' if data.packing else 'prompts' if recipe.stage.traits.samples else 'examples'} ({origin})",
     )

@@ -218,8 +218,8 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert [h for h in state["log_history"] if "reward" in h] == logged
     # data.eval_split with the default eval_strategy (epoch): 3 train prompts, 4 per rollout, so
     # every iteration ends an epoch and evaluates; eval_on_start adds one before the first
-    # iteration (step 0) and run.train evaluates once more at the end
-    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [0, 1, 2, 2]
+    # iteration (step 0); the one at the last step is the final evaluation (the weights are not evaluated twice)
+    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [0, 1, 2]
     evals = json.loads((out / "eval_results.json").read_text())
     assert math.isfinite(evals["eval_reward"]) and evals["eval_reply_length"] > 0
     assert math.isfinite(json.loads((out / "train_results.json").read_text())["train_reward"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from llmft.alignment.ppo_trainer import Rollout
-from llmft.alignment.rollout import build_prompts, pad, pad_width, prompt_messages, reply_mask
+from llmft.alignment.rollout import pad, pad_width, reply_mask
 from llmft.data.formats import Conversation
+from llmft.data.prompts import build_prompts, prompt_messages
 
 U1 = {"role": "user", "content": "Hi"}
 A1 = {"role": "assistant", "content": "Hello"}
@@ -19,6 +20,9 @@ def test_prompt_is_everything_before_the_last_reply():
     assert prompt_messages([SYS, U1, A1, U2, A2]) == [SYS, U1, A1, U2]
     assert prompt_messages([U1, A1]) == [U1]
     assert prompt_messages([SYS, U1]) == [SYS, U1]  # no reply: the whole conversation asks
+    assert prompt_messages([U1, A1, U2]) == [U1, A1, U2]  # an open question after an exchange: asked as it is
+    tool = {"role": "tool", "content": '{"temperature": 21}'}
+    assert prompt_messages([U1, tool, A1]) == [U1, tool]  # the reply follows a tool result
 
 
 def test_prompt_must_end_with_a_user_turn():
@@ -41,7 +45,7 @@ def test_build_prompts_renders_generation_prompt_and_counts_drops(tokenizer):
     assert "a.jsonl:2" in report.summary("data.train")
 
     short = len(prompts[0].ids)
-    prompts, report = build_prompts(tokenizer, conversations, max_prompt_tokens=short)
+    prompts, report = build_prompts(tokenizer, conversations, short, "data.max_length - stage.max_new_tokens")
     assert [p.where for p in prompts] == ["a.jsonl:1"]
     assert report.dropped["prompt longer than data.max_length - stage.max_new_tokens"] == 1
 

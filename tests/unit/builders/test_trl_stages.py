@@ -17,7 +17,7 @@ from llmft.builders.orpo import orpo_config
 from llmft.config import validate_recipe
 from llmft.config.stage import GrpoLoss
 from llmft.data.formats import Completion, Conversation, Pair
-from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_row, prompt_rows
+from llmft.data.trl_rows import kto_row, kto_rows, pair_row, pair_rows, prompt_rows
 from llmft.errors import UserError
 from llmft.rewards import load_rewards
 from llmft.rewards.reward_model import RewardModelScore
@@ -129,7 +129,7 @@ def test_rows_are_trl_conversational_formats():
     assert all(set(m) == {"role", "content"} for m in row["chosen"])  # per-message loss flags dropped
 
 
-def test_prompt_row_cuts_at_the_last_user_message():
+def test_prompt_rows_ask_without_the_final_reply(tokenizer):
     messages = (
         {"role": "system", "content": "Be brief."},
         U,
@@ -137,16 +137,20 @@ def test_prompt_row_cuts_at_the_last_user_message():
         {"role": "user", "content": "And?"},
         {"role": "assistant", "content": "Done."},
     )
-    row = prompt_row(Conversation(messages, "f:3"))
+    (row, open_question), _ = prompt_rows(
+        [Conversation(messages, "f:3"), Conversation((U, A, {"role": "user", "content": "?"}), "f:4")], tokenizer, (1000, "x")
+    )
     assert [m["content"] for m in row["prompt"]] == ["Be brief.", "Who are you?", "I am a helpful assistant.", "And?"]
     assert row["reference"] == "Done." and row["record"] == "{}"
-    assert prompt_row(Conversation((U, A, {"role": "user", "content": "?"}), "f:4"))["reference"] is None
+    assert open_question["reference"] is None and open_question["prompt"][-1]["content"] == "?"
 
 
 def test_prompt_rows_carry_the_columns_the_rewards_read(tokenizer):
     record = {"question": "6 x 12?", "answer": 72, "tags": ["math"]}
     item = Conversation(({"role": "user", "content": "6 x 12?"}, {"role": "assistant", "content": "72"}), "q:1", record=record)
-    rows, _ = prompt_rows([item], tokenizer, 1000, [("stage.rewards.0.column", "answer"), ("stage.rewards.2.columns", "tags")])
+    rows, _ = prompt_rows(
+        [item], tokenizer, (1000, "x"), [("stage.rewards.0.column", "answer"), ("stage.rewards.2.columns", "tags")]
+    )
     assert json.loads(rows[0]["record"]) == {"answer": 72, "tags": ["math"]}  # one JSON string: any value types
 
 
@@ -156,7 +160,7 @@ def test_prompt_rows_refuse_records_without_a_column_the_rewards_read(tokenizer)
 
     items = [qa("q:1", answer="1"), qa("q:2", solution="2"), qa("q:3", answer=None)]
     with pytest.raises(UserError) as info:
-        prompt_rows(items, tokenizer, 1000, [("stage.rewards.0.column", "answer")])
+        prompt_rows(items, tokenizer, (1000, "x"), [("stage.rewards.0.column", "answer")])
     assert str(info.value) == (
         "2 record(s) lack a column the rewards read:\n"
         "  - q:2: no column 'answer' (stage.rewards.0.column reads it)\n"
@@ -171,10 +175,13 @@ def test_prompt_rows_count_what_they_leave_out(tokenizer):
     long = Conversation(({"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 8}, A), "f:2")
     no_user = Conversation(({"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}), "f:3")
     limit = len(tokenizer.apply_chat_template([U], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-    rows, report = prompt_rows([short, long, no_user], tokenizer, max_prompt_tokens=limit)
+    rows, report = prompt_rows([short, long, no_user], tokenizer, (limit, "data.max_length - stage.max_completion_length"))
     assert [r["where"] for r in rows] == ["f:1"]
     assert (report.records, report.kept) == (3, 1)
-    assert report.dropped == {f"prompt longer than {limit} tokens": 1, "no user message to prompt with": 1}
+    assert report.dropped == {
+        "prompt longer than data.max_length - stage.max_completion_length": 1,
+        "no user turn before the last reply": 1,
+    }
 
 
 def test_kto_and_pair_rows_apply_llmfts_length_rules(tokenizer):
