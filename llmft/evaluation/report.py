@@ -25,7 +25,7 @@ def _format(value: Any) -> str:
 
 def table(results: list[EvalResult]) -> str:
     """One row per figure; with two results, a third column B - A marked + when B is better."""
-    keys = [(m, k) for m, figures in results[0].metrics.items() for k in figures]
+    keys = list(dict.fromkeys((m, k) for r in results for m, figures in r.metrics.items() for k in figures))
     head = ["metric", *(f"{'AB'[i]}" if len(results) > 1 else "value" for i in range(len(results)))]
     if len(results) == 2:
         head.append("B - A")

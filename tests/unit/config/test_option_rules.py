@@ -118,3 +118,19 @@ def test_output_eval_needs_eval_data_and_a_comparable_base():
         stage={"name": "rm"}, data={"train": "t.jsonl", "eval_split": 0.1}, output={"dir": "o", "eval": {"compare_base": True}}
     )
     assert only_problem(rm).startswith("output.eval.compare_base: the starting model of stage 'rm' has no reward head")
+
+
+def test_output_eval_win_rate_needs_a_judge_and_an_adapter_base():
+    data = {"train": "t.jsonl", "eval_split": 0.1}
+    no_judge = recipe(data=data, output={"dir": "o", "eval": {"metrics": ["win_rate"], "compare_base": False}})
+    assert only_problem(no_judge).startswith("output.eval.metrics: win_rate needs output.eval.reward_model")
+    both = recipe(data=data, output={"dir": "o", "eval": {"metrics": ["win_rate"], "reward_model": "rm"}})
+    assert only_problem(both).startswith("output.eval.compare_base: win_rate already plays the model against its base")
+    full = recipe(
+        data=data,
+        finetune={"mode": "full"},
+        output={"dir": "o", "eval": {"metrics": ["win_rate"], "reward_model": "rm", "compare_base": False}},
+    )
+    assert only_problem(full).startswith("output.eval.metrics: win_rate plays the model against its base")
+    ok = {"metrics": ["win_rate"], "reward_model": "rm", "compare_base": False}
+    assert validate_recipe(recipe(data=data, output={"dir": "o", "eval": ok})).output.eval.reward_model == "rm"
