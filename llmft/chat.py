@@ -11,7 +11,7 @@ from typing import Any
 
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError
-from llmft.rundir import read_resolved
+from llmft.rundir import RESOLVED_RECIPE, read_resolved
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,13 @@ class ChatSession:
         install_template(self.tokenizer, source.template)
         model = load_model(source.base, torch.float32, vocab_size=len(self.tokenizer))
         if source.adapter is not None:
-            from peft import PeftModel
+            from llmft.modeling.adapters import load_adapter
 
-            model = PeftModel.from_pretrained(model, str(source.adapter))
+            fix = (
+                f"Point model.path in {source.adapter}/{RESOLVED_RECIPE} (or base_model_name_or_path in its "
+                "adapter_config.json) at the model it was trained on."
+            )
+            model = load_adapter(model, source.adapter, source.base.describe(), fix=fix)
         self.model = model.eval()
         self.stop_ids = end_of_turn_ids(self.tokenizer)
         self.max_new_tokens = max_new_tokens
