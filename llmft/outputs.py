@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from llmft.config.recipe import Recipe
+from llmft.errors import UserError
 from llmft.rundir import RESOLVED_RECIPE
 
 
@@ -30,7 +31,12 @@ def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
         return None
     from llmft.modeling.merge import merge_adapter
 
-    return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
+    try:
+        return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
+    except UserError as exc:
+        raise UserError(
+            f"output.merge_adapter: training finished and its adapter is saved in {output_dir}, but it was not merged: {exc}"
+        ) from None
 
 
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
