@@ -3,27 +3,39 @@
 Two checks run before anything is written (`--no-verify` skips both):
 
 1. The base is the one the adapter was trained on: its weights are compared with the samples the
-   run recorded next to the adapter (`llmft.modeling.fingerprint`). This is what catches a wrong
-   base; the logits check below cannot, as it compares the merge with base + adapter on the same
-   (wrong) base.
-2. The merge arithmetic: the merged model must compute what base + adapter computed, on a probe
-   conversation, in fp32: every logit within `tolerance()` of base + adapter's, and the same top-1
-   token at every position (a near-tie, two logits within 2 x tolerance, may go either way).
+   run recorded next to the adapter (`llmft.modeling.fingerprint`). Only this catches a wrong base:
+   the logits check below compares the merge with base + adapter on the same (wrong) base.
+2. The merge: on a probe conversation the merged model must compute what base + adapter computed,
+   every logit within `tolerance()` and the same top-1 token at every position (unless base +
+   adapter scored the two tokens within 2 x tolerance: a near-tie may go either way).
 
-The tolerance is the fp32 rounding the two computations can reach, not a fixed number. Folding
-`B @ A` into `W` rounds every merged weight once, and the forward passes round differently around
-it; the difference grows with the size of the logits and with depth. So
-`tolerance = PER_LAYER x layers x eps32 x scale`, with `scale` the largest |logit| of base + adapter
-on the probe (at least 1, for a reward model's single score) and eps32 = 1.19e-7.
+Why float64. In fp32 the two sides round differently (the merge rounds every W + s B A once, the
+forward passes accumulate in other orders), and on a real model that alone moves the logits by ~20
+fp32 roundings of the largest logit: SmolLM2-135M 9.7e-5 at a logit scale of 37.8, so the fixed
+1e-4 this replaced failed correct merges (1.08e-4, 1.17e-4). A broken merge can be as small as one
+layer's LoRA delta left out: 1.9e-3 after 10 steps of training, only 20x above that noise. So the
+check loads the base in float64 and merges there; what rounding is left comes from the model code's
+own fp32 steps (Llama's RMSNorm computes in fp32): 1.3e-7 on SmolLM2, 0 on the tiny test model.
 
-Measured (`benchmarks/merge_check.py`, SmolLM2-135M-Instruct, GGUF Q4_1 dequantized, 30 layers,
-LoRA rank 8/16 on every linear layer, 57-token probe):
+    tolerance = ROUNDINGS (16) x eps32 (1.19e-7) x max(largest |logit| of base + adapter, 1)
 
-| adapter | max |diff| | scale | diff / (eps32 x scale) | tolerance | top-1 | adapter x2 | one B zeroed (smallest) |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| pt, 10 steps, rank 8 | 9.7e-5 | 37.8 | 22 | TBD | 57/57 | TBD | TBD |
+SmolLM2: 7.2e-5, 550x above the float64 difference and 27x below the smallest broken merge. The
+floor of 1 is for a reward model's single score, whose rounding is relative to the hidden states
+behind it. The rule has no depth term: the fp32 noise was ~20 roundings on 2 layers and on 30
+alike. The merged weights are rounded once to fp32 and saved as fp32. Cost: the model is held in
+float64 while checked, 8 bytes per parameter (fp32 before: 4; `--no-verify` merges in fp32).
 
-The old fixed 1e-4 sat at the rounding level of this model (runs failed at 1.08e-4 and 1.17e-4).
+Measured (`benchmarks/merge_check.py`; SmolLM2-135M-Instruct GGUF Q4_1, 30 layers, LoRA on every
+linear layer; 57-token probe; "one B zeroed": each layer's LoRA B in turn, the smallest effect):
+
+| adapter | logit scale | fp32 diff | float64 diff | top-1 | tolerance | adapter x2 | one B zeroed |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| pt, 10 steps, rank 8 | 37.8 | 9.7e-5 | 1.3e-7 | 57/57 | 7.2e-5 | 1.21 (top-1 56/57) | 1.9e-3 (all 210 refused) |
+| sft (quickstart), 10 steps, rank 16 | 38.2 | 8.0e-5 | 0 | 57/57 | 7.3e-5 | 9.49 (top-1 41/57) | 8.9e-2 (21 tried, refused) |
+| tiny test model, 3 steps | 4.8 | 7.5e-6 | 0 | 112/112 | 9.1e-6 | | |
+
+Top-1 alone would miss most broken merges: leaving one layer out changed the top token at one of
+the 57 positions in 3 of the 210 cases, and nowhere in the others.
 """
 
 from __future__ import annotations
