@@ -4,6 +4,7 @@ train_results.json, eval_results.json, logs/ and recipe.resolved.yaml."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import yaml
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
 from llmft.rundir import RESOLVED_RECIPE
+
+log = logging.getLogger("llmft")
 
 
 def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
@@ -37,6 +40,15 @@ def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
         raise UserError(
             f"output.merge_adapter: training finished and its adapter is saved in {output_dir}, but it was not merged: {exc}"
         ) from None
+    except Exception:  # e.g. out of memory: the float64 check holds 8 bytes per parameter
+        log.error(
+            "output.merge_adapter: training finished and its adapter is saved in %s, but merging it failed; "
+            "merge it later with: llmft merge --adapter %s --out %s",
+            output_dir,
+            output_dir,
+            output_dir / "merged",
+        )
+        raise
 
 
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:

@@ -222,6 +222,7 @@ def test_a_failed_merge_at_the_end_of_a_run_says_the_adapter_is_saved(tiny_model
         train(recipe)
     message = str(err.value)
     assert f"training finished and its adapter is saved in {out}" in message and "was not trained on the base" in message
+    assert "the weights at that path have changed since the adapter was trained on them" in message
     assert (out / "adapter_model.safetensors").is_file() and not (out / "merged").exists()
 
 
