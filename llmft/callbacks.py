@@ -1,4 +1,5 @@
-"""Trainer callbacks llmft always attaches: the random-init loss alarm and TensorBoard."""
+"""Trainer callbacks llmft always attaches: the random-init loss alarm, TensorBoard, and the base
+fingerprint copied into each checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import TrainerCallback
 
 from llmft.config.recipe import Recipe
 from llmft.errors import TrainingDiverged
+from llmft.rundir import BASE_FINGERPRINT
 
 log = logging.getLogger("llmft")
 
@@ -71,7 +73,7 @@ def _fmt(value: Any) -> str:
 def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
     from llmft.launch.ranks import is_main_process
 
-    callbacks: list[Any] = [LogLines()]
+    callbacks: list[Any] = [LogLines(), FingerprintInCheckpoints()]
     if recipe.stage.traits.next_token_loss:  # ln(vocab) says nothing about pairwise, KTO or policy losses
         callbacks.insert(0, RandomInitAlarm(vocab_size, recipe.model.path))
     if "tensorboard" in recipe.training.report_to and is_main_process():  # one events file per run
@@ -80,6 +82,21 @@ def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any
 
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(output_dir / "logs"))))
     return callbacks
+
+
+class FingerprintInCheckpoints(TrainerCallback):
+    """Copy the run's base fingerprint into each checkpoint-N/, so an adapter continued or merged
+    from a checkpoint is checked against its base too (a few KB per checkpoint)."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import shutil
+
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        source = Path(args.output_dir) / BASE_FINGERPRINT
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and source.is_file() and checkpoint.is_dir():
+            shutil.copyfile(source, checkpoint / BASE_FINGERPRINT)
 
 
 class StopOnSignal(TrainerCallback):

@@ -212,8 +212,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     base = ModelConfig(path=args.base, gguf_file=args.gguf_file) if args.base else base_of(args.adapter)
     result = merge_adapter(base, args.adapter, args.out, verify=not args.no_verify)
-    check = "not verified" if result.max_abs_diff is None else f"verified: max |logit diff| {result.max_abs_diff:.1e}"
-    print(f"merged model: {result.out_dir} ({check})")
+    print(f"merged model: {result.out_dir} ({'verified: ' + result.check.describe() if result.check else 'not verified'})")
     return EXIT_OK
 
 
@@ -328,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="new directory for the merged model")
     merge.add_argument("--base", help="base model dir or hub id (default: the one in the run's recipe.resolved.yaml)")
     merge.add_argument("--gguf-file", help="GGUF file inside --base")
-    merge.add_argument("--no-verify", action="store_true", help="skip the logits check (base+adapter vs merged)")
+    merge.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checks: base vs the adapter's recorded base, merged vs base+adapter logits",
+    )
     merge.set_defaults(fn=cmd_merge)
     evaluate = sub.add_parser(
         "eval",

@@ -40,7 +40,21 @@ def merge_if_asked(recipe: Recipe, output_dir: Path) -> Path | None:
         return None
     from llmft.modeling.merge import merge_adapter
 
-    return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
+    try:
+        return merge_adapter(recipe.model, output_dir, output_dir / "merged").out_dir
+    except UserError as exc:
+        raise UserError(
+            f"output.merge_adapter: training finished and its adapter is saved in {output_dir}, but it was not merged: {exc}"
+        ) from None
+    except Exception:  # e.g. out of memory: the float64 check holds 8 bytes per parameter
+        log.error(
+            "output.merge_adapter: training finished and its adapter is saved in %s, but merging it failed; "
+            "merge it later with: llmft merge --adapter %s --out %s",
+            output_dir,
+            output_dir,
+            output_dir / "merged",
+        )
+        raise
 
 
 def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:

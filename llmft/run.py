@@ -71,6 +71,7 @@ def train(recipe: Recipe) -> RunResult:
     from llmft.builders import get_builder
     from llmft.builders.protocol import TrainerLike
     from llmft.launch.ranks import is_main_process
+    from llmft.modeling.fingerprint import write as write_fingerprint
     from llmft.outputs import eval_if_asked, merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.rundir import RESOLVED_RECIPE
@@ -85,6 +86,7 @@ def train(recipe: Recipe) -> RunResult:
         raise TypeError(f"{builder.__module__}.{builder.__qualname__} returned {type(trainer).__name__}, not a TrainerLike")
     if is_main_process():  # the builder created the process group: every process has passed preflight
         write_resolved_recipe(recipe, ctx.output_dir)
+        write_fingerprint(ctx.base_fingerprint, ctx.output_dir)  # before training, so every checkpoint gets a copy
     log.info(
         "training: stage %s, finetune %s -> %s%s",
         recipe.stage.name,

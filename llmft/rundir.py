@@ -14,6 +14,10 @@ from llmft.errors import UserError
 
 #: The run's exact recipe: every default filled in, interpolations resolved.
 RESOLVED_RECIPE = "recipe.resolved.yaml"
+#: Next to a LoRA adapter (the run's output and each checkpoint-N/): samples of the base weights
+#: it was trained on, so that it is never merged into or loaded onto another base
+#: (`llmft.modeling.fingerprint`).
+BASE_FINGERPRINT = "base_fingerprint.json"
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = (RESOLVED_RECIPE, "trainer_state.json", "adapter_model.safetensors", "model.safetensors")
 

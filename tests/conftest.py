@@ -44,6 +44,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_seed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's architecture with other weights: the wrong base for its adapters."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-seed1"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer()
 

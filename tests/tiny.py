@@ -46,12 +46,14 @@ def build_tokenizer(extra_special: list[str] | None = None, vocab_size: int = 40
     return tokenizer
 
 
-def build_model(vocab_size: int, seed: int = 0):
+def build_model(vocab_size: int, seed: int = 0, **config_overrides):
+    """The tiny Llama; another `seed` gives the same architecture with other weights, and
+    `config_overrides` (e.g. hidden_size) another architecture."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -64,13 +66,13 @@ def build_model(vocab_size: int, seed: int = 0):
         bos_token_id=None,
         initializer_range=0.2,  # larger than usual, so predictions depend visibly on the context
     )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(**{**config, **config_overrides}))
 
 
-def save_tiny_model(directory: Path) -> Path:
+def save_tiny_model(directory: Path, seed: int = 0, **config_overrides) -> Path:
     """Write tokenizer + model to `directory` (a model dir llmft can load by path)."""
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer))
+    model = build_model(len(tokenizer), seed=seed, **config_overrides)
     model.config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmft.config.finetune import QLoraFinetune
+from llmft.config.finetune import FullFinetune, QLoraFinetune
 from llmft.config.recipe import Recipe
 from llmft.resolve import Resolved
 
@@ -21,6 +21,9 @@ class RunContext:
     settings: Resolved  # precision, dtypes and DeepSpeed config, resolved once for this machine
     output_dir: Path
     _model: Any = field(default=None, repr=False)
+    #: samples of the base weights the adapter is trained on (`llmft.modeling.fingerprint`), saved with
+    #: it; None for full fine-tuning, or before the model is loaded
+    base_fingerprint: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def precision(self) -> str:
@@ -39,6 +42,7 @@ class RunContext:
         builder can read and check its data before paying for the model load."""
         if self._model is None:
             from llmft.modeling.adapters import apply_finetune, count_parameters
+            from llmft.modeling.fingerprint import take
             from llmft.modeling.load import load_model
             from llmft.modeling.precision import quantized_compute_dtype
             from llmft.modeling.quantize import bnb_config
@@ -54,6 +58,8 @@ class RunContext:
             model.config.pad_token_id = self.tokenizer.pad_token_id  # a reward head reads the last non-pad token
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+            if not isinstance(recipe.finetune, FullFinetune):  # an adapter will be saved: record the base under it
+                self.base_fingerprint = take(model, recipe.model.describe())
             model = apply_finetune(model, recipe.finetune, task=self.task)
             trainable, total = count_parameters(model)
             log.info(

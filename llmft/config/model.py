@@ -71,3 +71,7 @@ class ModelConfig(Section):
         default=False,
         description="Run model code shipped with the checkpoint. Off unless you trust its author.",
     )
+
+    def describe(self) -> str:
+        """The model as a message names it: its path, and its GGUF file if any."""
+        return f"{self.path} ({self.gguf_file})" if self.gguf_file else self.path

@@ -34,7 +34,8 @@ class OutputConfig(Section):
     merge_adapter: bool = Field(
         default=False,
         description="LoRA runs: also write `<dir>/merged/`, the base with the adapter folded in "
-        "(verified: same logits within 1e-4), ready to be the next stage's model.path.",
+        "(checked: the base is the adapter's own, and the merged logits match base + adapter's), ready to be "
+        "the next stage's model.path. If the check fails, the adapter stays saved and the error says how to merge it.",
     )
     eval: EvalAtEnd | None = Field(
         default=None,

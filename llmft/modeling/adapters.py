@@ -52,8 +52,6 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str 
 
 
 def _continue_adapter(model: Any, finetune: LoraFinetune) -> Any:
-    from peft import PeftModel
-
     path = Path(finetune.adapter_path).expanduser()
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
@@ -69,7 +67,32 @@ def _continue_adapter(model: Any, finetune: LoraFinetune) -> Any:
             + "; ".join(conflicts)
             + ". Remove these keys (the adapter's own values apply) or start a new adapter."
         )
-    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    fix = "Set model.path to the base it was trained on, or start a new adapter (remove finetune.adapter_path)."
+    return load_adapter(model, path, model.name_or_path, fix=fix, trainable=True)
+
+
+def load_adapter(model: Any, adapter_dir: str | Path, base: str, fix: str, trainable: bool = False, check: bool = True) -> Any:
+    """Apply the saved LoRA adapter in `adapter_dir` to `model`, the base loaded from `base`.
+
+    Unless `check` is off, the base is first compared with the one the adapter was trained on
+    (`llmft.modeling.fingerprint`); another base is refused (UserError, ending in `fix`: how the
+    caller's user names the right base), and so is one the adapter's weights do not fit.
+    """
+    from peft import PeftModel
+
+    from llmft.modeling.fingerprint import check_base
+
+    if check:
+        check_base(model, adapter_dir, base, fix)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except (RuntimeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        misfit = [line for line in lines if "size mismatch" in line or "not found in the base model" in line]
+        if not misfit:  # not a misfit between adapter and base: a bug to see in full
+            raise
+        more = f" (and {len(misfit) - 1} more)" if len(misfit) > 1 else ""
+        raise UserError(f"the adapter {adapter_dir} does not fit the base {base}: {misfit[0]}{more}. {fix}") from None
 
 
 def _same(ours: Any, theirs: Any) -> bool:

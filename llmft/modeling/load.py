@@ -31,6 +31,11 @@ def check_model_path(cfg: ModelConfig) -> None:
     """Fail early, with the key and the fix, on paths that cannot hold the model."""
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
+        if (path.parent / "adapter_config.json").is_file():  # <run>/merged of a run whose merge did not happen
+            raise UserError(
+                f"model.path: directory not found: {cfg.path}; {path.parent} holds a LoRA adapter that was not merged "
+                f"there (its run's log says why): llmft merge --adapter {path.parent} --out {cfg.path}"
+            )
         if _looks_local(cfg.path):
             raise UserError(f"model.path: directory not found: {cfg.path}")
         return  # a hub id; transformers reports whether it can be fetched

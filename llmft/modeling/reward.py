@@ -67,10 +67,9 @@ def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> tuple[An
 
 
 def _adapter_reward_model(directory: Path, adapter_config: Path, dtype: torch.dtype, vocab_size: int) -> Any:
-    from peft import PeftModel
-
+    from llmft.modeling.adapters import load_adapter
     from llmft.modeling.load import load_model
-    from llmft.rundir import base_of
+    from llmft.rundir import RESOLVED_RECIPE, base_of
 
     saved = json.loads(adapter_config.read_text())
     if saved.get("task_type") != "SEQ_CLS" or "score" not in (saved.get("modules_to_save") or []):
@@ -78,9 +77,10 @@ def _adapter_reward_model(directory: Path, adapter_config: Path, dtype: torch.dt
             f"reward model: {directory} holds a LoRA adapter without a score head (task_type "
             f"{saved.get('task_type')!r}); give the output directory of an rm run"
         )
-    base = load_model(base_of(directory), dtype, vocab_size=vocab_size, task="reward")  # its score head comes next
-    model = PeftModel.from_pretrained(base, str(directory))
-    return model.merge_and_unload()
+    base_config = base_of(directory)
+    base = load_model(base_config, dtype, vocab_size=vocab_size, task="reward")  # its score head comes next
+    fix = f"Point model.path in {directory}/{RESOLVED_RECIPE} at the model the rm run trained on."
+    return load_adapter(base, directory, base_config.describe(), fix=fix).merge_and_unload()
 
 
 def _check_reward_config(directory: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from llmft.config.model import ModelConfig
 from llmft.config.stage import TRAITS
 from llmft.errors import UserError
-from llmft.rundir import read_resolved
+from llmft.rundir import RESOLVED_RECIPE, read_resolved
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,11 @@ def load_causal_lm(source: ModelSource, dtype: torch.dtype = torch.float32) -> t
     tokenizer = load_tokenizer_for(source)
     model = load_model(source.base, dtype, vocab_size=len(tokenizer))
     if source.adapter is not None:
-        from peft import PeftModel
+        from llmft.modeling.adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(source.adapter))
+        fix = (
+            f"Point model.path in {source.adapter}/{RESOLVED_RECIPE} (or base_model_name_or_path in its "
+            "adapter_config.json) at the model it was trained on."
+        )
+        model = load_adapter(model, source.adapter, source.base.describe(), fix=fix)  # refuses another base
     return model.eval().requires_grad_(False), tokenizer

@@ -66,3 +66,23 @@ def test_plain_model_dir(tiny_model_dir):
     source = resolve_source(str(tiny_model_dir))
     assert source.adapter is None and source.base.path == str(tiny_model_dir)
     assert isinstance(ChatSession(source, max_new_tokens=2).reply("Hello!"), str)
+
+
+@pytest.mark.usefixtures("restore_process_state")
+def test_a_run_whose_base_changed_is_refused(lora_run, other_seed_model_dir, tmp_path, capsys):
+    """`llmft chat --model RUN_DIR` when the base the run names now holds other weights."""
+    import shutil
+
+    import yaml
+
+    from llmft.cli import main
+
+    moved = tmp_path / "run"
+    shutil.copytree(lora_run, moved)
+    recipe = yaml.safe_load((moved / "recipe.resolved.yaml").read_text())
+    recipe["model"]["path"] = str(other_seed_model_dir)
+    (moved / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["chat", "--model", str(moved), "--prompt", "Hello!", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"the adapter {moved} was not trained on the base {other_seed_model_dir}" in err
+    assert "model.path" in err and "Traceback" not in err

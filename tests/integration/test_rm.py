@@ -153,3 +153,19 @@ def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path):
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapter_model(ids).logits, atol=1e-4)
     assert merged.score.weight.abs().sum() > 0
+
+
+def test_a_reward_adapter_on_another_base_is_refused(tiny_model_dir, other_seed_model_dir, tmp_path):
+    import yaml
+
+    recipe = rm_recipe(tiny_model_dir, tmp_path, "lora", max_steps=1)
+    train(recipe)
+    run = tmp_path / "run"
+    resolved = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    resolved["model"]["path"] = str(other_seed_model_dir)
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    with pytest.raises(UserError) as err:
+        load_reward_model(str(run))
+    message = str(err.value)
+    assert f"the adapter {run} was not trained on the base {other_seed_model_dir}" in message
+    assert "model.path" in message

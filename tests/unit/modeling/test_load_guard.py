@@ -39,6 +39,7 @@ def test_complete_checkpoint_loads(tiny_model_dir):
     "layout, expected",
     [
         ("missing", "model.path: directory not found"),
+        ("unmerged", r"holds a LoRA adapter that was not merged there .*: llmft merge --adapter .* --out .*/merged"),
         ("empty", "has no config.json"),
         ("config_only", "has a config.json but no weights"),
         ("adapter", "holds a LoRA adapter, not a model"),
@@ -48,7 +49,10 @@ def test_complete_checkpoint_loads(tiny_model_dir):
 def test_wrong_paths_name_what_is_missing(layout, expected, tiny_model_dir, tmp_path):
     path = tmp_path / "model"
     gguf = None
-    if layout != "missing":
+    if layout == "unmerged":  # a run's <dir>/merged that its merge never wrote
+        (tmp_path / "adapter_config.json").write_text("{}")
+        path = tmp_path / "merged"
+    elif layout != "missing":
         path.mkdir()
     if layout == "config_only":
         shutil.copy(tiny_model_dir / "config.json", path)
