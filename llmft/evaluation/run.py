@@ -44,14 +44,21 @@ def load(source: ModelSource, reference: ModelSource | None = None, judge: str |
     if source.reward:
         path = str(source.adapter or source.base.path)
         model, tokenizer = load_reward_model(path)
-        return Loaded(source.describe(), model, tokenizer, reward=True)
+        return Loaded(source.describe(), _on_device(model), tokenizer, reward=True)
     model, tokenizer = load_causal_lm(source)
-    loaded = Loaded(source.describe(), model, tokenizer)
+    loaded = Loaded(source.describe(), _on_device(model), tokenizer)
     if reference is not None:
-        loaded.reference, loaded.reference_tokenizer = load_causal_lm(reference)
+        ref_model, loaded.reference_tokenizer = load_causal_lm(reference)
+        loaded.reference = _on_device(ref_model)
     if judge is not None:
-        loaded.judge = load_reward_model(judge)
+        judge_model, judge_tokenizer = load_reward_model(judge)
+        loaded.judge = (_on_device(judge_model), judge_tokenizer)
     return loaded
+
+
+def _on_device(model: Any) -> Any:
+    """On the GPU when there is one (the measures put their inputs where the model is)."""
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def evaluate(loaded: Loaded, data: EvalSet, options: EvalOptions) -> EvalResult:
