@@ -1,8 +1,9 @@
 """Write examples/data/arithmetic_train.jsonl and arithmetic_heldout.jsonl: small arithmetic word
 problems as `{"question", "answer"}` records, for GRPO (and PPO) with a verifiable reward.
 
-The held-out problems use story templates and numbers the training set never shows, so a gain on
-them is arithmetic learned, not answers memorised. Run: python examples/make_arithmetic_data.py
+Sums and differences of numbers up to 20, within reach of a 135M model; the held-out problems use
+story templates the training set never shows, so a gain on them is the skill (and the answer
+format) learned, not answers memorised. Run: python examples/make_arithmetic_data.py
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ TRAIN_STORIES = [
     ("A shelf holds {a} books. {b} books are added. How many books are on the shelf?", "+"),
     ("Mia had {a} stickers and gave away {b}. How many stickers does she have left?", "-"),
     ("A bus carries {a} people. At the stop, {b} get off. How many people are still on the bus?", "-"),
-    ("There are {a} boxes with {b} pens in each. How many pens are there in total?", "*"),
-    ("A farmer plants {a} rows of {b} trees. How many trees does he plant?", "*"),
+    ("Sam reads {a} pages on Monday and {b} pages on Tuesday. How many pages does he read?", "+"),
+    ("A jar holds {a} sweets. Lily eats {b} of them. How many sweets are left?", "-"),
 ]
 HELD_OUT_STORIES = [
     ("A baker makes {a} rolls in the morning and {b} in the afternoon. How many rolls does she make?", "+"),
     ("A tank holds {a} litres and {b} litres are drained. How many litres remain?", "-"),
-    ("A classroom has {a} desks in each of {b} rows. How many desks are there?", "*"),
+    ("A garden has {a} red flowers and {b} yellow flowers. How many flowers are there?", "+"),
 ]
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
 
 
 def problem(story: str, op: str, rng: random.Random, low: int, high: int) -> dict:
-    a, b = rng.randint(low, high), rng.randint(2, 9 if op == "*" else high)
+    a, b = rng.randint(low, high), rng.randint(low, high)
     if op == "-" and b > a:
         a, b = b, a
     return {"question": f"{story.format(a=a, b=b)} {INSTRUCTION}", "answer": str(OPS[op](a, b))}
@@ -46,8 +47,8 @@ def write(path: Path, rows: list[dict]) -> None:
 def main(train_count: int = 400, held_out_count: int = 60) -> None:
     rng = random.Random(0)
     data = Path(__file__).parent / "data"
-    write(data / "arithmetic_train.jsonl", [problem(*rng.choice(TRAIN_STORIES), rng, 2, 40) for _ in range(train_count)])
-    write(data / "arithmetic_heldout.jsonl", [problem(*rng.choice(HELD_OUT_STORIES), rng, 41, 60) for _ in range(held_out_count)])
+    write(data / "arithmetic_train.jsonl", [problem(*rng.choice(TRAIN_STORIES), rng, 2, 20) for _ in range(train_count)])
+    write(data / "arithmetic_heldout.jsonl", [problem(*rng.choice(HELD_OUT_STORIES), rng, 2, 20) for _ in range(held_out_count)])
 
 
 if __name__ == "__main__":
