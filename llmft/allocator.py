@@ -52,6 +52,17 @@ INSTALL_HINT = (
 )
 
 
+MISSING_TCMALLOC = f"tcmalloc was not found on this machine ({INSTALL_HINT}); or set training.allocator: system"
+
+
+def allocator_problems(training: Any) -> list[tuple[str, str]]:
+    """(key, problem) when `training.allocator: tcmalloc` asks for a library this machine lacks
+    (`llmft train` preloads it when it is there)."""
+    if training.allocator == "tcmalloc" and find_tcmalloc() is None:
+        return [("training.allocator", MISSING_TCMALLOC)]
+    return []
+
+
 def find_tcmalloc(dirs: tuple[str, ...] | None = None) -> str | None:
     """Path of a tcmalloc shared library on this machine (Linux), or None."""
     if not sys.platform.startswith("linux"):
@@ -124,9 +135,7 @@ def configure(training: Any) -> str:
     library = find_tcmalloc()
     if training.allocator == "tcmalloc":
         if library is None:
-            raise UserError(
-                f"training.allocator: tcmalloc was not found on this machine ({INSTALL_HINT}); or set training.allocator: system"
-            )
+            raise UserError(f"training.allocator: {MISSING_TCMALLOC}")
         raise UserError(
             f"training.allocator: tcmalloc must be loaded when the process starts: run `llmft train`, "
             f"which preloads it, or start Python with LD_PRELOAD={library}"

@@ -99,8 +99,15 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
+    from llmft.preflight import WOULD_STOP, machine_error, machine_problems, planned_for, this_device, this_machine
 
     recipe = load_recipe(args.recipe, args.overrides)
+    found = machine_problems(recipe, args.device)
+    if found:
+        footer = ""
+        if args.device is None and this_device() == "cpu" and len(machine_problems(recipe, "cuda")) < len(found):
+            footer = "  (a recipe for a GPU machine? `llmft validate --device cuda` leaves out what only that machine can tell)"
+        raise machine_error(found, args.device, source=args.recipe, then=WOULD_STOP, footer=footer)
     launch, d = "", recipe.distributed
     if d.launches or d.uses_deepspeed:  # reads a deepspeed_config file: before anything is printed
         from llmft.launch.deepspeed import config_source, zero_stage
@@ -122,6 +129,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if launch:
         print(launch)
     print(f"  output {recipe.output.dir}")
+    print(f"  paths and machine checked on {this_machine()}{planned_for(args.device)}")
     return EXIT_OK
 
 
@@ -172,6 +180,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.gpu_memory, "--gpu-memory") if args.gpu_memory else None
     planned = plan_recipe(
         recipe,
+        source=args.recipe,
         num_processes=args.gpus,
         budget_bytes=budget,
         device=args.device,
@@ -297,7 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     recipe_command("train", cmd_train, "train from a recipe")
-    recipe_command("validate", cmd_validate, "check a recipe and print a summary")
+    recipe_command("validate", cmd_validate, "check a recipe, its paths and this machine, and print a summary")
+    sub.choices["validate"].add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="check for a run on a CUDA GPU or a CPU (default: this machine's); for another machine's device, "
+        "what only that machine can tell (its GPU, its packages) is not checked",
+    )
     recipe_command("preprocess", cmd_preprocess, "tokenize the recipe's data into the cache, without training")
     recipe_command("data", cmd_data, "show what the recipe trains on: counts, lengths, a marked example")
     sub.choices["data"].add_argument("--example", type=int, default=0, help="which training example to show")

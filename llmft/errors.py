@@ -21,6 +21,16 @@ class RecipeError(UserError):
         super().__init__(f"{source}: {count}\n{body}")
 
 
+class MachineError(UserError):
+    """A recipe this machine (its devices, packages or files) cannot run; holds every problem found,
+    as (dotted.key, problem) pairs, under a header saying which machine they are about."""
+
+    def __init__(self, header: str, problems: list[tuple[str, str]], footer: str = ""):
+        self.problems = problems
+        body = "\n".join(f"  - {key}: {problem}" if key else f"  - {problem}" for key, problem in problems)
+        super().__init__(f"{header}\n{body}" + (f"\n{footer}" if footer else ""))
+
+
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped training after a checkpoint was written."""
 

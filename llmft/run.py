@@ -31,10 +31,10 @@ def prepare(recipe: Recipe) -> Any:
     from llmft.preflight import preflight
     from llmft.resolve import resolve
 
+    output_dir = preflight(recipe)  # every path and machine problem at once, before anything is loaded or written
     settings = resolve(recipe)  # precision, dtypes, DeepSpeed config: decided once, here
     enter_process(recipe, settings.deepspeed)  # launched as the recipe says (one process, or several via a launcher)
     log.info(configure_allocator(recipe.training))  # before the first matmul; may refuse the recipe
-    output_dir = preflight(recipe)
     log.info("precision: %s (%s)", settings.precision, settings.precision_reason)
     set_seed(recipe.training.seed)
     tokenizer = prepare_tokenizer(recipe)

@@ -40,6 +40,15 @@ def write(path: Path, recipe: dict) -> Path:
     return path
 
 
+HELLO = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def with_data(tmp_path: Path, **sections) -> dict:
+    """good_recipe with its training file written (validate checks the paths too)."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": HELLO}) + "\n")
+    return good_recipe(tmp_path, **sections)
+
+
 @pytest.fixture
 def bad_recipe(tmp_path: Path) -> Path:
     recipe = good_recipe(tmp_path)
@@ -52,7 +61,7 @@ def bad_recipe(tmp_path: Path) -> Path:
 
 
 def test_validate_good_recipe(tmp_path, capsys):
-    path = write(tmp_path / "good.yaml", good_recipe(tmp_path))
+    path = write(tmp_path / "good.yaml", with_data(tmp_path))
     assert main(["validate", str(path)]) == EXIT_OK
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -62,11 +71,12 @@ def test_validate_good_recipe(tmp_path, capsys):
     assert "  data  1 train / 0 eval file(s), max_length 64" in lines
     assert "  train 3 steps, batch 2x1, lr 0.001 cosine, adamw_torch, precision auto" in lines
     assert f"  output {tmp_path / 'out'}" in lines
+    assert lines[-1].startswith("  paths and machine checked on this machine (")
     assert "error" not in err
 
 
 def test_validate_full_finetune_summary(tmp_path, capsys):
-    recipe = good_recipe(tmp_path, stage={"name": "pt"}, training={"max_steps": None, "epochs": 2})
+    recipe = with_data(tmp_path, stage={"name": "pt"}, training={"max_steps": None, "epochs": 2})
     recipe["finetune"] = {"mode": "full"}
     path = write(tmp_path / "pt.yaml", recipe)
     assert main(["validate", str(path)]) == EXIT_OK
@@ -76,7 +86,7 @@ def test_validate_full_finetune_summary(tmp_path, capsys):
 
 
 def test_validate_with_overrides(tmp_path, capsys):
-    path = write(tmp_path / "good.yaml", good_recipe(tmp_path))
+    path = write(tmp_path / "good.yaml", with_data(tmp_path))
     assert main(["validate", str(path), "training.learning_rate=1.0e-4", "finetune.rank=16"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "lr 0.0001 cosine" in out
@@ -115,6 +125,22 @@ def test_validate_yaml_syntax_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: {path}: cannot parse" in err
     assert "Traceback" not in err
+
+
+def test_validate_json_recipe_with_a_trailing_comma(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(with_data(tmp_path), indent=2).replace('"sft"\n', '"sft",\n'))
+    assert main(["validate", str(path)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    line = path.read_text().split('"sft",')[0].count("\n") + 2
+    assert err == (
+        f"error: {path}: invalid JSON at line {line}, column 3: Expecting property name enclosed in double quotes "
+        "(a trailing comma before it?)\n"
+    )
+    path.write_text(json.dumps(with_data(tmp_path)))
+    assert main(["validate", str(path), "finetune.rank=16"]) == EXIT_OK
+    assert "(rank 16, alpha 8)" in capsys.readouterr().out
 
 
 def test_internal_error_exit_code_and_traceback(tmp_path, capsys, monkeypatch):
@@ -230,7 +256,7 @@ def test_train_launches_with_the_recipe_and_its_overrides(tmp_path, capsys, tiny
 def test_validate_shows_the_launch(tmp_path, capsys):
     path = write(
         tmp_path / "good.yaml",
-        good_recipe(tmp_path, distributed={"num_processes": 8, "zero_stage": 3, "offload": "optimizer_and_params"}),
+        with_data(tmp_path, distributed={"num_processes": 8, "zero_stage": 3, "offload": "optimizer_and_params"}),
     )
     assert main(["validate", str(path)]) == EXIT_OK
     assert "  launch 8 processes, DeepSpeed ZeRO-3 (zero3_offload.json)" in capsys.readouterr().out.splitlines()
@@ -246,6 +272,146 @@ def test_train_missing_local_model_dir(tmp_path, capsys, monkeypatch):
     assert "model.path: directory not found: ./does/not/exist" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# --- one check path: validate, plan and train refuse the same problems, all at once --------------
+
+no_cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only refusals")
+
+
+def problem_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("  - ")]
+
+
+@pytest.fixture
+def earlier_run(tmp_path: Path) -> Path:
+    """An earlier run's output directory, which no command may touch."""
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "recipe.resolved.yaml").write_text("earlier: run\n")
+    (out / "adapter_model.safetensors").write_bytes(b"weights")
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@no_cuda
+def test_every_machine_problem_at_once_in_validate_plan_and_train(tmp_path, capsys, tiny_model_dir, earlier_run, monkeypatch):
+    recipe = with_data(
+        tmp_path,
+        model={"path": str(tiny_model_dir), "attn_implementation": "flash_attention_2"},
+        data={"eval": str(tmp_path / "missing.jsonl")},
+        training={"optimizer": "paged_adamw_32bit", "precision": "fp16"},
+        output={"dir": str(earlier_run)},
+    )
+    path = write(tmp_path / "r.yaml", recipe)
+    before = snapshot(earlier_run)
+    expected = [
+        f"  - output.dir: {earlier_run} already holds a run (recipe.resolved.yaml, adapter_model.safetensors); "
+        "llmft never writes over a run. Choose a new output.dir, resume it (training.resume_from_checkpoint=auto), "
+        "or delete that directory if you no longer need it.",
+        f"  - data.eval.0.path: file not found: {tmp_path / 'missing.jsonl'}",
+        "  - training.optimizer: paged_adamw_32bit comes from bitsandbytes and needs a CUDA GPU; use adamw_torch on this machine",
+        "  - model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on this machine",
+        "  - training.precision: fp16 needs a CUDA GPU; on a CPU it runs at ~2 GFLOP/s. Use bf16 (if the CPU has "
+        "AVX512-BF16/AMX) or fp32.",
+    ]
+
+    assert main(["validate", str(path)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.startswith(f"error: {path}: 5 problems on this machine (no CUDA GPU) that `llmft train` would stop on:\n")
+    assert problem_lines(err) == expected
+    assert err.endswith(
+        "(a recipe for a GPU machine? `llmft validate --device cuda` leaves out what only that machine can tell)\n"
+    )
+
+    assert main(["plan", str(path), "--device", "cpu"]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {path}: 5 problems on this machine (no CUDA GPU)")
+    assert problem_lines(err) == expected
+
+    # train: the same list, before the tokenizer or the model is loaded, and nothing written
+    import llmft.modeling.load
+
+    monkeypatch.setattr(llmft.modeling.load, "load_tokenizer", lambda *a, **k: pytest.fail("loaded the tokenizer"))
+    monkeypatch.setattr(llmft.modeling.load, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["train", str(path)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert "trained:" not in out and "Traceback" not in err
+    assert "error: 5 problems on this machine (no CUDA GPU); nothing was loaded or written:\n" in err
+    assert problem_lines(err) == expected
+    assert snapshot(earlier_run) == before
+
+    # planned for a GPU (or validated for one): what only a GPU machine can tell is left out, the paths are not
+    for command in (["plan", str(path), "--gpus", "2"], ["validate", str(path), "--device", "cuda"]):
+        assert main(command) == EXIT_USER
+        err = capsys.readouterr().err
+        assert "for a CUDA GPU run (what only that machine can tell is left out):" in err
+        assert problem_lines(err) == expected[:2]
+    assert snapshot(earlier_run) == before
+
+
+def test_validate_for_a_gpu_machine_accepts_cuda_only_settings(tmp_path, capsys, tiny_model_dir):
+    recipe = with_data(
+        tmp_path, model={"path": str(tiny_model_dir)}, training={"optimizer": "paged_adamw_8bit", "precision": "fp16"}
+    )
+    path = write(tmp_path / "r.yaml", recipe)
+    assert main(["validate", str(path), "--device", "cuda"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "paged_adamw_8bit, precision fp16" in out
+    if not __import__("torch").cuda.is_available():
+        assert out.splitlines()[-1] == (
+            "  paths and machine checked on this machine (no CUDA GPU), for a CUDA GPU run (what only that machine can tell is left out)"
+        )
+
+
+def test_path_problems_are_listed_together_on_any_machine(tmp_path, capsys, tiny_model_dir):
+    recipe = with_data(
+        tmp_path,
+        model={"path": str(tmp_path / "no-model")},
+        data={"eval": str(tmp_path / "missing.jsonl")},
+        stage={
+            "name": "grpo",
+            "num_generations": 2,
+            "max_completion_length": 16,
+            "rewards": [{"type": "reward_model", "path": str(tmp_path / "no-rm")}],
+        },
+        distributed={"deepspeed_config": str(tmp_path / "ds.json")},
+        training={"precision": "fp32"},
+    )
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2},}')
+    path = write(tmp_path / "r.yaml", recipe)
+    expected = [
+        f"  - data.eval.0.path: file not found: {tmp_path / 'missing.jsonl'}",
+        f"  - stage.rewards.0.path: directory not found: {tmp_path / 'no-rm'}",
+        f"  - model.path: directory not found: {tmp_path / 'no-model'}",
+        f"  - distributed.deepspeed_config: {tmp_path / 'ds.json'} is not valid JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 36 (char 35))",
+    ]
+    for command in ("validate", "train"):
+        assert main([command, str(path)]) == EXIT_USER
+        err = capsys.readouterr().err
+        assert problem_lines(err) == expected, command
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_refuses_bad_records_before_writing(tmp_path, capsys, tiny_model_dir):
+    recipe = with_data(tmp_path, model={"path": str(tiny_model_dir)}, training={"precision": "fp32"})
+    open_question = {"messages": [*HELLO, {"role": "user", "content": "and?"}]}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ({"messages": HELLO}, open_question)))
+    path = write(tmp_path / "r.yaml", recipe)
+    assert main(["train", str(path)]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "trained:" not in out
+    assert (
+        f"  - {tmp_path / 'train.jsonl'}:2: ends with a user message after the last reply (messages[2]): "
+        "that turn is never trained on; end the conversation with the reply" in err
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 # --- one real process ----------------------------------------------------------------------

@@ -77,6 +77,34 @@ def test_data_reports_skipped_bad_records(tiny_model_dir, tmp_path, capsys):
     assert "2 records, 1 bad skipped (e.g. " in out and "mixed.jsonl:2" in out
 
 
+def test_bad_lines_and_unsupervised_turns_follow_on_bad_record(tiny_model_dir, tmp_path, capsys):
+    """A line that is not JSON, a conversation ending with the user, an empty reply: each stops
+    `llmft data` (exit 2, every one named by file:line) or, under skip, is counted in its report."""
+    hi = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}]
+    data = tmp_path / "mixed.jsonl"
+    lines = [
+        json.dumps({"messages": hi}),
+        '{"messages": [{"role": "user", "content": "Hello!"},]}',
+        json.dumps({"messages": [*hi, {"role": "user", "content": "And?"}]}),
+        json.dumps({"messages": [hi[0], {"role": "assistant", "content": ""}]}),
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    raw = make_recipe(tiny_model_dir, data, tmp_path / "out", data={"cache": False})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["data", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert "error: 3 bad messages record(s):\n" in err
+    assert f"  - {data}:2: invalid JSON: Expecting value (column 53)\n" in err
+    assert f"  - {data}:3: ends with a user message after the last reply (messages[2]): that turn is never trained on" in err
+    assert f"  - {data}:4: messages[1]: empty assistant message" in err
+    assert main(["data", str(path), "data.on_bad_record=skip"]) == 0
+    out = capsys.readouterr().out
+    assert f"(messages, detected): 4 records, 3 bad skipped (e.g. {data}:2: invalid JSON" in out
+    assert "1 records -> 1 examples" in out
+
+
 @pytest.mark.parametrize(
     "stage",
     [

@@ -89,15 +89,26 @@ def test_plan_path_says_why_a_part_is_off(tmp_path, tiny_model_dir, sft_file, ca
 
 
 def test_plan_without_countable_data(tmp_path, tiny_model_dir, capsys):
-    path = recipe_file(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
+    text = tmp_path / "t.txt"
+    text.write_text("a document, not a conversation\n")
+    path = recipe_file(tmp_path, tiny_model_dir, text)
     assert main(["plan", str(path)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "not counted: data.train.0" in out and "steps per epoch unknown" in out
     assert "activations for full micro-batches of data.max_length (64) tokens" in out
 
 
-def test_plan_with_a_given_example_count(tmp_path, tiny_model_dir, capsys):
-    path = recipe_file(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
+def test_plan_refuses_what_train_would(tmp_path, tiny_model_dir, sft_file, capsys):
+    """A missing file: refused as `llmft train` refuses it (all problems listed), not planned around."""
+    path = recipe_file(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl", data={"eval": str(sft_file)})
+    assert main(["plan", str(path), "--gpus", "2", "--gpu-memory", "24GiB"]) == EXIT_USER
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert f"  - data.train.0.path: file not found: {tmp_path / 'missing.jsonl'}" in err.splitlines()
+
+
+def test_plan_with_a_given_example_count(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = recipe_file(tmp_path, tiny_model_dir, sft_file)
     assert main(["plan", str(path), "--examples", "1000", "--format", "json"]) == EXIT_OK
     schedule = json.loads(capsys.readouterr().out)["schedule"]
     assert schedule["examples"] == 1000 and schedule["steps_per_epoch"] == 500 and schedule["total_steps"] == 3

@@ -116,8 +116,9 @@ class DataConfig(Section):
     )
     on_bad_record: Literal["error", "skip"] = Field(
         default="error",
-        description="A record that does not fit its format: stop with every problem listed, or skip it "
-        "(the count and the first examples are reported).",
+        description="A bad record (one that does not fit its format, a JSONL line or CSV row that cannot be "
+        "read, a conversation the stage would train wrongly: docs/data.md): stop with every problem listed, or "
+        "skip it (counted; the count and the first examples are in the run log and `llmft data`).",
     )
     template: TemplateName | None = Field(
         default=None,

@@ -1,12 +1,15 @@
 """The one way a recipe is read: file -> OmegaConf (+ overrides) -> dict -> validated Recipe.
 
-Every problem is reported at once as `dotted.path: problem (got value)`.
+A `.yaml`/`.yml` recipe is read as YAML; a `.json` recipe as strict JSON (a trailing comma is an
+error naming its line and column), then handed to OmegaConf like a YAML one, so overrides and
+`${...}` interpolation work the same. Every problem is reported at once as `dotted.path: problem (got value)`.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import types
 import typing
@@ -49,10 +52,17 @@ def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str
         raise UserError(f"recipe file not found: {path}")
     if path.suffix not in RECIPE_SUFFIXES:
         raise UserError(f"{path}: a recipe is a {', '.join(RECIPE_SUFFIXES)} file (got {path.suffix or 'no suffix'!r})")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # YAML/JSON syntax errors come in many types
-        raise UserError(f"{path}: cannot parse: {exc}") from None
+    if path.suffix == ".json":
+        parsed = _read_json(path)
+        if not isinstance(parsed, dict):  # OmegaConf.create would read a string as YAML
+            kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(parsed), "number")
+            raise UserError(f"{path}: a recipe is a mapping of sections (model, data, ...), not a {kind}")
+        cfg = OmegaConf.create(parsed)
+    else:
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax errors come in many types
+            raise UserError(f"{path}: cannot parse: {exc}") from None
     if not OmegaConf.is_dict(cfg):
         kind = "list" if OmegaConf.is_list(cfg) else type(cfg).__name__
         raise UserError(f"{path}: a recipe is a mapping of sections (model, data, ...), not a {kind}")
@@ -67,6 +77,35 @@ def load_raw(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str
     except OmegaConfBaseException as exc:
         raise UserError(f"{path}: {_first_line(str(exc))}") from None
     return typing.cast(dict, data)
+
+
+def _read_json(path: Path) -> Any:
+    """A `.json` recipe, parsed as strict JSON: no trailing commas, comments, NaN or repeated keys."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 (byte {exc.start}); save the recipe as UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        before = text[: exc.pos].rstrip()
+        hint = " (a trailing comma before it?)" if before.endswith(",") else ""
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}") from None
+    except ValueError as exc:  # _unique_keys, _no_constant
+        raise UserError(f"{path}: invalid JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>", require_builder: bool = True) -> Recipe:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from llmft.config.data import DataConfig, DatasetSpec
 from llmft.config.stage import TRAITS
 from llmft.data import cache
-from llmft.data.formats import detect_format, normalise
+from llmft.data.formats import check_supervised, detect_records_format, normalise
 from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
 from llmft.data.prompts import build_prompts, prompt_budget
 from llmft.data.sources import read_source
@@ -68,21 +69,31 @@ class ExampleDataset(torch.utils.data.Dataset):
         return vars(self.examples[index])
 
 
+def stage_check(stage: str, data: DataConfig) -> Callable[[Any], None] | None:
+    """The record rules `stage` adds to the formats' own (`formats.check_supervised` for a stage that
+    trains on a conversation's replies); None when it adds none. A record breaking them is a bad
+    record like any other: `data.on_bad_record` decides, and a skipped one is counted."""
+    if TRAITS[stage].supervision:
+        return partial(check_supervised, supervision=data.supervision)
+    return None
+
+
 def read_split(
     stage: str, specs: Sequence[DatasetSpec], split: str, data: DataConfig, seed: int
 ) -> tuple[list[Any], list[SourceReport]]:
     items: list[Any] = []
     reports = []
+    check = stage_check(stage, data)
     for i, spec in enumerate(specs):
         key = f"data.{split}.{i}"
         records = read_source(spec, key)
         fmt, detected = spec.format, spec.format == "auto"
         if detected:  # from the first record that read cleanly
-            fmt = detect_format(next((r for r in records if r.problem is None), records[0]))
+            fmt = detect_records_format(records, f"{key}: {spec.path}")
         if fmt not in TRAITS[stage].formats:
             expected = " or ".join(TRAITS[stage].formats)
             raise UserError(f"{key}: {spec.path} is {fmt} data, but stage {stage!r} trains on {expected} data")
-        good, bad = normalise(records, fmt, data.on_bad_record)
+        good, bad = normalise(records, fmt, data.on_bad_record, check)
         used = resample(good, spec, random.Random(f"{seed}:{key}"))
         reports.append(SourceReport(key, spec.path, fmt, detected, len(records), bad.count, len(used), list(bad.examples)))
         items.extend(used)

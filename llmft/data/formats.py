@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmft.data.render import supervised_turns
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError
 
@@ -46,6 +47,13 @@ class Conversation:
     # the record's own fields as read (after `data.*.columns`), for GRPO rewards that read a column
     # (e.g. the `answer` an accuracy reward compares with); the same objects, not a copy
     record: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # where each message sits in the record (`messages[2]`, `history[0][1]`, `output`), to name it in
+    # problems found after normalising (`check_supervised`); empty for conversations built in code
+    origins: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
+
+    def origin(self, index: int) -> str:
+        """Where message `index` came from in the record (`message N` when not known)."""
+        return self.origins[index] if index < len(self.origins) else f"message {index}"
 
 
 @dataclass(frozen=True)
@@ -126,11 +134,27 @@ def detect_format(record: RawRecord) -> str:
     )
 
 
+def detect_records_format(records: list[RawRecord], key: str) -> str:
+    """The format of the first record that was read cleanly (`key` names the source in the error
+    when none was: every line invalid JSON, say)."""
+    clean = next((r for r in records if r.problem is None), None)
+    if clean is not None:
+        return detect_format(clean)
+    bad = BadRecords("unreadable")
+    for record in records:
+        bad.add(f"{record.where}: {record.problem}")
+    raise UserError(f"{key}: no record could be read, so its format cannot be detected; {bad.report()}")
+
+
 def normalise(
-    records: list[RawRecord], fmt: str, on_bad_record: Literal["error", "skip"] = "error"
+    records: list[RawRecord],
+    fmt: str,
+    on_bad_record: Literal["error", "skip"] = "error",
+    check: Callable[[Any], None] | None = None,
 ) -> tuple[list[Any], BadRecords]:
     """Convert every record. `error`: raise listing every bad record (the first few shown);
-    `skip`: leave them out and return them counted."""
+    `skip`: leave them out and return them counted. `check`: what the stage adds to the format's own
+    rules (`check_supervised`), run on each converted record; it raises BadRecord."""
     if fmt not in CONVERTERS:
         raise UserError(f"unknown data format {fmt!r}; use one of {', '.join(CONVERTERS)}")
     if on_bad_record not in ("error", "skip"):
@@ -142,7 +166,10 @@ def normalise(
         try:
             if record.problem:
                 raise BadRecord(record.problem)
-            out.append(convert(record))
+            item = convert(record)
+            if check is not None:
+                check(item)
+            out.append(item)
         except BadRecord as exc:
             bad.add(f"{record.where}: {exc}")
     if bad.count and on_bad_record == "error":
@@ -234,6 +261,11 @@ def _history(value: dict[str, Any]) -> list[Message]:
     return messages
 
 
+def _history_origins(value: dict[str, Any]) -> list[str]:
+    """Where `_history`'s messages sit in the record."""
+    return [f"history[{i}][{j}]" for i in range(len(value.get("history") or [])) for j in (0, 1)]
+
+
 def _with_system(messages: list[Message], system: str, name: str) -> list[Message]:
     if not system:
         return messages
@@ -250,6 +282,28 @@ def _check_conversation(messages: list[Message], opening: str) -> None:
         raise BadRecord(f"{opening}: a conversation cannot open with the {messages[0]['role']}")
 
 
+def check_supervised(conversation: Conversation, supervision: str) -> None:
+    """The rules of a stage that trains on a conversation's replies (sft; `supervision` is
+    `data.supervision`), beyond the format's: an empty assistant message that is trained on would
+    supervise its end-of-turn token alone, teaching the model to stop at once; a turn after the last
+    reply is never trained on (except under `train_on: all`, which trains every token). Stages that
+    sample their own replies (grpo, ppo) do not apply it: there an open question is the prompt."""
+    messages = conversation.messages
+    for i in supervised_turns(messages, supervision):
+        if not messages[i]["content"].strip():
+            raise BadRecord(
+                f"{conversation.origin(i)}: empty assistant message: only its end-of-turn token would be "
+                "trained, teaching the model to stop at once; remove the turn or give it its reply"
+            )
+    last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    if supervision != "all" and last_reply < len(messages) - 1:
+        role = messages[-1]["role"]
+        raise BadRecord(
+            f"ends with a {role} message after the last reply ({conversation.origin(last_reply + 1)}): "
+            "that turn is never trained on; end the conversation with the reply"
+        )
+
+
 # --- SFT and PT formats ------------------------------------------------------------------
 
 
@@ -263,22 +317,25 @@ def _alpaca(record: RawRecord) -> Conversation:
     if not prompt.strip() or not output.strip():
         raise BadRecord("empty instruction or output")
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    return Conversation(tuple(messages), record.where, record=value)
+    origins = ["system"] * bool(system) + _history_origins(value) + ["instruction", "output"]
+    return Conversation(tuple(messages), record.where, record=value, origins=tuple(origins))
 
 
 def _messages(record: RawRecord) -> Conversation:
     value = _require_dict(record)
     messages = _message_list(value.get("messages"), "messages", "openai")
     _check_conversation(messages, "messages[0].role should be system or user")
-    return Conversation(tuple(messages), record.where, _tools(value), value)
+    origins = tuple(f"messages[{i}]" for i in range(len(messages)))
+    return Conversation(tuple(messages), record.where, _tools(value), value, origins)
 
 
 def _sharegpt(record: RawRecord) -> Conversation:
     value = _require_dict(record)
-    messages = _message_list(value.get("conversations"), "conversations", "sharegpt")
-    messages = _with_system(messages, _field(value, "system", required=False), "conversations")
+    turns = _message_list(value.get("conversations"), "conversations", "sharegpt")
+    messages = _with_system(turns, _field(value, "system", required=False), "conversations")
     _check_conversation(messages, "conversations[0].from should be system or human")
-    return Conversation(tuple(messages), record.where, _tools(value), value)
+    origins = ["system"] * (len(messages) - len(turns)) + [f"conversations[{i}]" for i in range(len(turns))]
+    return Conversation(tuple(messages), record.where, _tools(value), value, tuple(origins))
 
 
 def _csv(record: RawRecord) -> Conversation:
@@ -288,7 +345,8 @@ def _csv(record: RawRecord) -> Conversation:
     if not human.strip() or not assistant.strip():
         raise BadRecord("empty human or assistant")
     messages = [{"role": "user", "content": human}, {"role": "assistant", "content": assistant}]
-    return Conversation(tuple(_with_system(messages, system, "messages")), record.where, record=value)
+    origins = ("system",) * bool(system) + ("human", "assistant")
+    return Conversation(tuple(_with_system(messages, system, "messages")), record.where, record=value, origins=origins)
 
 
 def _qa(record: RawRecord) -> Conversation:
@@ -306,7 +364,8 @@ def _qa(record: RawRecord) -> Conversation:
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     messages += _history(value)
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return Conversation(tuple(messages), record.where, record=value)
+    origins = ["system"] * bool(system) + _history_origins(value) + ["question", "answer"]
+    return Conversation(tuple(messages), record.where, record=value, origins=tuple(origins))
 
 
 def _text(record: RawRecord) -> Text:
@@ -428,6 +487,12 @@ def _split_reply(messages: list[Message], key: str) -> tuple[list[Message], list
         raise BadRecord(f"the reply in {key!r} holds a system message")
     if not any(m["content"].strip() for m in reply):
         raise BadRecord(f"empty {key}")
+    for i, message in enumerate(reply, start=len(before)):  # one of several (a lone one is `empty {key}` above)
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise BadRecord(
+                f"{key}[{i}]: empty assistant message in the reply: only its end-of-turn token would be trained, "
+                "teaching the model to stop at once"
+            )
     return before, reply
 
 

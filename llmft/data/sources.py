@@ -3,6 +3,11 @@
 A source is a file (.json array, .jsonl, .csv with a header row, .txt), a directory of such files,
 or a directory written by `datasets.Dataset.save_to_disk`. Locations are `file:line` for
 line-based files and `file record N` / `dir record N` for JSON arrays and saved datasets.
+
+A JSONL line that is not valid JSON, or a CSV row with the wrong number of fields, becomes a record
+carrying its problem, left to `data.on_bad_record` like any other bad record. A `.json` array that
+is not valid JSON, or CSV quoting the reader cannot get past, stops with its location: there is no
+record boundary to skip to.
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ def _read_json(text: str, name: str) -> list[RawRecord]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         hint = "; if it has one JSON object per line, name it .jsonl" if exc.msg == "Extra data" else ""
-        raise UserError(f"{name}:{exc.lineno}: invalid JSON: {exc.msg}{hint}") from None
+        raise UserError(f"{name}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno}){hint}") from None
     if not isinstance(value, list):
         raise UserError(f"{name}: a .json dataset is an array of records (got a {type(value).__name__})")
     return [RawRecord(v, f"{name} record {i}") for i, v in enumerate(value)]
@@ -168,8 +173,8 @@ def _read_jsonl(text: str, name: str) -> list[RawRecord]:
             continue
         try:
             records.append(RawRecord(json.loads(line), f"{name}:{number}"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name}:{number}: invalid JSON: {exc.msg}") from None
+        except json.JSONDecodeError as exc:  # a bad record like any other: data.on_bad_record decides
+            records.append(RawRecord(None, f"{name}:{number}", f"invalid JSON: {exc.msg} (column {exc.colno})"))
     return records
 
 
@@ -192,11 +197,12 @@ def _read_csv(text: str, name: str) -> list[RawRecord]:
                     named = ", ".join(map(repr, duplicates))
                     raise UserError(f"{name}:{line}: the header names column(s) {named} more than once")
                 continue
-            if len(row) != len(header):
-                raise UserError(
-                    f"{name}:{line}: malformed CSV row: {len(row)} field(s), the header has {len(header)}"
-                    " (quote values that contain commas)"
+            if len(row) != len(header):  # a bad record like any other: data.on_bad_record decides
+                problem = (
+                    f"malformed CSV row: {len(row)} field(s), the header has {len(header)} (quote values that contain commas)"
                 )
+                records.append(RawRecord(None, f"{name}:{line}", problem))
+                continue
             records.append(RawRecord(dict(zip(header, row)), f"{name}:{line}"))
     except csv.Error as exc:
         raise UserError(f"{name}:{start}: malformed CSV row: {exc}") from None

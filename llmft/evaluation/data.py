@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmft.data.formats import Completion, Conversation, Pair, Text, detect_format, normalise
+from llmft.data.formats import Completion, Conversation, Pair, Text, detect_records_format, normalise
 from llmft.data.sources import read_records
 from llmft.errors import UserError
 
@@ -41,7 +41,7 @@ def from_file(path: str, fmt: str = "auto", max_samples: int | None = None) -> E
     if not raw:
         raise UserError(f"--data: {path} holds no records")
     if fmt == "auto":
-        fmt = detect_format(next((r for r in raw if r.problem is None), raw[0]))
+        fmt = detect_records_format(raw, f"--data: {path}")
     records, _ = normalise(raw, fmt, "error")
     records = records[:max_samples] if max_samples else records
     return EvalSet(path, _kind_of(records, "--data"), records)

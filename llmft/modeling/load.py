@@ -29,38 +29,51 @@ def _looks_local(path: str) -> bool:
 
 def check_model_path(cfg: ModelConfig) -> None:
     """Fail early, with the key and the fix, on paths that cannot hold the model."""
+    problem = model_path_problem(cfg)
+    if problem is not None:
+        raise UserError(f"{problem[0]}: {problem[1]}")
+
+
+def model_path_problem(cfg: ModelConfig) -> tuple[str, str] | None:
+    """(key, problem) when `model.path` (or `model.gguf_file`) cannot hold the model; None when it can
+    (or is a hub id: transformers reports whether it can be fetched)."""
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
         if (path.parent / "adapter_config.json").is_file():  # <run>/merged of a run whose merge did not happen
-            raise UserError(
-                f"model.path: directory not found: {cfg.path}; {path.parent} holds a LoRA adapter that was not merged "
-                f"there (its run's log says why): llmft merge --adapter {path.parent} --out {cfg.path}"
+            return (
+                "model.path",
+                f"directory not found: {cfg.path}; {path.parent} holds a LoRA adapter that was not merged "
+                f"there (its run's log says why): llmft merge --adapter {path.parent} --out {cfg.path}",
             )
         if _looks_local(cfg.path):
-            raise UserError(f"model.path: directory not found: {cfg.path}")
-        return  # a hub id; transformers reports whether it can be fetched
+            return "model.path", f"directory not found: {cfg.path}"
+        return None
     if not path.is_dir():
-        raise UserError(
-            f"model.path: {cfg.path} is a file; give the directory that holds it"
-            + (" and its name as model.gguf_file" if path.suffix == ".gguf" else "")
+        return (
+            "model.path",
+            f"{cfg.path} is a file; give the directory that holds it"
+            + (" and its name as model.gguf_file" if path.suffix == ".gguf" else ""),
         )
     if cfg.gguf_file:
         if not (path / cfg.gguf_file).is_file():
             found = sorted(p.name for p in path.glob("*.gguf"))
-            raise UserError(
-                f"model.gguf_file: {cfg.gguf_file} not found in {cfg.path}"
-                + (f"; GGUF files there: {', '.join(found)}" if found else "; the directory has no .gguf file")
+            return (
+                "model.gguf_file",
+                f"{cfg.gguf_file} not found in {cfg.path}"
+                + (f"; GGUF files there: {', '.join(found)}" if found else "; the directory has no .gguf file"),
             )
-        return
+        return None
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        raise UserError(
-            f"model.path: {cfg.path} holds a LoRA adapter, not a model; set model.path to its base "
-            "model and finetune.adapter_path to this directory"
+        return (
+            "model.path",
+            f"{cfg.path} holds a LoRA adapter, not a model; set model.path to its base "
+            "model and finetune.adapter_path to this directory",
         )
     if not (path / "config.json").is_file():
-        raise UserError(f"model.path: {cfg.path} has no config.json; is it a model directory?")
+        return "model.path", f"{cfg.path} has no config.json; is it a model directory?"
     if not any((path / name).is_file() for name in WEIGHT_FILES) and not list(path.glob("model-*.safetensors")):
-        raise UserError(f"model.path: {cfg.path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+        return "model.path", f"{cfg.path} has a config.json but no weights ({', '.join(WEIGHT_FILES)})"
+    return None
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -222,16 +235,27 @@ def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...
 
 
 def check_attention(cfg: ModelConfig) -> None:
+    for key, problem in attention_problems(cfg, cuda=torch.cuda.is_available()):
+        raise UserError(f"{key}: {problem}")
+
+
+def attention_problems(cfg: ModelConfig, cuda: bool, probe: bool = True) -> list[tuple[str, str]]:
+    """(key, problem) pairs for `model.attn_implementation` on a device with (`cuda`) or without a CUDA
+    GPU; `probe`: that device is this machine, so its installed packages count."""
     if cfg.attn_implementation != "flash_attention_2":
-        return
+        return []
     import importlib.util
 
-    if not torch.cuda.is_available():
-        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on this machine")
-    if importlib.util.find_spec("flash_attn") is None:
-        raise UserError(
-            "model.attn_implementation: flash_attention_2 needs the flash-attn package (pip install 'llmft[gpu]'); or use sdpa"
-        )
+    if not cuda:
+        return [("model.attn_implementation", "flash_attention_2 needs a CUDA GPU; use sdpa on this machine")]
+    if probe and importlib.util.find_spec("flash_attn") is None:
+        return [
+            (
+                "model.attn_implementation",
+                "flash_attention_2 needs the flash-attn package (pip install 'llmft[gpu]'); or use sdpa",
+            )
+        ]
+    return []
 
 
 def _short(exc: BaseException) -> str:

@@ -7,17 +7,41 @@ from typing import Any
 import torch
 
 from llmft.config.finetune import QLoraFinetune
+from llmft.config.training import BNB_OPTIMIZERS
 from llmft.errors import UserError
+
+
+def bitsandbytes_problems(finetune: Any, optimizer: str, cuda: bool = True, probe: bool = True) -> list[tuple[str, str]]:
+    """(key, problem) pairs for what needs bitsandbytes: `finetune.mode: qlora` and the bitsandbytes
+    optimizers (`training.optimizer`), on a device with (`cuda`) or without a CUDA GPU; `probe`: that
+    device is this machine, so whether the package is installed counts. QLoRA runs on a CPU
+    (bitsandbytes >= 0.45 has a CPU backend); the optimizers need CUDA kernels."""
+    import importlib.util
+
+    problems = []
+    if optimizer in BNB_OPTIMIZERS and not cuda:
+        problems.append(
+            ("training.optimizer", f"{optimizer} comes from bitsandbytes and needs a CUDA GPU; use adamw_torch on this machine")
+        )
+    if probe and importlib.util.find_spec("bitsandbytes") is None:
+        if isinstance(finetune, QLoraFinetune):
+            problems.append(("finetune.mode", "qlora needs the bitsandbytes package (pip install bitsandbytes)"))
+        if optimizer in BNB_OPTIMIZERS and cuda:
+            problems.append(
+                (
+                    "training.optimizer",
+                    f"{optimizer} needs the bitsandbytes package (pip install bitsandbytes); or use adamw_torch",
+                )
+            )
+    return problems
 
 
 def bnb_config(finetune: QLoraFinetune, compute: torch.dtype, zero3: bool = False) -> Any:
     """The BitsAndBytesConfig of `finetune`, computing in `compute` (`precision.quantized_compute_dtype`).
     `zero3`: DeepSpeed ZeRO-3 shards these weights; they are then stored in the compute dtype
     (`bnb_4bit_quant_storage`), so every parameter ZeRO-3 partitions has one dtype."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("finetune.mode: qlora needs the bitsandbytes package (pip install bitsandbytes)")
+    for key, problem in bitsandbytes_problems(finetune, optimizer=""):
+        raise UserError(f"{key}: {problem}")
     from transformers import BitsAndBytesConfig
 
     if finetune.bits == 8:

@@ -21,6 +21,7 @@ from llmft.plan.machine import machine_memory
 from llmft.plan.passes import settle_passes
 from llmft.plan.recipe_knobs import knobs_for
 from llmft.plan.schedule import Schedule
+from llmft.preflight import WOULD_STOP, machine_error, machine_problems
 from llmft.resolve import Resolved, resolve
 
 log = logging.getLogger("llmft")
@@ -116,6 +117,7 @@ def planned_path(recipe: Recipe, config: Any, settings: Resolved, budget_bytes: 
 def plan_recipe(
     recipe: Recipe,
     *,
+    source: str | None = None,
     num_processes: int | None = None,
     budget_bytes: int | None = None,
     device: str | None = None,
@@ -125,11 +127,16 @@ def plan_recipe(
     """Plan `recipe`: dims from the model's config, knobs from the recipe, counts from the data.
 
     count_data: None counts when cheap (cached, or small files), True always, False never;
-    `examples` gives the training-example count directly (no counting).
+    `examples` gives the training-example count directly (no counting). First refuses, all at once,
+    what `llmft train` would refuse for the planned device (`llmft.preflight.machine_problems`;
+    `source` names the recipe file in that error).
     """
+    device = device or ("cuda" if torch.cuda.is_available() or budget_bytes is not None or num_processes else "cpu")
+    found = machine_problems(recipe, device)
+    if found:
+        raise machine_error(found, device, source=source, then=WOULD_STOP)
     config = read_config(recipe.model)
     dims = read_dims(recipe, config)
-    device = device or ("cuda" if torch.cuda.is_available() or budget_bytes is not None or num_processes else "cpu")
     if budget_bytes is None:
         budget_bytes, source = machine_memory()
     else:

@@ -201,9 +201,16 @@ def score(
 
 
 def check_inputs(entries: Sequence[tuple[str, RewardSpec]]) -> None:
+    """Raise `input_problems` (all of them, one per line), if any."""
+    problems = input_problems(entries)
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def input_problems(entries: Sequence[tuple[str, RewardSpec]]) -> list[str]:
     """Before any model loads: every JSON Schema file exists and is a valid schema, and every python
-    reward's function imports. `entries` are (key, entry) pairs of a validated recipe, which holds
-    python entries only when `stage.allow_python_rewards` is true."""
+    reward's function imports; one `key: problem` line per entry that fails. `entries` are (key, entry)
+    pairs of a validated recipe, which holds python entries only when `stage.allow_python_rewards` is true."""
     problems = []
     for key, entry in entries:
         try:
@@ -213,5 +220,4 @@ def check_inputs(entries: Sequence[tuple[str, RewardSpec]]) -> None:
                 custom.import_function(entry.function, f"{key}.function")
         except UserError as exc:
             problems.append(str(exc))
-    if problems:
-        raise UserError("\n".join(problems))
+    return problems

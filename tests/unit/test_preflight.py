@@ -90,3 +90,77 @@ def test_release_memory_sets_the_allocator_only_when_asked(tmp_path, monkeypatch
         )
     )
     assert calls == [1]
+
+
+# --- every problem at once, for the device a run is planned on ------------------------------------
+
+
+@no_cuda
+def test_machine_problems_lists_every_problem_without_raising(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    import llmft.allocator
+    from llmft.preflight import machine_problems
+
+    monkeypatch.setattr(llmft.allocator, "find_tcmalloc", lambda: None)
+    recipe = _recipe(
+        tiny_model_dir,
+        sft_file,
+        tmp_path,
+        model={"attn_implementation": "flash_attention_2"},
+        data={"eval": "missing.jsonl"},
+        training={"optimizer": "adamw_8bit", "precision": "bf16", "allocator": "tcmalloc"},
+        distributed={"zero_stage": 2},
+    )
+    found = machine_problems(recipe)
+    assert [key for key, _ in found] == [
+        "data.eval.0.path",
+        "training.optimizer",
+        "model.attn_implementation",
+        "training.precision",
+        "training.allocator",
+    ]
+    assert found[3] == (
+        "training.precision",
+        "bf16 does not train under DeepSpeed on a CPU (distributed.zero_stage / deepspeed_config); use fp32 or auto",
+    )
+    assert found[4][1].startswith("tcmalloc was not found on this machine")
+    with pytest.raises(UserError) as info:
+        preflight(recipe)
+    assert str(info.value).startswith(
+        "5 problems on this machine (no CUDA GPU); nothing was loaded or written:\n  - data.eval.0.path"
+    )
+    # planned for a GPU elsewhere: only the files this machine holds are checked
+    assert machine_problems(recipe, "cuda") == found[:1]
+
+
+def test_a_cpu_run_planned_on_any_machine_refuses_cuda_only_settings(tiny_model_dir, sft_file, tmp_path):
+    from llmft.preflight import machine_problems
+
+    recipe = _recipe(tiny_model_dir, sft_file, tmp_path, training={"optimizer": "paged_adamw_8bit", "precision": "fp16"})
+    assert [key for key, _ in machine_problems(recipe, "cpu")] == ["training.optimizer", "training.precision"]
+
+
+def test_missing_packages_are_problems_where_they_are_probed(monkeypatch):
+    import importlib.util
+
+    from llmft.config.finetune import LoraFinetune, QLoraFinetune
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.load import attention_problems
+    from llmft.modeling.quantize import bitsandbytes_problems
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("bitsandbytes", "flash_attn") else real(name, *a)
+    )
+    qlora = QLoraFinetune(mode="qlora")
+    assert bitsandbytes_problems(qlora, "adamw_torch", cuda=False) == [
+        ("finetune.mode", "qlora needs the bitsandbytes package (pip install bitsandbytes)")
+    ]
+    assert [k for k, _ in bitsandbytes_problems(LoraFinetune(mode="lora"), "paged_adamw_32bit", cuda=True)] == [
+        "training.optimizer"
+    ]
+    assert bitsandbytes_problems(qlora, "paged_adamw_32bit", cuda=True, probe=False) == []  # another machine's packages
+    flash = ModelConfig(path="m", attn_implementation="flash_attention_2")
+    assert attention_problems(flash, cuda=True) == [
+        ("model.attn_implementation", "flash_attention_2 needs the flash-attn package (pip install 'llmft[gpu]'); or use sdpa")
+    ]
+    assert attention_problems(flash, cuda=True, probe=False) == []

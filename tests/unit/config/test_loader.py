@@ -220,8 +220,49 @@ def test_yaml_syntax_error(write):
 
 def test_json_syntax_error(write):
     path = write('{"model": {"path": "m"', name="recipe.json")
-    with pytest.raises(UserError, match="cannot parse"):
+    with pytest.raises(UserError) as info:
         load_recipe(path)
+    assert not isinstance(info.value, RecipeError)
+    assert str(info.value).startswith(f"{path}: invalid JSON at line 1, column 23: Expecting ',' delimiter")
+
+
+def test_json_recipe_is_strict_json(write):
+    """YAML would take a trailing comma (JSON with one is not JSON): the error names line and column."""
+    text = json.dumps(recipe(), indent=2).replace('"train.jsonl"\n', '"train.jsonl",\n')
+    assert '"train.jsonl",\n' in text
+    path = write(text, name="recipe.json")
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    line = text[: text.index('"train.jsonl",')].count("\n") + 2  # the closing brace after the comma
+    assert str(info.value) == (
+        f"{path}: invalid JSON at line {line}, column 3: Expecting property name enclosed in double quotes"
+        " (a trailing comma before it?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"model": {"path": "m", "path": "n"}}', "invalid JSON: key 'path' appears twice in one object"),
+        ('{"training": {"learning_rate": NaN}}', "invalid JSON: NaN is not a JSON value"),
+        ('"model: {path: m}"', "a recipe is a mapping of sections (model, data, ...), not a string"),
+        ("[1, 2]", "a recipe is a mapping of sections (model, data, ...), not a list"),
+        ("", "invalid JSON at line 1, column 1: Expecting value"),
+    ],
+)
+def test_json_recipe_other_problems(write, text, problem):
+    path = write(text, name="recipe.json")
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}: {problem}"
+
+
+def test_json_recipe_with_overrides_and_interpolation(write):
+    raw = recipe(output={"dir": "outputs/${stage.name}-${finetune.mode}"})
+    path = write(json.dumps(raw, indent=2), name="recipe.json")
+    r = load_recipe(path, ["finetune.rank=32", "training.learning_rate=1e-4"])
+    assert (r.finetune.rank, r.training.learning_rate, r.output.dir) == (32, 1e-4, "outputs/sft-lora")
+    assert load_recipe(path) == validate_recipe({**raw, "output": {"dir": "outputs/sft-lora"}})
 
 
 def test_top_level_list(write):

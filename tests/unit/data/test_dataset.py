@@ -112,3 +112,68 @@ def test_tools_the_template_cannot_render_are_reported(tokenizer, tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="llmft"):
         prepare_data("sft", data_config(str(path), tmp_path, cache=False), tokenizer, seed=0)
     assert "1 conversations carry tool definitions" in caplog.text
+
+
+# --- bad records the stage adds, and lines that are not JSON ------------------------------------
+
+HI = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+OPEN = [*HI, {"role": "user", "content": "And you?"}]
+
+
+def mixed_file(tmp_path):
+    """A good conversation, one ending on a question, one with an empty reply, and a line that is not JSON."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [json.dumps({"messages": m}) for m in (HI, OPEN, [HI[0], {"role": "assistant", "content": " "}])]
+    path.write_text("\n".join([*rows, '{"messages": [}']) + "\n")
+    return path
+
+
+def test_sft_refuses_a_conversation_that_ends_after_its_last_reply(tmp_path):
+    from llmft.data.dataset import load_items
+
+    path = mixed_file(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_items("sft", data_config(str(path), tmp_path), seed=0)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "3 bad messages record(s):"
+    assert lines[1] == (
+        f"  - {path}:2: ends with a user message after the last reply (messages[2]): that turn is never trained on; "
+        "end the conversation with the reply"
+    )
+    assert lines[2].startswith(f"  - {path}:3: messages[1]: empty assistant message: only its end-of-turn token")
+    assert lines[3] == f"  - {path}:4: invalid JSON: Expecting value (column 15)"
+
+
+def test_skipped_records_are_counted_in_the_source_report(tmp_path):
+    from llmft.data.dataset import load_items
+
+    path = mixed_file(tmp_path)
+    loaded = load_items("sft", data_config(str(path), tmp_path, on_bad_record="skip"), seed=0)
+    assert [c.where for c in loaded.train] == [f"{path}:1"]
+    (source,) = loaded.sources
+    assert (source.records, source.skipped, source.used) == (4, 3, 1)
+    assert source.line().startswith(f"data.train.0: {path} (messages, detected): 4 records, 3 bad skipped (e.g. {path}:2: ends")
+
+
+def test_sampling_stages_ask_an_open_question_as_it_is(tmp_path):
+    """grpo/ppo: the replies are sampled, so a conversation ending with the user is a prompt, and an
+    empty reply in the data is not trained on (the line that is not JSON is still a bad record)."""
+    from llmft.data.dataset import load_items
+
+    path = mixed_file(tmp_path)
+    loaded = load_items("grpo", data_config(str(path), tmp_path, on_bad_record="skip"), seed=0)
+    assert [c.where for c in loaded.train] == [f"{path}:{n}" for n in (1, 2, 3)]
+    assert loaded.sources[0].skipped == 1
+
+
+def test_a_source_with_no_readable_record_cannot_be_detected(tmp_path):
+    from llmft.data.dataset import load_items
+
+    path = tmp_path / "broken.jsonl"
+    path.write_text("{oops\n[1,\n")
+    with pytest.raises(UserError) as info:
+        load_items("sft", data_config(str(path), tmp_path, on_bad_record="skip"), seed=0)
+    assert str(info.value).startswith(
+        f"data.train.0: {path}: no record could be read, so its format cannot be detected; 2 bad unreadable record(s):\n"
+        f"  - {path}:1: invalid JSON"
+    )

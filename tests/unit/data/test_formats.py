@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
-from llmft.data.formats import Conversation, Text, detect_format, normalise
+from llmft.data.formats import Conversation, Text, check_supervised, detect_format, detect_records_format, normalise
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError
 
@@ -484,3 +486,109 @@ def test_unknown_format_and_mode():
         normalise([rec({"text": "a"})], "parquet")
     with pytest.raises(ValueError, match="on_bad_record"):
         normalise([rec({"text": "a"})], "text", on_bad_record="warn")
+
+
+def test_detect_records_format_reads_the_first_clean_record():
+    records = [RawRecord(None, "d.jsonl:1", "invalid JSON: Expecting value (column 9)"), rec({"text": "a"}, "d.jsonl:2")]
+    assert detect_records_format(records, "data.train.0: d.jsonl") == "text"
+    with pytest.raises(UserError) as info:
+        detect_records_format(records[:1], "data.train.0: d.jsonl")
+    assert str(info.value) == (
+        "data.train.0: d.jsonl: no record could be read, so its format cannot be detected; 1 bad unreadable record(s):\n"
+        "  - d.jsonl:1: invalid JSON: Expecting value (column 9)"
+    )
+
+
+# --- what a stage that trains on the replies adds (sft) -----------------------------------------
+
+USER, TOOL = {"role": "user", "content": "More?"}, {"role": "tool", "content": "42"}
+
+
+def supervised(value, fmt="messages", supervision="all_turns", where="d.jsonl:7"):
+    """normalise with sft's check: the conversation, or the one bad record's problem."""
+    check = partial(check_supervised, supervision=supervision)
+    good, bad = normalise([rec(value, where)], fmt, "skip", check)
+    assert len(good) + bad.count == 1
+    return good[0] if good else bad.examples[0].removeprefix(f"{where}: ")
+
+
+EMPTY_REPLY = "empty assistant message: only its end-of-turn token would be trained, teaching the model to stop at once"
+
+
+@pytest.mark.parametrize(
+    "fmt, value, origin",
+    [
+        ("messages", {"messages": [*CHAT, USER, {"role": "assistant", "content": ""}]}, "messages[3]"),
+        ("messages", {"messages": [CHAT[0], {"role": "assistant", "content": " \n"}, *CHAT]}, "messages[1]"),
+        (
+            "sharegpt",
+            {"system": "S", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]},
+            "conversations[1]",
+        ),
+        ("alpaca", {"instruction": "Q", "output": "A", "history": [["Hi", ""]]}, "history[0][1]"),
+        ("qa", {"question": "Q", "answer": "A", "system": "S", "history": [["Hi", " "]]}, "history[0][1]"),
+    ],
+)
+def test_an_empty_reply_that_is_trained_on_is_a_bad_record(fmt, value, origin):
+    assert supervised(value, fmt) == f"{origin}: {EMPTY_REPLY}; remove the turn or give it its reply"
+
+
+def test_an_empty_reply_that_is_not_trained_on_is_kept():
+    empty = {"role": "assistant", "content": ""}
+    assert isinstance(supervised({"messages": [CHAT[0], empty, *CHAT]}, supervision="last_turn"), Conversation)
+    assert isinstance(supervised({"messages": [CHAT[0], {**empty, "loss": False}, *CHAT]}), Conversation)
+    assert supervised({"messages": [*CHAT, USER, empty]}, supervision="last_turn").startswith(f"messages[3]: {EMPTY_REPLY}")
+    assert supervised({"messages": [CHAT[0], empty, *CHAT]}, supervision="all").startswith(f"messages[1]: {EMPTY_REPLY}")
+
+
+@pytest.mark.parametrize(
+    "fmt, value, role, origin",
+    [
+        ("messages", {"messages": [*CHAT, USER]}, "user", "messages[2]"),
+        ("messages", {"messages": [*CHAT, USER, TOOL]}, "tool", "messages[2]"),
+        (
+            "sharegpt",
+            {
+                "system": "S",
+                "conversations": [
+                    {"from": "human", "value": "Hi"},
+                    {"from": "gpt", "value": "Hello"},
+                    {"from": "human", "value": "More?"},
+                ],
+            },
+            "user",
+            "conversations[2]",
+        ),
+    ],
+)
+def test_a_turn_after_the_last_reply_is_a_bad_record(fmt, value, role, origin):
+    assert supervised(value, fmt) == (
+        f"ends with a {role} message after the last reply ({origin}): that turn is never trained on; "
+        "end the conversation with the reply"
+    )
+    assert supervised(value, fmt, supervision="last_turn").startswith(f"ends with a {role} message")
+
+
+def test_train_on_all_trains_a_turn_after_the_last_reply():
+    assert supervised({"messages": [*CHAT, USER]}, supervision="all").messages[-1] == USER
+
+
+def test_stage_problems_follow_on_bad_record():
+    """Counted with the format's own problems under skip; listed together under error."""
+    check = partial(check_supervised, supervision="all_turns")
+    records = [
+        rec({"messages": CHAT}, "d.jsonl:1"),
+        rec({"messages": [*CHAT, USER]}, "d.jsonl:2"),
+        rec({"messages": [CHAT[0]]}, "d.jsonl:3"),
+        rec({"messages": [CHAT[0], {"role": "assistant", "content": ""}]}, "d.jsonl:4"),
+    ]
+    good, bad = normalise(records, "messages", "skip", check)
+    assert [c.where for c in good] == ["d.jsonl:1"] and bad.count == 3
+    with pytest.raises(UserError) as info:
+        normalise(records, "messages", "error", check)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "3 bad messages record(s):"
+    assert lines[1].startswith("  - d.jsonl:2: ends with a user message after the last reply (messages[2])")
+    assert lines[2] == "  - d.jsonl:3: no assistant message: nothing to train on"
+    assert lines[3].startswith(f"  - d.jsonl:4: messages[1]: {EMPTY_REPLY}")
+    assert normalise(records[1:2], "messages")[0][0].messages[-1] == USER  # without a stage's check: kept

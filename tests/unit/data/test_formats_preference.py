@@ -171,6 +171,19 @@ def test_reply_with_a_tool_call():
             "the reply in 'chosen' holds a system message",
         ),
         ({"prompt": "Q", "chosen": "good", "rejected": {"from": "bot", "value": "bad"}}, "rejected.from should be one of"),
+        ({"prompt": "Q", "chosen": "good", "rejected": [assistant(" \n")]}, "empty rejected"),
+        (
+            {"prompt": "Q", "chosen": [assistant(""), {"role": "tool", "content": "1"}, assistant("B")], "rejected": "bad"},
+            "chosen[0]: empty assistant message in the reply: only its end-of-turn token would be trained, "
+            "teaching the model to stop at once",
+        ),
+        (
+            {
+                "chosen": [user("Q"), assistant("A"), {"role": "tool", "content": "1"}, assistant(" ")],
+                "rejected": [user("Q"), assistant("B")],
+            },
+            "chosen[3]: empty assistant message in the reply",
+        ),
         (
             {"prompt": "Q", "chosen": "good", "rejected": [{"role": "bot", "content": "bad"}]},
             "rejected[0].role should be one of system, user, assistant, tool (got 'bot')",
@@ -261,6 +274,11 @@ def test_kto_prompt_and_completion_fields(value, prompt, reply):
         ({"label": True, "text": "x"}, "missing field 'messages' (or 'completion' with a prompt)"),
         ({"completion": "A", "label": True}, "no prompt: give one of the fields"),
         ({"prompt": "Q", "completion": "", "label": True}, "empty completion"),
+        ({"messages": [user("Q"), assistant("  ")], "label": False}, "empty messages"),
+        (
+            {"messages": [user("Q"), assistant(""), {"role": "tool", "content": "1"}, assistant("A")], "label": True},
+            "messages[1]: empty assistant message in the reply",
+        ),
     ],
 )
 def test_kto_bad_record(value, expected):

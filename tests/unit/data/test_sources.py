@@ -79,10 +79,14 @@ def error(path, key=KEY) -> str:
     return str(info.value)
 
 
-def test_invalid_jsonl_line_names_file_and_line(tmp_path):
+def test_invalid_jsonl_line_is_a_bad_record_naming_file_and_line(tmp_path):
+    """Left to data.on_bad_record like any other bad record (the formats raise or skip it)."""
     path = write(tmp_path / "d.jsonl", '{"text": "a"}\n\n{"text": oops}\n{"text": "d"}\n')
-    message = error(path)
-    assert message.startswith(f"{path}:3: invalid JSON")
+    assert read_records(str(path), KEY) == [
+        RawRecord({"text": "a"}, f"{path}:1"),
+        RawRecord(None, f"{path}:3", "invalid JSON: Expecting value (column 10)"),
+        RawRecord({"text": "d"}, f"{path}:4"),
+    ]
 
 
 def test_json_object_instead_of_array(tmp_path):
@@ -190,6 +194,17 @@ def test_csv_bom_and_long_field(tmp_path):
     [
         ("human,assistant\nHi,Hello\nHi,Hello,extra\n", 3, "malformed CSV row: 3 field(s), the header has 2"),
         ("human,assistant\nHi\n", 2, "malformed CSV row: 1 field(s), the header has 2"),
+    ],
+)
+def test_csv_row_with_the_wrong_field_count_is_a_bad_record(tmp_path, text, line, problem):
+    path = write(tmp_path / "d.csv", text)
+    bad = [r for r in source(path) if r.problem]
+    assert bad == [RawRecord(None, f"{path}:{line}", f"{problem} (quote values that contain commas)")]
+
+
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
         ('human,assistant\nHi,Hello\nHi,"unterminated\nmore\n', 3, "malformed CSV row: unexpected end of data"),
         ('human,assistant\nHi,"x"y\n', 2, "malformed CSV row: ',' expected after '\"'"),
         ("human,human\nHi,Hello\n", 1, "the header names column(s) 'human' more than once"),
@@ -249,7 +264,9 @@ def test_directory_without_data_files(tmp_path):
 def test_directory_errors_name_the_file(tmp_path):
     write(tmp_path / "a.jsonl", '{"text": "a"}\n')
     write(tmp_path / "b.jsonl", '{"text": "a"}\n{"text": \n')
-    assert source_error(tmp_path).startswith(f"{tmp_path / 'b.jsonl'}:2: invalid JSON")
+    assert source(tmp_path)[2] == RawRecord(None, f"{tmp_path / 'b.jsonl'}:2", "invalid JSON: Expecting value (column 10)")
+    write(tmp_path / "c.json", '[{"text": "a"},\n]')  # a JSON array has no record to skip past: an error
+    assert source_error(tmp_path) == f"{tmp_path / 'c.json'}:2: invalid JSON: Expecting value (column 1)"
 
 
 # --- save_to_disk ------------------------------------------------------------------------------
