@@ -23,6 +23,8 @@ from llmft.modeling.reward import reward_input_ids
 from llmft.modeling.sources import resolve_source
 from llmft.run import train
 
+pytestmark = pytest.mark.usefixtures("restore_process_state")  # `main` configures logging; undo it after each test
+
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):

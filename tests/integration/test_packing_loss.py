@@ -34,6 +34,7 @@ def test_padding_free_and_packed_losses_equal_the_plain_padded_loss(attention, t
 
     plain = first_loss(tiny_model_dir, sft_file, tmp_path / "a", attention, training=PLAIN, padding_free=False)
     with caplog.at_level(logging.INFO, logger="llmft"):
+        caplog.clear()  # only this run's path line
         padding_free = first_loss(tiny_model_dir, sft_file, tmp_path / "b", attention)
     path = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("path: "))
     expected = "llmft_sdpa_varlen" if attention == "sdpa" else "eager"
