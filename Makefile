@@ -42,9 +42,9 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest -q
-	$(MAKE) bench-guard
 
-# Regression guard (~1-2 min): llmft must train faster than plain TRL on a small job built in code.
+# Speed regression guard (~1-2 min): llmft must train faster than plain TRL on a small job built in code.
+# A timing comparison is a benchmark, not a test: run it on a quiet machine; `make test` does not.
 bench-guard: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_vs_trl.py --quick
 
