@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-INSTRUCTION = "Solve the problem. End with a line 'Answer: <number>'."
+INSTRUCTION = "Reply with the number only."
 
 #: (story, operation): {a} and {b} are filled in; the answer is op(a, b).
 TRAIN_STORIES = [
