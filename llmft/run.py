@@ -42,14 +42,17 @@ def prepare(recipe: Recipe) -> Any:
 
 
 def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
-    """trainer.train with a NaN stop and a checkpoint-then-stop on SIGINT/SIGTERM."""
+    """trainer.train with a NaN stop, a checkpoint-then-stop on SIGINT/SIGTERM, and checkpoint saves
+    that fail on a full disk as a UserError."""
     import signal
 
     from llmft.callbacks import StopOnNonFinite, StopOnSignal
+    from llmft.checkpoint import guard_trainer_saves
     from llmft.errors import TrainingInterrupted
 
     stopper = StopOnSignal()
-    if hasattr(trainer, "add_callback"):
+    if hasattr(trainer, "add_callback"):  # a HF Trainer (llmft's PPO trainer guards its own saves)
+        guard_trainer_saves(trainer)
         trainer.add_callback(stopper)
         trainer.add_callback(StopOnNonFinite())
         trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
@@ -78,7 +81,7 @@ def train(recipe: Recipe) -> RunResult:
 
     ctx = prepare(recipe)
     checkpoint = resolve_checkpoint(recipe, ctx.output_dir)
-    if checkpoint is not None:
+    if recipe.training.resume_from_checkpoint is not None:  # also when auto starts afresh in a run's directory
         check_same_recipe(recipe, ctx.output_dir, RESOLVED_RECIPE)
     builder = get_builder(recipe.stage.name, recipe.finetune.mode)
     trainer = builder(ctx)
