@@ -36,7 +36,8 @@ from llmft.rundir import CHECKPOINT_MANIFEST, TRAIN_RESULTS
 log = logging.getLogger("llmft")
 
 #: Keys that may differ between the interrupted run and the resumed one (each machine of a
-#: multi-machine run has its own machine_rank; the rendezvous address may move).
+#: multi-machine run has its own machine_rank; the rendezvous address may move; a run directory may
+#: be moved or copied: it is found where the recipe now says, and holds no path to itself).
 MAY_CHANGE = {
     ("training", "resume_from_checkpoint"),
     ("training", "logging_steps"),
@@ -44,6 +45,7 @@ MAY_CHANGE = {
     ("distributed", "machine_rank"),
     ("distributed", "main_process_ip"),
     ("distributed", "main_process_port"),
+    ("output", "dir"),
 }
 KEY = "training.resume_from_checkpoint"
 
