@@ -141,6 +141,20 @@ class StopOnSignal(TrainerCallback):
         return bool(flag.item())
 
 
+class AlreadyDone(Exception):
+    """Raised by StopWhenDone before a step past the end would run."""
+
+
+class StopWhenDone(TrainerCallback):
+    """transformers (5.x) resuming from a checkpoint taken at the last step, when that step does not end
+    an epoch, trains one step more than max_steps (step 7/6): stop before that step begins. Nothing
+    else reaches a step with global_step >= max_steps."""
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyDone()
+
+
 class StopOnNonFinite(TrainerCallback):
     """Stop at the first logged NaN/inf loss, before anything is saved from the broken state."""
 

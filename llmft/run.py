@@ -46,7 +46,7 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
     that fail on a full disk as a UserError."""
     import signal
 
-    from llmft.callbacks import StopOnNonFinite, StopOnSignal
+    from llmft.callbacks import AlreadyDone, StopOnNonFinite, StopOnSignal, StopWhenDone
     from llmft.checkpoint import guard_trainer_saves
     from llmft.errors import TrainingInterrupted
 
@@ -55,10 +55,16 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
         guard_trainer_saves(trainer)
         trainer.add_callback(stopper)
         trainer.add_callback(StopOnNonFinite())
+        trainer.add_callback(StopWhenDone())
         trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
     previous = {sig: signal.signal(sig, stopper.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except AlreadyDone:  # resumed from the last step's checkpoint: its weights are loaded, nothing is left to train
+        from transformers.trainer_utils import TrainOutput
+
+        log.info("%s holds the last step (%d): nothing left to train", checkpoint, trainer.state.global_step)
+        result = TrainOutput(trainer.state.global_step, float("nan"), {"epoch": trainer.state.epoch})
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
