@@ -318,6 +318,10 @@ def write_failure(exc: BaseException) -> str | None:
     return None
 
 
+#: Less free than this after a failed write: the file system is full.
+_FULL = 1 << 20
+
+
 def free_space(directory: Path) -> str:
     """`N free of M` on the file system holding `directory` (or its nearest existing parent)."""
     probe = directory
@@ -327,7 +331,8 @@ def free_space(directory: Path) -> str:
         usage = shutil.disk_usage(probe)
     except OSError:
         return "free space unknown"
-    return f"{_bytes(usage.free)} free of {_bytes(usage.total)} on its file system"
+    full = ": it is full" if usage.free < _FULL else ""
+    return f"{_bytes(usage.free)} free of {_bytes(usage.total)} on its file system{full}"
 
 
 def newest_complete(output_dir: Path, besides: Path | None = None) -> Path | None:

@@ -305,7 +305,7 @@ def test_a_full_disk_is_exit_2_and_loses_nothing(what, straight, small_disk, tin
         assert not (out / "checkpoint-6" / CHECKPOINT_MANIFEST).exists()
         assert [p.name for p in checkpoints(out)] == ["checkpoint-3"]
     if small_disk is not None:
-        assert " free of 16.0 MiB on its file system" in err
+        assert " free of 16.0 MiB on its file system: it is full. " in err
         reason = "a write failed: [enforce fail" if what == "optimizer" else "No space left on device, errno 28"
         assert reason in err
         filler.unlink()
