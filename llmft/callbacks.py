@@ -1,5 +1,5 @@
-"""Trainer callbacks llmft always attaches: the random-init loss alarm, TensorBoard, and the base
-fingerprint copied into each checkpoint."""
+"""Trainer callbacks llmft always attaches: the random-init loss alarm, TensorBoard, and what ends
+each checkpoint's save (the base fingerprint, the manifest, the rotation of older checkpoints)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from transformers import TrainerCallback
 
 from llmft.config.recipe import Recipe
 from llmft.errors import TrainingDiverged
-from llmft.rundir import BASE_FINGERPRINT
 
 log = logging.getLogger("llmft")
 
@@ -73,7 +72,7 @@ def _fmt(value: Any) -> str:
 def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any]:
     from llmft.launch.ranks import is_main_process
 
-    callbacks: list[Any] = [LogLines(), FingerprintInCheckpoints()]
+    callbacks: list[Any] = [LogLines()]
     if recipe.stage.traits.next_token_loss:  # ln(vocab) says nothing about pairwise, KTO or policy losses
         callbacks.insert(0, RandomInitAlarm(vocab_size, recipe.model.path))
     if "tensorboard" in recipe.training.report_to and is_main_process():  # one events file per run
@@ -81,22 +80,34 @@ def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any
         from transformers.integrations import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(output_dir / "logs"))))
+    callbacks.append(CompleteCheckpoints(keep=recipe.training.save_total_limit))  # last: the manifest ends each save
     return callbacks
 
 
-class FingerprintInCheckpoints(TrainerCallback):
-    """Copy the run's base fingerprint into each checkpoint-N/, so an adapter continued or merged
-    from a checkpoint is checked against its base too (a few KB per checkpoint)."""
+class CompleteCheckpoints(TrainerCallback):
+    """After each checkpoint-N/ is saved (every process has written its part): copy the run's base
+    fingerprint into it, write its manifest, the last file of the save (`llmft.checkpoint`), then
+    apply `training.save_total_limit` (`keep`): llmft rotates checkpoints itself, once a newer one
+    is complete, never before. Attached last, so no other callback writes into the checkpoint
+    after its manifest."""
+
+    def __init__(self, keep: int | None):
+        self.keep = keep
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import shutil
+        from llmft.checkpoint import checkpoint_guard, copy_fingerprint, rotate, write_manifest
+        from llmft.launch.ranks import wait_for_everyone
 
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        source = Path(args.output_dir) / BASE_FINGERPRINT
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if state.is_world_process_zero and source.is_file() and checkpoint.is_dir():
-            shutil.copyfile(source, checkpoint / BASE_FINGERPRINT)
+        output_dir = Path(args.output_dir)
+        checkpoint = output_dir / f"checkpoint-{state.global_step}"
+        wait_for_everyone()  # ZeRO shards and RNG states are written by every process
+        if state.is_world_process_zero and checkpoint.is_dir():
+            with checkpoint_guard(checkpoint):
+                copy_fingerprint(output_dir, checkpoint)
+                write_manifest(checkpoint, state.global_step)
+            for old in rotate(output_dir, self.keep):
+                log.info("training.save_total_limit: removed %s", old.name)
+        wait_for_everyone()  # no process reads the checkpoint back before it is complete
 
 
 class StopOnSignal(TrainerCallback):
@@ -128,6 +139,20 @@ class StopOnSignal(TrainerCallback):
         if flag.item() and self.received is None:
             self.received = "a signal to another process"
         return bool(flag.item())
+
+
+class AlreadyDone(Exception):
+    """Raised by StopWhenDone before a step past the end would run."""
+
+
+class StopWhenDone(TrainerCallback):
+    """transformers (5.x) resuming from a checkpoint taken at the last step, when that step does not end
+    an epoch, trains one step more than max_steps (step 7/6): stop before that step begins. Nothing
+    else reaches a step with global_step >= max_steps."""
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyDone()
 
 
 class StopOnNonFinite(TrainerCallback):

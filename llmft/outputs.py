@@ -97,21 +97,27 @@ def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
 
 
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
-    """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
+    """Save the model (safetensors only), tokenizer, state and metrics; return all metrics. A write
+    that fails (a full disk) is a UserError naming output.dir and its free space; train_results.json,
+    which marks a finished run, is written only after the model."""
+    from llmft.checkpoint import final_guard
     from llmft.launch.ranks import is_main_process, wait_for_everyone
 
-    # Every process takes part (ZeRO-3 gathers the sharded weights); process 0 writes.
-    trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside
-    wait_for_everyone()
-    # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
-    if is_main_process():
-        (Path(trainer.args.output_dir) / "training_args.bin").unlink(missing_ok=True)
-    trainer.save_state()
+    output_dir = Path(trainer.args.output_dir)
     metrics = dict(train_result.metrics)
-    trainer.save_metrics("train", metrics, combined=False)
+    with final_guard(output_dir):
+        # Every process takes part (ZeRO-3 gathers the sharded weights); process 0 writes.
+        trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside
+        wait_for_everyone()
+        # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
+        if is_main_process():
+            (output_dir / "training_args.bin").unlink(missing_ok=True)
+        trainer.save_state()
+        trainer.save_metrics("train", metrics, combined=False)
     if evaluates:
         eval_metrics = final_evaluation(trainer.state) or trainer.evaluate()
-        trainer.save_metrics("eval", eval_metrics, combined=False)
+        with final_guard(output_dir):
+            trainer.save_metrics("eval", eval_metrics, combined=False)
         metrics.update(eval_metrics)
     return metrics
 

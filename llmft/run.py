@@ -42,20 +42,29 @@ def prepare(recipe: Recipe) -> Any:
 
 
 def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
-    """trainer.train with a NaN stop and a checkpoint-then-stop on SIGINT/SIGTERM."""
+    """trainer.train with a NaN stop, a checkpoint-then-stop on SIGINT/SIGTERM, and checkpoint saves
+    that fail on a full disk as a UserError."""
     import signal
 
-    from llmft.callbacks import StopOnNonFinite, StopOnSignal
+    from llmft.callbacks import AlreadyDone, StopOnNonFinite, StopOnSignal, StopWhenDone
+    from llmft.checkpoint import guard_trainer_saves
     from llmft.errors import TrainingInterrupted
 
     stopper = StopOnSignal()
-    if hasattr(trainer, "add_callback"):
+    if hasattr(trainer, "add_callback"):  # a HF Trainer (llmft's PPO trainer guards its own saves)
+        guard_trainer_saves(trainer)
         trainer.add_callback(stopper)
         trainer.add_callback(StopOnNonFinite())
+        trainer.add_callback(StopWhenDone())
         trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
     previous = {sig: signal.signal(sig, stopper.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except AlreadyDone:  # resumed from the last step's checkpoint: its weights are loaded, nothing is left to train
+        from transformers.trainer_utils import TrainOutput
+
+        log.info("%s holds the last step (%d): nothing left to train", checkpoint, trainer.state.global_step)
+        result = TrainOutput(trainer.state.global_step, float("nan"), {"epoch": trainer.state.epoch})
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -78,7 +87,7 @@ def train(recipe: Recipe) -> RunResult:
 
     ctx = prepare(recipe)
     checkpoint = resolve_checkpoint(recipe, ctx.output_dir)
-    if checkpoint is not None:
+    if recipe.training.resume_from_checkpoint is not None:  # also when auto starts afresh in a run's directory
         check_same_recipe(recipe, ctx.output_dir, RESOLVED_RECIPE)
     builder = get_builder(recipe.stage.name, recipe.finetune.mode)
     trainer = builder(ctx)

@@ -1,6 +1,6 @@
 """What an llmft run directory (`output.dir`) holds, by name, and the recipe it recorded: the one
 place that knows the layout, for the commands that read a run back (merge, chat, reward models,
-resume) and the checks that refuse to write over one."""
+resume, checkpoints) and the checks that refuse to write over one."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ RESOLVED_RECIPE = "recipe.resolved.yaml"
 #: it was trained on, so that it is never merged into or loaded onto another base
 #: (`llmft.modeling.fingerprint`).
 BASE_FINGERPRINT = "base_fingerprint.json"
+#: In each checkpoint-N/, written last, once every other file of the save is on disk: each file's
+#: size and checksum (`llmft.checkpoint`). A checkpoint is complete only when its files match it.
+CHECKPOINT_MANIFEST = "llmft_checkpoint.json"
+#: Written by a run's final save, after the model: the run finished.
+TRAIN_RESULTS = "train_results.json"
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = (RESOLVED_RECIPE, "trainer_state.json", "adapter_model.safetensors", "model.safetensors")
 

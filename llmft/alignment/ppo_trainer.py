@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from llmft.alignment.rollout import (
 )
 from llmft.alignment.stats import masked_mean, whiten
 from llmft.alignment.value_head import ValueHead, hidden_size
+from llmft.checkpoint import checkpoint_guard, drop_manifest
 from llmft.modeling.precision import autocast_dtype
 
 log = logging.getLogger("llmft")
@@ -457,14 +457,15 @@ class PpoTrainer:
             getattr(callback, name)(self.args, self.state, control, **kwargs)
 
     def _save_checkpoint(self, iteration: int) -> None:
+        """The model, tokenizer, value head and state into checkpoint-N/; then the callbacks' on_save
+        (`llmft.callbacks.CompleteCheckpoints`) writes its manifest and rotates older ones, as for
+        the Trainer's checkpoints. A failed write is a UserError naming the directory."""
         directory = Path(self.args.output_dir) / f"checkpoint-{iteration}"
-        self.save_model(str(directory))
-        self.state.save_to_json(str(directory / "trainer_state.json"))
-        limit = self.args.save_total_limit
-        if limit:
-            checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            for old in checkpoints[:-limit]:
-                shutil.rmtree(old)
+        drop_manifest(directory)  # a checkpoint-N/ left by an earlier run: not complete while rewritten
+        with checkpoint_guard(directory):
+            self.save_model(str(directory))
+            self.state.save_to_json(str(directory / "trainer_state.json"))
+        self._event("on_save")
 
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[Prompt] | None = None) -> dict[str, float]:

@@ -64,7 +64,7 @@ def training_kwargs(recipe: Recipe, settings: Resolved, output_dir: Path) -> dic
         logging_first_step=True,
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # llmft rotates (callbacks.CompleteCheckpoints): only once a newer checkpoint is complete
         eval_strategy=t.eval_strategy if evaluates else "no",
         eval_steps=(t.eval_steps or t.logging_steps) if evaluates else None,
         eval_on_start=t.eval_on_start and evaluates,

@@ -154,6 +154,13 @@ def training_for_stage(
                 "embeddings would change the samples and their log-probs; remove it",
             )
         )
+    if t.resume_from_checkpoint is not None and not traits.resumes:
+        problems.append(
+            (
+                "training.resume_from_checkpoint",
+                f"stage {name!r} cannot continue from a checkpoint yet (its checkpoints hold no optimizer state); remove it",
+            )
+        )
     if t.shift_attn and not traits.fast_path:
         problems.append(
             ("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {name!r}); remove it")

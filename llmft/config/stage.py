@@ -88,6 +88,7 @@ class StageTraits:
     head_adapter: bool = True  # a LoRA adapter on the output head trains (TRL's dpo/kto/grpo read its weight directly)
     multi_process: bool = True  # trains in several processes / under DeepSpeed
     torch_compile: bool = True  # its trainer can compile the model (training.torch_compile)
+    resumes: bool = True  # its trainer continues from a checkpoint-N/ (training.resume_from_checkpoint)
 
     @property
     def sequences_per_example(self) -> int:
@@ -416,6 +417,7 @@ class PpoStage(StageSection):
         samples=True,
         multi_process=False,
         torch_compile=False,
+        resumes=False,  # its checkpoints hold the weights, value head and state, not the optimizer
     )
 
     @model_validator(mode="after")

@@ -122,7 +122,10 @@ class TrainingConfig(Section):
     save_strategy: Literal["steps", "epoch", "no"] = Field(default="steps", description="When to write `checkpoint-N/` folders.")
     save_steps: int = Field(default=500, gt=0, description="Checkpoint every N steps (with `save_strategy: steps`).")
     save_total_limit: int | None = Field(
-        default=None, gt=0, description="Keep at most this many checkpoints (oldest removed first)."
+        default=None,
+        gt=0,
+        description="Keep at most this many complete checkpoints (oldest removed first, and only once a newer one is "
+        "complete: a save that fails never costs an earlier checkpoint).",
     )
     eval_strategy: Literal["steps", "epoch", "no"] = Field(
         default="epoch",
@@ -135,9 +138,11 @@ class TrainingConfig(Section):
     eval_on_start: bool = Field(default=False, description="Also evaluate before the first step, for a before/after comparison.")
     resume_from_checkpoint: str | None = Field(
         default=None,
-        description="`auto`: continue from the newest complete checkpoint-N in output.dir; or a "
-        "checkpoint directory. Optimizer, scheduler, RNG and data position are restored; the recipe "
-        "must match the interrupted run's.",
+        description="`auto`: continue from the newest complete checkpoint-N in output.dir (every file checked "
+        "against the checkpoint's manifest; damaged or unfinished ones are skipped, each named with the reason), or "
+        "start from step 0 when there is none; or a checkpoint directory, refused if damaged. Optimizer, scheduler, "
+        "RNG and data position are restored; the recipe must match the interrupted run's (output.dir aside: a run "
+        "directory may be moved).",
     )
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=lambda: ["tensorboard"],

@@ -20,8 +20,10 @@ from tiny import build_tokenizer
 import llmft.builders.ppo as ppo_builder
 from llmft.alignment.rollout import forward_replies
 from llmft.builders import get_builder
+from llmft.checkpoint import manifest_problems
 from llmft.config import validate_recipe
 from llmft.run import prepare, train
+from llmft.rundir import BASE_FINGERPRINT, CHECKPOINT_MANIFEST
 
 
 @pytest.fixture(autouse=True)
@@ -235,5 +237,10 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert not (out / "model.safetensors").exists()
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    # finished as the Trainer's checkpoints are: the base fingerprint copied in, the manifest last, matching every
+    # file; without optimizer state (ppo cannot resume yet: a recipe rule says so)
+    assert (out / "checkpoint-2" / BASE_FINGERPRINT).read_text() == (out / BASE_FINGERPRINT).read_text()
+    assert (out / "checkpoint-2" / CHECKPOINT_MANIFEST).is_file()
+    assert [rel for rel, _ in manifest_problems(out / "checkpoint-2")] == ["optimizer.pt"]
     assert list((out / "logs").glob("events.out.tfevents.*"))
     assert not list(out.glob("*.bin"))

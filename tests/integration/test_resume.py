@@ -78,14 +78,24 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(mode, tiny_model_dir, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_resume_refuses_a_changed_recipe_and_missing_checkpoints(tiny_model_dir, data, tmp_path):
+def test_resume_refuses_a_changed_recipe_and_a_finished_run_without_checkpoints(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     train(validate_recipe(recipe(tiny_model_dir, data, out, "lora")))
     changed = recipe(tiny_model_dir, data, out, "lora", resume_from_checkpoint="auto", learning_rate=1e-3)
     with pytest.raises(UserError, match=r"recipe differs .*training.learning_rate: 0.005 -> 0.001"):
         train(validate_recipe(changed))
-    with pytest.raises(UserError, match="auto found no complete checkpoint"):
-        train(validate_recipe(recipe(tiny_model_dir, data, tmp_path / "empty", "lora", resume_from_checkpoint="auto")))
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.raises(UserError, match=r"auto found no complete checkpoint-N in .*, which holds a finished run"):
+        train(validate_recipe(recipe(tiny_model_dir, data, out, "lora", resume_from_checkpoint="auto")))
+
+
+def test_auto_without_a_checkpoint_starts_a_new_run_and_says_so(tiny_model_dir, data, tmp_path, caplog):
+    out = tmp_path / "new"
+    with caplog.at_level("INFO", logger="llmft"):
+        result = train(validate_recipe(recipe(tiny_model_dir, data, out, "lora", resume_from_checkpoint="auto", max_steps=2)))
+    assert f"auto found no checkpoint in {out}; starting from step 0" in caplog.text
+    assert sorted(losses(result.log_history)) == [1, 2]
 
 
 def test_auto_skips_an_incomplete_checkpoint(tiny_model_dir, data, tmp_path):

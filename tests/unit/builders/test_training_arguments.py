@@ -45,7 +45,8 @@ def test_every_training_key_maps(tmp_path):
     assert args.max_grad_norm == 0.3 and str(args.optim.value) == "adafactor"
     assert args.seed == 123 and args.data_seed == 123
     assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
-    assert args.logging_steps == 4 and args.save_steps == 9 and args.save_total_limit == 2
+    assert args.logging_steps == 4 and args.save_steps == 9
+    assert args.save_total_limit is None  # llmft rotates checkpoints itself, once a newer one is complete
     assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]
 
 

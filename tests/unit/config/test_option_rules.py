@@ -1,4 +1,5 @@
-"""Recipe rules for model.rope_scaling, training.neftune_alpha, training.shift_attn and the pt/sft fast-path keys."""
+"""Recipe rules for model.rope_scaling, training.neftune_alpha, training.shift_attn, training.resume_from_checkpoint
+and the pt/sft fast-path keys."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def test_neftune_alpha_positive():
 def test_neftune_refused_for_sampling_stages(stage):
     raw = recipe(training={"neftune_alpha": 5, "micro_batch_size": 4}, stage=stage)
     assert only_problem(raw).startswith(f"training.neftune_alpha: stage '{stage['name']}' samples replies")
+
+
+def test_resume_refused_where_the_trainer_cannot_resume():
+    assert validate_recipe(recipe(training={"resume_from_checkpoint": "auto"})).training.resume_from_checkpoint == "auto"
+    raw = recipe(training={"resume_from_checkpoint": "auto", "micro_batch_size": 4}, stage={"name": "ppo", "reward_model": "rm"})
+    assert only_problem(raw) == (
+        "training.resume_from_checkpoint: stage 'ppo' cannot continue from a checkpoint yet (its checkpoints hold "
+        "no optimizer state); remove it"
+    )
 
 
 def test_shift_attn_for_pt_and_sft_only():

@@ -81,3 +81,15 @@ def test_each_machine_resumes_the_same_run():
     assert recipe_differences(saved, other) == []
     other["distributed"]["num_processes"] = 8
     assert recipe_differences(saved, other) == ["distributed.num_processes: 4 -> 8"]
+
+
+def test_a_moved_run_directory_is_the_same_run():
+    """output.dir may change (a run directory moved or copied); every other key is still compared."""
+    from llmft.resume import recipe_differences
+
+    saved = {"output": {"dir": "/old/run", "merge_adapter": False}, "training": {"learning_rate": 1e-4}}
+    moved = {"output": {"dir": "/new/run", "merge_adapter": False}, "training": {"learning_rate": 1e-4}}
+    assert recipe_differences(saved, moved) == []
+    moved["output"]["merge_adapter"] = True
+    moved["training"]["learning_rate"] = 2e-4
+    assert recipe_differences(saved, moved) == ["output.merge_adapter: False -> True", "training.learning_rate: 0.0001 -> 0.0002"]
