@@ -32,6 +32,9 @@ def _setup_logging(verbose: bool = False) -> None:
         "datasets",
         "httpx",
         "huggingface_hub",
+        "kernels",  # bitsandbytes asks it for CPU kernels on import: its offline notice is not news
+        "matplotlib",
+        "PIL",
     ):
         logging.getLogger(noisy).setLevel(quiet)
     if verbose:
@@ -214,6 +217,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from llmft.curves import plot_run
+
+    print(f"curves: {plot_run(args.run_dir, args.out)}")
+    return EXIT_OK
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from llmft.config.model import ModelConfig
     from llmft.modeling.merge import merge_adapter
@@ -337,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
     schema.add_argument("--format", choices=("json", "markdown"), default="json")
     schema.set_defaults(fn=cmd_schema)
+    plot = sub.add_parser(
+        "plot",
+        help="draw a run's logged curves (loss, eval loss, reward, accuracy) as a PNG",
+        description="Draw the losses, rewards and accuracies a run logged (its newest trainer_state.json: "
+        "a run in progress is read from its newest checkpoint) into RUN_DIR/curves.png, as every run does when it ends.",
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run's output.dir")
+    plot.add_argument("--out", help="where to write the PNG (default: RUN_DIR/curves.png)")
+    plot.set_defaults(fn=cmd_plot)
     merge = sub.add_parser("merge", help="fold a LoRA adapter into its base model")
     merge.add_argument("--adapter", required=True, help="adapter directory (an llmft LoRA run's output)")
     merge.add_argument("--out", required=True, help="new directory for the merged model")

@@ -1,6 +1,6 @@
 """What a finished run leaves in `output.dir` (the layout users know from MedicalGPT):
 adapter or model safetensors, tokenizer with its chat template, checkpoint-N/, trainer_state.json,
-train_results.json, eval_results.json, logs/ and recipe.resolved.yaml."""
+train_results.json, eval_results.json, logs/, curves.png and recipe.resolved.yaml."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
-from llmft.rundir import RESOLVED_RECIPE
+from llmft.rundir import CURVES, RESOLVED_RECIPE, usual_file_modes
 
 log = logging.getLogger("llmft")
 
@@ -96,6 +96,23 @@ def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
     return results
 
 
+def draw_curves(log_history: list[dict[str, Any]], output_dir: Path) -> Path | None:
+    """`<output.dir>/curves.png` from the run's log_history. The run is saved by then, so a picture
+    that cannot be drawn (no matplotlib, nothing logged) is a warning, not a failed run."""
+    from llmft.curves import draw, series
+
+    try:
+        path = draw(series(log_history), output_dir / CURVES, str(output_dir))
+    except UserError as exc:
+        log.warning("WARNING: %s not drawn: %s", CURVES, exc)
+        return None
+    except Exception as exc:  # e.g. a matplotlib problem: the trained model is saved all the same
+        log.warning("WARNING: %s not drawn (%s: %s); try again with: llmft plot %s", CURVES, type(exc).__name__, exc, output_dir)
+        return None
+    log.info("curves: %s", path)
+    return path
+
+
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics."""
     from llmft.launch.ranks import is_main_process, wait_for_everyone
@@ -103,8 +120,9 @@ def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, An
     # Every process takes part (ZeRO-3 gathers the sharded weights); process 0 writes.
     trainer.save_model()  # adapter for peft models, full weights otherwise; tokenizer alongside
     wait_for_everyone()
-    # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
     if is_main_process():
+        usual_file_modes(trainer.args.output_dir)  # safetensors writes owner-only files
+        # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
         (Path(trainer.args.output_dir) / "training_args.bin").unlink(missing_ok=True)
     trainer.save_state()
     metrics = dict(train_result.metrics)

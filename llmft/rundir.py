@@ -20,6 +20,11 @@ RESOLVED_RECIPE = "recipe.resolved.yaml"
 BASE_FINGERPRINT = "base_fingerprint.json"
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = (RESOLVED_RECIPE, "trainer_state.json", "adapter_model.safetensors", "model.safetensors")
+#: The run's TensorBoard events (`training.report_to: [tensorboard]`), every stage, across resumes.
+TENSORBOARD_DIR = "logs"
+#: The picture of the run's logged curves (loss, eval loss, reward, accuracy), drawn when it ends.
+CURVES = "curves.png"
+TRAINER_STATE = "trainer_state.json"
 
 
 def read_resolved(run_dir: str | Path) -> dict[str, Any] | None:
@@ -34,3 +39,27 @@ def base_of(adapter_dir: str | Path) -> ModelConfig:
     if recorded is None:
         raise UserError(f"--base: not given and {adapter_dir} has no {RESOLVED_RECIPE} naming it")
     return ModelConfig(**recorded["model"])
+
+
+def newest_trainer_state(run_dir: str | Path) -> Path | None:
+    """The newest trainer_state.json of a run: the finished run's own, or (a run in progress, or
+    resumed after it finished) its newest checkpoint's; None when there is none."""
+    run = Path(run_dir)
+    found = [p for p in [run / TRAINER_STATE, *run.glob(f"checkpoint-*/{TRAINER_STATE}")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def usual_file_modes(directory: str | Path) -> None:
+    """Give the files under `directory` the mode a new file gets under the process's umask (0o644
+    under the usual 022). safetensors writes its files owner-only (0o600, a temporary file renamed
+    into place), which hides a model from the other users of a shared machine; only files still
+    owner-only are changed."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    usual = 0o666 & ~mask
+    for path in Path(directory).rglob("*.safetensors"):
+        mode = path.stat().st_mode & 0o777
+        if mode == 0o600 and usual != 0o600:
+            path.chmod(usual)

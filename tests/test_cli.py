@@ -460,3 +460,24 @@ def test_train_preloads_tcmalloc_where_installed(tmp_path, tiny_model_dir, sft_f
     else:
         assert "allocator: glibc malloc; tcmalloc would train in less memory" in proc.stderr
     assert proc.stderr.count("allocator:") == 1  # one training process, after at most one re-execution
+
+
+# --- plot ------------------------------------------------------------------------------------
+
+
+def test_plot_draws_a_run_in_progress_from_its_newest_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    history = [{"loss": 2.0, "step": 1}, {"loss": 1.5, "step": 2}, {"eval_loss": 1.7, "step": 2}]
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert main(["plot", str(run)]) == EXIT_OK
+    assert capsys.readouterr().out == f"curves: {run / 'curves.png'}\n"
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == EXIT_OK
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: no trainer_state.json in it or in a checkpoint-N/ (nothing has been logged there yet)\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import yaml
@@ -36,6 +38,10 @@ def test_preprocess_then_data_reads_the_cache(recipe_file, tmp_path, capsys):
     assert "tokenized in" in first and "4 train" in first
     entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+    # written to a temporary directory and renamed into place, with the mode of any new directory
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(entries[0].stat().st_mode) == 0o777 & ~mask
     assert main(["preprocess", str(recipe_file)]) == 0
     assert "already cached" in capsys.readouterr().out
     assert main(["data", str(recipe_file)]) == 0

@@ -51,6 +51,7 @@ from llmft.alignment.rollout import (
 from llmft.alignment.stats import masked_mean, whiten
 from llmft.alignment.value_head import ValueHead, hidden_size
 from llmft.modeling.precision import autocast_dtype
+from llmft.rundir import usual_file_modes
 
 log = logging.getLogger("llmft")
 
@@ -378,6 +379,8 @@ class PpoTrainer:
             kl_coef=kl_coef,
         )
         self.kl_ctl.update(stats["kl"], len(prompts))
+        # prompt and reply tokens of the rollout: what the progress bar's tokens/s counts
+        self.state.num_input_tokens_seen += int(rollout.query_mask.sum() + mask.sum())
         return stats
 
     # --- the TrainerLike protocol ---------------------------------------------------------
@@ -410,6 +413,7 @@ class PpoTrainer:
             losses.append(stats["loss"])
             self.state.global_step = iteration
             self.state.epoch = self.epoch
+            self._event("on_step_end")
             window.append(stats)
             if iteration == 1 or iteration % self.args.logging_steps == 0 or iteration == self.iterations:
                 self._log(self._summarise(window))
@@ -460,6 +464,7 @@ class PpoTrainer:
         directory = Path(self.args.output_dir) / f"checkpoint-{iteration}"
         self.save_model(str(directory))
         self.state.save_to_json(str(directory / "trainer_state.json"))
+        usual_file_modes(directory)  # safetensors writes owner-only files
         limit = self.args.save_total_limit
         if limit:
             checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))

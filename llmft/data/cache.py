@@ -84,6 +84,9 @@ def save(root: Path, key: str, splits: dict[str, list[Example]], meta: dict[str,
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    mask = os.umask(0)
+    os.umask(mask)
+    staging.chmod(0o777 & ~mask)  # mkdtemp makes it owner-only; the entry is renamed into place as it is
     try:
         for name, examples in splits.items():
             np.savez(staging / f"{name}.npz", **_to_arrays(examples))

@@ -56,6 +56,7 @@ import torch
 
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError
+from llmft.rundir import usual_file_modes
 
 log = logging.getLogger("llmft")
 EPS32 = torch.finfo(torch.float32).eps
@@ -167,6 +168,7 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)
+    usual_file_modes(out_dir)  # safetensors writes owner-only files
     tokenizer.save_pretrained(out_dir)
     log.info("merged %s into %s -> %s (%s)", adapter_dir, base.describe(), out_dir, check.describe() if check else "not verified")
     return MergeResult(out_dir, check)
