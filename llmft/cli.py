@@ -102,6 +102,7 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
+    from llmft.data.sources import source_files
     from llmft.preflight import WOULD_STOP, machine_error, machine_problems, planned_for, this_device, this_machine
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -124,7 +125,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.recipe}: OK")
     print(f"  stage {recipe.stage.name}, finetune {ft.mode}{detail}")
     print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
-    print(f"  data  {len(recipe.data.train)} train / {len(recipe.data.eval)} eval file(s), max_length {recipe.data.max_length}")
+    train, held = (sum(len(source_files(spec.path)) for spec in getattr(recipe.data, s)) for s in ("train", "eval"))
+    print(f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}, max_length {recipe.data.max_length}")
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     print(
         f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}"
@@ -134,6 +136,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  output {recipe.output.dir}")
     print(f"  paths and machine checked on {this_machine()}{planned_for(args.device)}")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _prepared_data(args: argparse.Namespace) -> tuple:

@@ -68,11 +68,24 @@ def test_validate_good_recipe(tmp_path, capsys):
     assert lines[0] == f"{path}: OK"
     assert "  stage sft, finetune lora (rank 4, alpha 8)" in lines
     assert "  model some/model" in lines
-    assert "  data  1 train / 0 eval file(s), max_length 64" in lines
+    assert "  data  1 train file / 0 eval files, max_length 64" in lines
     assert "  train 3 steps, batch 2x1, lr 0.001 cosine, adamw_torch, precision auto" in lines
     assert f"  output {tmp_path / 'out'}" in lines
     assert lines[-1].startswith("  paths and machine checked on this machine (")
     assert "error" not in err
+
+
+def test_validate_counts_the_files_a_directory_entry_reads(tmp_path, capsys):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl", "c.json"):
+        (folder / name).write_text(json.dumps({"messages": HELLO}) + "\n")
+    (folder / "notes.md").write_text("not data")  # the data layer skips it, so the count does too
+    recipe = with_data(tmp_path)
+    recipe["data"]["train"] = [str(folder), str(tmp_path / "train.jsonl")]
+    path = write(tmp_path / "dir.yaml", recipe)
+    assert main(["validate", str(path)]) == EXIT_OK
+    assert "  data  4 train files / 0 eval files, max_length 64\n" in capsys.readouterr().out
 
 
 def test_validate_full_finetune_summary(tmp_path, capsys):

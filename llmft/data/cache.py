@@ -22,7 +22,7 @@ from llmft import __version__
 from llmft.config.data import DataConfig
 from llmft.data.tokenize import Example
 
-FORMAT_VERSION = 2  # 2: records that end after their last reply or train an empty reply are bad records
+FORMAT_VERSION = 3  # 2: records that end after their last reply or train an empty reply are bad records; 3: reports keep lengths
 #: `data:` keys that do not change the tokenized examples (applied after the cache).
 NOT_IN_KEY = {"cache", "cache_dir", "num_proc", "packing", "group_by_length"}
 
