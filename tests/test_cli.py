@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cache_hub_model
 
 from llmft.cli import EXIT_INTERNAL, EXIT_OK, EXIT_USER, main
 from llmft.docs import config_reference
@@ -44,8 +45,9 @@ HELLO = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "he
 
 
 def with_data(tmp_path: Path, **sections) -> dict:
-    """good_recipe with its training file written (validate checks the paths too)."""
+    """good_recipe with its training file written and its hub model cached (validate checks both)."""
     (tmp_path / "train.jsonl").write_text(json.dumps({"messages": HELLO}) + "\n")
+    cache_hub_model("some/model")
     return good_recipe(tmp_path, **sections)
 
 

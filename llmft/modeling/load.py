@@ -16,15 +16,19 @@ import torch
 from llmft.config.model import ModelConfig
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
+from llmft.modeling.hub import hub_problem, is_hub_id, looks_local
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _looks_local(path: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else that does not exist is a wrong local path."""
-    return path.startswith(("/", "./", "../", "~", ".")) or path.count("/") > 1 or "\\" in path
+def check_hub(source: str, key: str) -> None:
+    """Stop at once, with the fix, when `source` is a hub id this machine cannot fetch (offline and not
+    cached, or the hub unreachable), rather than after huggingface_hub's retries."""
+    problem = hub_problem(source, key) if is_hub_id(source) else None
+    if problem is not None:
+        raise UserError(f"{key}: {problem}")
 
 
 def check_model_path(cfg: ModelConfig) -> None:
@@ -36,7 +40,7 @@ def check_model_path(cfg: ModelConfig) -> None:
 
 def model_path_problem(cfg: ModelConfig) -> tuple[str, str] | None:
     """(key, problem) when `model.path` (or `model.gguf_file`) cannot hold the model; None when it can
-    (or is a hub id: transformers reports whether it can be fetched)."""
+    (or is a hub id: `llmft.modeling.hub` says whether this machine can fetch it)."""
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
         if (path.parent / "adapter_config.json").is_file():  # <run>/merged of a run whose merge did not happen
@@ -45,7 +49,7 @@ def model_path_problem(cfg: ModelConfig) -> tuple[str, str] | None:
                 f"directory not found: {cfg.path}; {path.parent} holds a LoRA adapter that was not merged "
                 f"there (its run's log says why): llmft merge --adapter {path.parent} --out {cfg.path}",
             )
-        if _looks_local(cfg.path):
+        if looks_local(cfg.path):
             return "model.path", f"directory not found: {cfg.path}"
         return None
     if not path.is_dir():
@@ -81,6 +85,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
     source = cfg.tokenizer or cfg.path
     key = "model.tokenizer" if cfg.tokenizer else "model.path"
+    check_hub(source, key)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and not cfg.tokenizer:
         kwargs["gguf_file"] = cfg.gguf_file
@@ -142,6 +147,7 @@ def load_model(
     if task not in TASKS:
         raise ValueError(f"task is one of {TASKS} (got {task!r})")
     check_model_path(cfg)
+    check_hub(cfg.path, "model.path")
     check_attention(cfg)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -181,6 +187,7 @@ def read_config(cfg: ModelConfig) -> Any:
     from transformers import AutoConfig
 
     check_model_path(cfg)
+    check_hub(cfg.path, "model.path")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
