@@ -496,3 +496,44 @@ def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == EXIT_USER
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path}: no trainer_state.json in it or in a checkpoint-N/ (nothing has been logged there yet)\n"
+
+
+# --- library noise -------------------------------------------------------------------------------
+
+#: Makes bitsandbytes believe the CPU has AVX512-BF16, so that importing it asks the `kernels`
+#: package for a CPU kernel from the hub, as it does on such CPUs (and, offline, logs two warnings).
+AVX512_BF16 = """
+import importlib.abc, importlib.machinery, sys
+
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            module.has_avx512bf16 = lambda: True
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Finder())
+"""
+
+
+def test_bitsandbytes_kernel_loading_is_quiet_but_errors_are_not():
+    """Importing bitsandbytes (peft does) on a CPU with AVX512-BF16 warns that it could not load a
+    kernel from the hub; llmft's commands keep that quiet, and still show the libraries' errors."""
+    after_setup = (
+        "from llmft.cli import _setup_logging; _setup_logging(); import peft; import logging; "
+        "logging.getLogger('bitsandbytes.cextension').error('a real error')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    plain = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import peft"], capture_output=True, text=True, env=env)
+    assert "kernels-community" in plain.stderr  # the noise this test is about, without llmft
+    quiet = subprocess.run([sys.executable, "-c", AVX512_BF16 + after_setup], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "kernels-community" not in quiet.stderr and "gemm_4bit" not in quiet.stderr
+    assert "a real error" in quiet.stderr

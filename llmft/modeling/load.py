@@ -138,10 +138,16 @@ NEW_HEAD_PREFIXES = {"causal_lm": (), "reward": ("score.",)}
 
 
 def load_model(
-    cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None, task: str = "causal_lm", quantization: Any = None
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    vocab_size: int | None = None,
+    task: str = "causal_lm",
+    quantization: Any = None,
+    head_from_adapter: bool = False,
 ) -> Any:
     """Load the pretrained model for `task`; refuse to go on if any weight other than the task's new
-    head was not in the checkpoint."""
+    head was not in the checkpoint. `head_from_adapter`: the caller loads a trained head next (a
+    reward model's LoRA adapter carries its score head), so the head is not announced as fresh."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task not in TASKS:
@@ -174,7 +180,7 @@ def load_model(
         model, info = auto.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.path: cannot load a model from {cfg.path}: {_short(exc)}") from None
-    guard_loading_info(cfg.path, info, new_head=NEW_HEAD_PREFIXES[task])
+    guard_loading_info(cfg.path, info, new_head=NEW_HEAD_PREFIXES[task], announce=not head_from_adapter)
     if cfg.gguf_file:
         detach_gguf_quantizer(model)
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
@@ -220,12 +226,13 @@ def detach_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
-def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...] = ()) -> None:
+def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...] = (), announce: bool = True) -> None:
     """Refuse weights that were missing from the checkpoint (they would be random), except the
-    task's new head (weights named with a `new_head` prefix), which is expected to start fresh."""
+    task's new head (weights named with a `new_head` prefix), which is expected to start fresh (and
+    is said to, when `announce`: not when a trained head is loaded over it next)."""
     everything_missing = sorted(info.get("missing_keys") or [])
     fresh = [k for k in everything_missing if k.startswith(new_head)]
-    if fresh:
+    if fresh and announce:
         log.info("new head, initialised fresh (the only weights allowed to be missing): %s", ", ".join(fresh))
     missing = [k for k in everything_missing if k not in fresh]
     mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or []))
