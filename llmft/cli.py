@@ -32,6 +32,9 @@ def _setup_logging(verbose: bool = False) -> None:
         "datasets",
         "httpx",
         "huggingface_hub",
+        "kernels",  # bitsandbytes asks it for CPU kernels on import: its offline notice is not news
+        "matplotlib",
+        "PIL",
     ):
         logging.getLogger(noisy).setLevel(quiet)
     if verbose:
@@ -99,13 +102,16 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
+    from llmft.data.sources import source_files
+    from llmft.modeling.hub import hub_problems
     from llmft.preflight import WOULD_STOP, machine_error, machine_problems, planned_for, this_device, this_machine
 
     recipe = load_recipe(args.recipe, args.overrides)
     found = machine_problems(recipe, args.device)
     if found:
         footer = ""
-        if args.device is None and this_device() == "cpu" and len(machine_problems(recipe, "cuda")) < len(found):
+        elsewhere = machine_problems(recipe, "cuda") + hub_problems(recipe.model)  # the hub: this machine's either way
+        if args.device is None and this_device() == "cpu" and any(p not in elsewhere for p in found):
             footer = "  (a recipe for a GPU machine? `llmft validate --device cuda` leaves out what only that machine can tell)"
         raise machine_error(found, args.device, source=args.recipe, then=WOULD_STOP, footer=footer)
     launch, d = "", recipe.distributed
@@ -121,7 +127,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.recipe}: OK")
     print(f"  stage {recipe.stage.name}, finetune {ft.mode}{detail}")
     print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
-    print(f"  data  {len(recipe.data.train)} train / {len(recipe.data.eval)} eval file(s), max_length {recipe.data.max_length}")
+    train, held = (sum(len(source_files(spec.path)) for spec in getattr(recipe.data, s)) for s in ("train", "eval"))
+    print(f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}, max_length {recipe.data.max_length}")
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     print(
         f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}"
@@ -131,6 +138,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  output {recipe.output.dir}")
     print(f"  paths and machine checked on {this_machine()}{planned_for(args.device)}")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _prepared_data(args: argparse.Namespace) -> tuple:
@@ -211,6 +222,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(config_reference(), end="")
     else:
         print(json.dumps(Recipe.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from llmft.curves import plot_run
+
+    print(f"curves: {plot_run(args.run_dir, args.out)}")
     return EXIT_OK
 
 
@@ -337,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="the recipe's JSON Schema (or markdown reference)")
     schema.add_argument("--format", choices=("json", "markdown"), default="json")
     schema.set_defaults(fn=cmd_schema)
+    plot = sub.add_parser(
+        "plot",
+        help="draw a run's logged curves (loss, eval loss, reward, accuracy) as a PNG",
+        description="Draw the losses, rewards and accuracies a run logged (its newest trainer_state.json: "
+        "a run in progress is read from its newest checkpoint) into RUN_DIR/curves.png, as every run does when it ends.",
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run's output.dir")
+    plot.add_argument("--out", help="where to write the PNG (default: RUN_DIR/curves.png)")
+    plot.set_defaults(fn=cmd_plot)
     merge = sub.add_parser("merge", help="fold a LoRA adapter into its base model")
     merge.add_argument("--adapter", required=True, help="adapter directory (an llmft LoRA run's output)")
     merge.add_argument("--out", required=True, help="new directory for the merged model")

@@ -1,6 +1,6 @@
 """What a finished run leaves in `output.dir` (the layout users know from MedicalGPT):
 adapter or model safetensors, tokenizer with its chat template, checkpoint-N/, trainer_state.json,
-train_results.json, eval_results.json, logs/ and recipe.resolved.yaml."""
+train_results.json, eval_results.json, logs/, curves.png and recipe.resolved.yaml."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
-from llmft.rundir import RESOLVED_RECIPE
+from llmft.rundir import CURVES, RESOLVED_RECIPE, usual_file_modes
 
 log = logging.getLogger("llmft")
 
@@ -22,10 +22,9 @@ def write_resolved_recipe(recipe: Recipe, output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RESOLVED_RECIPE
     from llmft.config.rules import keys_without_effect
+    from llmft.rundir import recorded
 
-    data = recipe.model_dump(mode="json")
-    if not recipe.evaluates:
-        data["training"]["eval_strategy"] = "no"  # what the run did; keeps the file valid to load back
+    data = recorded(recipe)
     for dotted in keys_without_effect(recipe.stage):  # defaults that mean nothing for this stage
         section, key = dotted.split(".")
         if key not in getattr(recipe, section).model_fields_set:
@@ -96,6 +95,23 @@ def eval_if_asked(recipe: Recipe, output_dir: Path) -> list[Any]:
     return results
 
 
+def draw_curves(log_history: list[dict[str, Any]], output_dir: Path) -> Path | None:
+    """`<output.dir>/curves.png` from the run's log_history. The run is saved by then, so a picture
+    that cannot be drawn (no matplotlib, nothing logged) is a warning, not a failed run."""
+    from llmft.curves import draw, series
+
+    try:
+        path = draw(series(log_history), output_dir / CURVES, str(output_dir))
+    except UserError as exc:
+        log.warning("WARNING: %s not drawn: %s", CURVES, exc)
+        return None
+    except Exception as exc:  # e.g. a matplotlib problem: the trained model is saved all the same
+        log.warning("WARNING: %s not drawn (%s: %s); try again with: llmft plot %s", CURVES, type(exc).__name__, exc, output_dir)
+        return None
+    log.info("curves: %s", path)
+    return path
+
+
 def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics. A write
     that fails (a full disk) is a UserError naming output.dir and its free space; train_results.json,
@@ -111,6 +127,7 @@ def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, An
         wait_for_everyone()
         # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
         if is_main_process():
+            usual_file_modes(output_dir)  # safetensors writes owner-only files
             (output_dir / "training_args.bin").unlink(missing_ok=True)
         trainer.save_state()
         trainer.save_metrics("train", metrics, combined=False)

@@ -1,6 +1,7 @@
 """Everything `llmft train` refuses before it loads or writes anything, found at once: the files a
-run reads and writes (output.dir, data, model, reward models and reward inputs, the DeepSpeed JSON)
-and what the machine can run (CUDA-only optimizers, flash-attention, bitsandbytes, the precision,
+run reads and writes (output.dir, data, model, reward models and reward inputs, the DeepSpeed JSON),
+whether a hub id can be fetched here (cached when offline, the hub reachable otherwise), and what the
+machine can run (CUDA-only optimizers, flash-attention, bitsandbytes, the precision,
 tcmalloc). `llmft train`, `validate` and `plan` all call `machine_problems`, so none accepts what
 another refuses. Each problem is a (dotted.key, problem) pair naming the fix.
 
@@ -22,6 +23,7 @@ from llmft.allocator import allocator_problems
 from llmft.config.recipe import Recipe
 from llmft.errors import MachineError, UserError
 from llmft.launch.deepspeed import deepspeed_config
+from llmft.modeling.hub import hub_problems
 from llmft.modeling.load import attention_problems, model_path_problem
 from llmft.modeling.precision import resolve_precision
 from llmft.modeling.quantize import bitsandbytes_problems
@@ -52,6 +54,7 @@ def machine_problems(recipe: Recipe, device: str | None = None) -> list[Problem]
     found += stage_input_problems(recipe)
     model = model_path_problem(recipe.model)
     found += [model] if model is not None else []
+    found += hub_problems(recipe.model) if probe else []  # this machine's cache and network
     found += bitsandbytes_problems(recipe.finetune, recipe.training.optimizer, cuda=cuda, probe=probe)
     found += attention_problems(recipe.model, cuda=cuda, probe=probe)
     found += _raised(lambda: resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed, device=device))

@@ -31,7 +31,7 @@ from llmft.checkpoint import (
 )
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
-from llmft.rundir import CHECKPOINT_MANIFEST, TRAIN_RESULTS
+from llmft.rundir import CHECKPOINT_MANIFEST, TRAIN_RESULTS, absolute_model_dirs, recorded
 
 log = logging.getLogger("llmft")
 
@@ -141,10 +141,8 @@ def check_same_recipe(recipe: Recipe, output_dir: Path, resolved_name: str) -> N
     saved_file = output_dir / resolved_name
     if not saved_file.is_file():
         return
-    saved = yaml.safe_load(saved_file.read_text())
-    current = recipe.model_dump(mode="json")
-    if not recipe.evaluates:
-        current["training"]["eval_strategy"] = "no"
+    saved = absolute_model_dirs(yaml.safe_load(saved_file.read_text()), recipe)
+    current = recorded(recipe)
     changes = recipe_differences(saved, current)
     if changes:
         raise UserError(

@@ -46,7 +46,7 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
     that fail on a full disk as a UserError."""
     import signal
 
-    from llmft.callbacks import AlreadyDone, StopOnNonFinite, StopOnSignal, StopWhenDone
+    from llmft.callbacks import AlreadyDone, StopOnNonFinite, StopOnSignal, StopWhenDone, TrainingProgress, count_tokens
     from llmft.checkpoint import guard_trainer_saves
     from llmft.errors import TrainingInterrupted
 
@@ -57,6 +57,8 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
         trainer.add_callback(StopOnNonFinite())
         trainer.add_callback(StopWhenDone())
         trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
+    count_tokens(trainer)  # tokens/s for the progress bar
+    callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or getattr(trainer, "callbacks", [])
     previous = {sig: signal.signal(sig, stopper.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -68,6 +70,9 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for callback in callbacks:
+            if isinstance(callback, TrainingProgress):
+                callback.close()  # the bar ends even when training stopped with an error
     if stopper.received:
         from llmft.resume import checkpoints
 
@@ -77,11 +82,12 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
 
 
 def train(recipe: Recipe) -> RunResult:
+    from llmft import model_card
     from llmft.builders import get_builder
     from llmft.builders.protocol import TrainerLike
     from llmft.launch.ranks import is_main_process
     from llmft.modeling.fingerprint import write as write_fingerprint
-    from llmft.outputs import eval_if_asked, merge_if_asked, save_final, write_resolved_recipe
+    from llmft.outputs import draw_curves, eval_if_asked, merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.rundir import RESOLVED_RECIPE
 
@@ -106,6 +112,8 @@ def train(recipe: Recipe) -> RunResult:
     result = _train_guarded(trainer, checkpoint)
     metrics = save_final(trainer, result, recipe.evaluates)
     if is_main_process():
+        draw_curves(trainer.state.log_history, ctx.output_dir)
+        model_card.write(recipe, ctx.output_dir, metrics)  # after the curves it names
         merge_if_asked(recipe, ctx.output_dir)
         eval_if_asked(recipe, ctx.output_dir)
     log.info("done: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

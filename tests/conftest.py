@@ -54,6 +54,18 @@ def tokenizer():
     return build_tokenizer()
 
 
+def cache_hub_model(repo_id: str = "some/model") -> Path:
+    """Put a (config-only) snapshot of `repo_id` in the test run's Hugging Face cache, so a recipe naming
+    that hub id passes the offline check (`llmft.modeling.hub`); returns the snapshot directory."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshot = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_text("{}")
+    return snapshot
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cache_hub_model
 
 from llmft.cli import EXIT_INTERNAL, EXIT_OK, EXIT_USER, main
 from llmft.docs import config_reference
@@ -44,8 +45,9 @@ HELLO = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "he
 
 
 def with_data(tmp_path: Path, **sections) -> dict:
-    """good_recipe with its training file written (validate checks the paths too)."""
+    """good_recipe with its training file written and its hub model cached (validate checks both)."""
     (tmp_path / "train.jsonl").write_text(json.dumps({"messages": HELLO}) + "\n")
+    cache_hub_model("some/model")
     return good_recipe(tmp_path, **sections)
 
 
@@ -68,11 +70,24 @@ def test_validate_good_recipe(tmp_path, capsys):
     assert lines[0] == f"{path}: OK"
     assert "  stage sft, finetune lora (rank 4, alpha 8)" in lines
     assert "  model some/model" in lines
-    assert "  data  1 train / 0 eval file(s), max_length 64" in lines
+    assert "  data  1 train file / 0 eval files, max_length 64" in lines
     assert "  train 3 steps, batch 2x1, lr 0.001 cosine, adamw_torch, precision auto" in lines
     assert f"  output {tmp_path / 'out'}" in lines
     assert lines[-1].startswith("  paths and machine checked on this machine (")
     assert "error" not in err
+
+
+def test_validate_counts_the_files_a_directory_entry_reads(tmp_path, capsys):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl", "c.json"):
+        (folder / name).write_text(json.dumps({"messages": HELLO}) + "\n")
+    (folder / "notes.md").write_text("not data")  # the data layer skips it, so the count does too
+    recipe = with_data(tmp_path)
+    recipe["data"]["train"] = [str(folder), str(tmp_path / "train.jsonl")]
+    path = write(tmp_path / "dir.yaml", recipe)
+    assert main(["validate", str(path)]) == EXIT_OK
+    assert "  data  4 train files / 0 eval files, max_length 64\n" in capsys.readouterr().out
 
 
 def test_validate_full_finetune_summary(tmp_path, capsys):
@@ -460,3 +475,65 @@ def test_train_preloads_tcmalloc_where_installed(tmp_path, tiny_model_dir, sft_f
     else:
         assert "allocator: glibc malloc; tcmalloc would train in less memory" in proc.stderr
     assert proc.stderr.count("allocator:") == 1  # one training process, after at most one re-execution
+
+
+# --- plot ------------------------------------------------------------------------------------
+
+
+def test_plot_draws_a_run_in_progress_from_its_newest_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    history = [{"loss": 2.0, "step": 1}, {"loss": 1.5, "step": 2}, {"eval_loss": 1.7, "step": 2}]
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert main(["plot", str(run)]) == EXIT_OK
+    assert capsys.readouterr().out == f"curves: {run / 'curves.png'}\n"
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == EXIT_OK
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: no trainer_state.json in it or in a checkpoint-N/ (nothing has been logged there yet)\n"
+
+
+# --- library noise -------------------------------------------------------------------------------
+
+#: Makes bitsandbytes believe the CPU has AVX512-BF16, so that importing it asks the `kernels`
+#: package for a CPU kernel from the hub, as it does on such CPUs (and, offline, logs two warnings).
+AVX512_BF16 = """
+import importlib.abc, importlib.machinery, sys
+
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            module.has_avx512bf16 = lambda: True
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Finder())
+"""
+
+
+def test_bitsandbytes_kernel_loading_is_quiet_but_errors_are_not():
+    """Importing bitsandbytes (peft does) on a CPU with AVX512-BF16 warns that it could not load a
+    kernel from the hub; llmft's commands keep that quiet, and still show the libraries' errors."""
+    after_setup = (
+        "from llmft.cli import _setup_logging; _setup_logging(); import peft; import logging; "
+        "logging.getLogger('bitsandbytes.cextension').error('a real error')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    plain = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import peft"], capture_output=True, text=True, env=env)
+    assert "kernels-community" in plain.stderr  # the noise this test is about, without llmft
+    quiet = subprocess.run([sys.executable, "-c", AVX512_BF16 + after_setup], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "kernels-community" not in quiet.stderr and "gemm_4bit" not in quiet.stderr
+    assert "a real error" in quiet.stderr

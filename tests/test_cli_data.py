@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import yaml
@@ -26,7 +28,7 @@ def test_data_prints_counts_lengths_and_a_marked_example(recipe_file, capsys):
     out = capsys.readouterr().out
     assert "(messages, detected): 4 records" in out
     assert "4 records -> 4 examples" in out
-    assert "tokens per example: p50" in out
+    assert "tokens per example, before the length limit: p50" in out
     assert "[[I am fine, thank you.<|im_end|>]]" in out  # the first example's reply, marked
 
 
@@ -36,6 +38,10 @@ def test_preprocess_then_data_reads_the_cache(recipe_file, tmp_path, capsys):
     assert "tokenized in" in first and "4 train" in first
     entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+    # written to a temporary directory and renamed into place, with the mode of any new directory
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(entries[0].stat().st_mode) == 0o777 & ~mask
     assert main(["preprocess", str(recipe_file)]) == 0
     assert "already cached" in capsys.readouterr().out
     assert main(["data", str(recipe_file)]) == 0
@@ -141,5 +147,37 @@ def test_data_shows_the_prompts_a_sampling_stage_trains_on(stage, tiny_model_dir
     key = "max_new_tokens" if stage["name"] == "ppo" else "max_completion_length"
     assert "3 records -> 2 prompts (the replies are sampled in training)" in out
     assert f"dropped 1: prompt longer than data.max_length - stage.{key}" in out
-    assert "tokens per prompt:" in out and "supervised" not in out.split("prompt 0")[0].split("train:")[1]
+    assert (
+        "tokens per prompt, before the length limit:" in out and "supervised" not in out.split("prompt 0")[0].split("train:")[1]
+    )
     assert "prompt 0 (" in out and "Hello." not in out.split("prompt 0")[1]  # the data's reply is not shown as trained
+
+
+def test_data_measures_lengths_before_the_limit_and_says_which_limit_would_keep_most(tiny_model_dir, tmp_path, capsys):
+    rows = [
+        {"messages": [{"role": "user", "content": "Hello! " * n}, {"role": "assistant", "content": "Paris."}]} for n in (1, 2, 30)
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    raw = make_recipe(tiny_model_dir, data, tmp_path / "out", data={"max_length": 64, "truncation": "drop", "cache": False})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["data", str(tmp_path / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "  dropped 1: longer than max_length\n" in out
+    assert "  data.max_length 160 would keep 100%\n" in out
+    # the percentiles are of the lengths before the limit: the longest record is 157 tokens, not 64
+    assert "  tokens per example, before the length limit: p50 45, p90 157, p99 157, max 157\n" in out
+
+
+def test_a_bad_record_that_stops_the_run_suggests_skipping(tiny_model_dir, tmp_path, capsys):
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}] * 2
+    data = write_jsonl(tmp_path / "d.jsonl", [*rows, {"messages": [{"role": "user", "content": "Hi"}]}, {"text": 1}])
+    raw = make_recipe(tiny_model_dir, data, tmp_path / "out", data={"cache": False})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["data", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.split("error: ", 1)[1]
+    assert err.startswith("2 bad messages record(s):\n  - ") and f"{data}:3: " in err and f"{data}:4: " in err
+    assert err.endswith(
+        "\nFix them, or set data.on_bad_record: skip to leave them out and train on the rest "
+        "(each one counted in the run log and in `llmft data`).\n"
+    )
+    assert err.count("on_bad_record") == 1

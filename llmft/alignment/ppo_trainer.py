@@ -378,6 +378,8 @@ class PpoTrainer:
             kl_coef=kl_coef,
         )
         self.kl_ctl.update(stats["kl"], len(prompts))
+        # prompt and reply tokens of the rollout: what the progress bar's tokens/s counts
+        self.state.num_input_tokens_seen += int(rollout.query_mask.sum() + mask.sum())
         return stats
 
     # --- the TrainerLike protocol ---------------------------------------------------------
@@ -410,6 +412,7 @@ class PpoTrainer:
             losses.append(stats["loss"])
             self.state.global_step = iteration
             self.state.epoch = self.epoch
+            self._event("on_step_end")
             window.append(stats)
             if iteration == 1 or iteration % self.args.logging_steps == 0 or iteration == self.iterations:
                 self._log(self._summarise(window))

@@ -149,7 +149,7 @@ class DataConfig(Section):
     )
     cache_dir: str | None = Field(
         default=None,
-        description="Where tokenized data is cached. Default: `$XDG_CACHE_HOME/llmft` (~/.cache/llmft).",
+        description="Where tokenized data is cached. Default: `$XDG_CACHE_HOME/llmft/data` (~/.cache/llmft/data).",
     )
 
     _coerce_lists = field_validator("train", "eval", mode="before")(_as_list)

@@ -146,7 +146,8 @@ class TrainingConfig(Section):
     )
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="Metric sinks. `tensorboard` writes to `<output.dir>/logs`; `[]` turns it off.",
+        description="Metric sinks. `tensorboard` writes every session of the run (resumed ones too) to "
+        "`<output.dir>/logs` (`tensorboard --logdir <output.dir>/logs`); `[]` turns it off.",
     )
 
     @field_validator("max_tokens_per_forward")

@@ -22,7 +22,7 @@ from llmft import __version__
 from llmft.config.data import DataConfig
 from llmft.data.tokenize import Example
 
-FORMAT_VERSION = 2  # 2: records that end after their last reply or train an empty reply are bad records
+FORMAT_VERSION = 3  # 2: records that end after their last reply or train an empty reply are bad records; 3: reports keep lengths
 #: `data:` keys that do not change the tokenized examples (applied after the cache).
 NOT_IN_KEY = {"cache", "cache_dir", "num_proc", "packing", "group_by_length"}
 
@@ -84,6 +84,9 @@ def save(root: Path, key: str, splits: dict[str, list[Example]], meta: dict[str,
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    mask = os.umask(0)
+    os.umask(mask)
+    staging.chmod(0o777 & ~mask)  # mkdtemp makes it owner-only; the entry is renamed into place as it is
     try:
         for name, examples in splits.items():
             np.savez(staging / f"{name}.npz", **_to_arrays(examples))

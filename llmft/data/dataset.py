@@ -120,15 +120,29 @@ def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[lis
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any) -> None:
-    """Tool definitions the template never renders would be silently lost: say so."""
+def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any, template: str | None) -> str | None:
+    """Tool definitions the template never renders would be silently lost: say so (and return the
+    warning), with the fix that fits the template in use (`template`: data.template; None is the
+    tokenizer's own)."""
     with_tools = sum(1 for item in items if getattr(item, "tools", None))
-    if with_tools and "tools" not in (getattr(tokenizer, "chat_template", None) or ""):
-        log.warning(
-            "WARNING: %d conversations carry tool definitions, but the chat template does not render "
-            "`tools`: the model will not see them. Use a template that renders tools (e.g. the model's own).",
-            with_tools,
+    if not with_tools or "tools" in (getattr(tokenizer, "chat_template", None) or ""):
+        return None
+    if template is None:
+        fix = (
+            "The template in use is the tokenizer's own (data.template is empty); put the tool definitions in "
+            "the system message, or train a model whose chat template renders `tools`."
         )
+    else:
+        fix = (
+            f"llmft's named templates ({template!r} here) render no tool definitions; leave data.template empty "
+            "to use the tokenizer's own template, if it renders `tools`."
+        )
+    message = (
+        f"WARNING: {with_tools} conversations carry tool definitions, but the chat template does not render "
+        f"`tools`: the model will not see them. {fix}"
+    )
+    log.warning(message)
+    return message
 
 
 def tokenize(
@@ -145,7 +159,7 @@ def tokenize(
         return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
     if examples == "labelled":
         return build_kto_examples(tokenizer, items, data.max_length, data.truncation)
-    warn_unrendered_tools(items, tokenizer)
+    warn_unrendered_tools(items, tokenizer, data.template)
     if examples == "text":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
     # conversations

@@ -101,6 +101,13 @@ class BadRecords:
         return f"{self.count} bad {self.fmt} record(s):\n{shown}{more}"
 
 
+#: Said once, after the bad records that stopped a run are listed.
+SKIP_HINT = (
+    "Fix them, or set data.on_bad_record: skip to leave them out and train on the rest "
+    "(each one counted in the run log and in `llmft data`)."
+)
+
+
 class BadRecord(ValueError):
     """One record does not fit its format; the message names the field."""
 
@@ -173,7 +180,7 @@ def normalise(
         except BadRecord as exc:
             bad.add(f"{record.where}: {exc}")
     if bad.count and on_bad_record == "error":
-        raise UserError(bad.report())
+        raise UserError(f"{bad.report()}\n{SKIP_HINT}")
     return out, bad
 
 

@@ -37,6 +37,7 @@ def encode_reply(tokenizer: Any, prompt: Sequence[dict], reply: Sequence[dict]) 
 
 def _fit(report: DataReport, where: str, examples: list[Example], max_length: int, truncation: str) -> list[Example] | None:
     """Fit every side of one record, or count why the record is dropped."""
+    report.lengths.append(max(len(e.input_ids) for e in examples))
     fitted = [fit_length(e, max_length, truncation) for e in examples]
     if any(f is None for f in fitted):
         report.drop("longer than max_length", where)
@@ -54,7 +55,7 @@ def _fit(report: DataReport, where: str, examples: list[Example], max_length: in
 def build_pair_examples(
     tokenizer: Any, pairs: Sequence[Pair], max_length: int, truncation: str = "truncate_right"
 ) -> tuple[list[PairExample], DataReport]:
-    report = DataReport(records=len(pairs))
+    report = DataReport(records=len(pairs), limit=max_length)
     out = []
     for pair in pairs:
         sides = [encode_reply(tokenizer, pair.prompt, pair.chosen), encode_reply(tokenizer, pair.prompt, pair.rejected)]
@@ -68,7 +69,7 @@ def build_pair_examples(
 def build_kto_examples(
     tokenizer: Any, items: Sequence[Completion], max_length: int, truncation: str = "truncate_right"
 ) -> tuple[list[KtoExample], DataReport]:
-    report = DataReport(records=len(items))
+    report = DataReport(records=len(items), limit=max_length)
     out = []
     for item in items:
         fitted = _fit(report, item.where, [encode_reply(tokenizer, item.prompt, item.completion)], max_length, truncation)

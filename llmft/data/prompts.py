@@ -29,14 +29,21 @@ class Prompt:
 
 
 class PromptReport(DataReport):
-    """DataReport's counting (nothing dropped uncounted), worded for prompts."""
+    """DataReport's counting (nothing dropped uncounted), worded for prompts. The length limit is
+    the prompt's budget (`budget`: data.max_length less the reply the stage generates)."""
+
+    budget: str = "data.max_length"  # where the limit comes from
+
+    def limit_phrase(self, tokens: int) -> str:
+        return f"{self.budget} = {tokens}"
 
     def summary(self, name: str) -> str:
         line = f"{name}: {self.records} conversations -> {self.kept} prompts, {self.tokens} prompt tokens"
         if self.dropped:
             reasons = ", ".join(f"{n} {r}" for r, n in self.dropped.items())
             line += f"; dropped {sum(self.dropped.values())}: {reasons}; e.g. {'; '.join(self.first_dropped)}"
-        return line
+        advice = self.length_advice()
+        return line + (f"; {advice}" if advice else "")
 
 
 def prompt_messages(messages: Sequence[dict]) -> list[dict] | None:
@@ -55,7 +62,8 @@ def build_prompts(
 ) -> tuple[list[Prompt], PromptReport]:
     """The prompts of `conversations` that fit `max_prompt_tokens` (`budget` names where that limit
     comes from, for the drop reason)."""
-    report = PromptReport(records=len(conversations))
+    report = PromptReport(records=len(conversations), limit=max_prompt_tokens)
+    report.budget = budget
     prompts = []
     for conversation in conversations:
         messages = prompt_messages(conversation.messages)
@@ -64,6 +72,7 @@ def build_prompts(
             continue
         text = render(tokenizer, messages, parse_tools(conversation.tools), generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        report.lengths.append(len(ids))
         if len(ids) > max_prompt_tokens:
             report.drop(f"prompt longer than {budget}", conversation.where)
             continue

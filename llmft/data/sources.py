@@ -87,11 +87,28 @@ def _read_path(path: str, key: str, text_unit: TextUnit) -> list[RawRecord]:
     return _read_file(location, key, text_unit)
 
 
-def _read_directory(directory: Path, key: str, text_unit: TextUnit) -> list[RawRecord]:
-    files = sorted(
+def source_files(path: str) -> list[Path]:
+    """The files one data entry reads: the file itself; a directory's data files (as `read_source`
+    reads them); a saved dataset's Arrow files. Empty for a path that does not exist."""
+    location = Path(path).expanduser()
+    if location.is_file():
+        return [location]
+    if not location.is_dir():
+        return []
+    if any((location / marker).is_file() for marker in SAVED_MARKERS):
+        return sorted(location.rglob("*.arrow")) or [location]
+    return _directory_files(location)
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    return sorted(
         (p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
+
+
+def _read_directory(directory: Path, key: str, text_unit: TextUnit) -> list[RawRecord]:
+    files = _directory_files(directory)
     if not files:
         raise UserError(
             f"{key}: {directory} is a directory with no {', '.join(SUFFIXES)} files in it (nor a dataset written by save_to_disk)"

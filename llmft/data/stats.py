@@ -21,6 +21,19 @@ def percentiles(values: Sequence[int], points: Sequence[int] = (50, 90, 99, 100)
     return {p: ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))] for p in points}
 
 
+def length_line(report: Any, examples: Sequence[Any], prompts: bool) -> str:
+    """Token length percentiles, before the length limit cut or dropped anything where the report
+    kept the lengths (a pair: its longer side); else of the examples as trained (pt's blocks)."""
+    pairs = bool(examples) and isinstance(examples[0], PairExample)
+    unit = "prompt" if prompts else "pair (longer side)" if pairs else "example"
+    if report.lengths:
+        lengths, when = percentiles(report.lengths), ", before the length limit"
+    else:
+        lengths, when = percentiles([len(e.input_ids) for e in _sequences(examples)]), ""
+    shown = ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100)
+    return f"tokens per {unit}{when}: {shown}, max {lengths[100]}"
+
+
 def mark_supervised(tokenizer: Any, example: Example, color: bool) -> str:
     """The example's text with each supervised run wrapped (green, or in [[ ]] without color)."""
     out, run, supervised = [], [], False
@@ -87,11 +100,10 @@ def describe(
         if examples and isinstance(examples[0], KtoExample):
             desirable = sum(e.desirable for e in examples)
             lines.append(f"  desirable {desirable}, undesirable {len(examples) - desirable}")
-        lengths = percentiles([len(e.input_ids) for e in _sequences(examples)])
-        unit = "prompt" if prompts else "example"
-        lines.append(
-            f"  tokens per {unit}: " + ", ".join(f"p{p} {v}" for p, v in lengths.items() if p < 100) + f", max {lengths[100]}"
-        )
+        advice = report.length_advice()
+        if advice:
+            lines.append(f"  {advice}")
+        lines.append("  " + length_line(report, examples, prompts))
         if prompts:
             lines.append(f"  prompt tokens {report.tokens}")
         else:

@@ -8,6 +8,8 @@ PT: texts are tokenized, joined with EOS and cut into blocks of `max_length`.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,10 @@ class DataReport:
     tokens: int = 0
     supervised_tokens: int = 0
     first_dropped: list[str] = field(default_factory=list)
+    #: tokens of each record that reached the length limit, before it was applied (a pair: its
+    #: longer side): what `llmft data`'s percentiles and the advice on data.max_length read
+    lengths: list[int] = field(default_factory=list)
+    limit: int = 0  # the length limit applied (data.max_length; a prompt's budget); 0: none
 
     def __post_init__(self) -> None:
         self.dropped = Counter(self.dropped)  # a plain dict when read back from the cache
@@ -53,7 +59,36 @@ class DataReport:
             self.tokens + other.tokens,
             self.supervised_tokens + other.supervised_tokens,
             (self.first_dropped + other.first_dropped)[:3],
+            self.lengths + other.lengths,
+            max(self.limit, other.limit),
         )
+
+    @property
+    def cut_by_limit(self) -> int:
+        """Records dropped because of the length limit (too long, or their reply cut away)."""
+        return sum(n for reason, n in self.dropped.items() if "max_length" in reason)
+
+    def length_advice(self) -> str | None:
+        """Which limit would keep most records, from the lengths before cutting, e.g.
+        `data.max_length 1536 would keep 95% (2048: 99%)`: the lengths that keep 95%, 99% and all
+        records, rounded up, above the limit applied, the first two of them. None when no record was
+        dropped for its length."""
+        if not self.cut_by_limit or not self.lengths:
+            return None
+        ordered = sorted(self.lengths)
+        options: list[int] = []
+        for share in (0.95, 0.99, 1.0):
+            limit = round_up(ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)])
+            if limit > self.limit and limit not in options:
+                options.append(limit)
+        if not options:
+            return None
+        kept = [_percent(bisect.bisect_right(ordered, limit) / len(ordered)) for limit in options[:2]]
+        text = f"{self.limit_phrase(options[0])} would keep {kept[0]}"
+        return text + (f" ({options[1]}: {kept[1]})" if len(kept) > 1 else "")
+
+    def limit_phrase(self, tokens: int) -> str:
+        return f"data.max_length {tokens}"
 
     def drop(self, reason: str, where: str) -> None:
         self.dropped[reason] += 1
@@ -69,7 +104,22 @@ class DataReport:
         if self.dropped:
             reasons = ", ".join(f"{n} {r}" for r, n in self.dropped.items())
             parts.append(f"dropped {sum(self.dropped.values())}: {reasons}; e.g. {'; '.join(self.first_dropped)}")
+        advice = self.length_advice()
+        if advice:
+            parts.append(advice)
         return "; ".join(parts)
+
+
+def round_up(tokens: int) -> int:
+    """A length limit at or above `tokens`, rounded as people set them: to 16 tokens up to 256, to
+    64 up to 1024, to 128 above (1490 -> 1536, 2000 -> 2048)."""
+    step = 16 if tokens <= 256 else 64 if tokens <= 1024 else 128
+    return -(-tokens // step) * step
+
+
+def _percent(share: float) -> str:
+    """100% only when every record fits: a share is rounded down."""
+    return f"{math.floor(share * 1000) / 10:g}%"
 
 
 def conversation_spans(
@@ -122,7 +172,7 @@ def build_sft_examples(
     truncation: str = "truncate_right",
 ) -> tuple[list[Example], DataReport]:
     """Tokenize conversations (rendering per record, tokenizing in one batch) and apply limits."""
-    report = DataReport(records=len(conversations))
+    report = DataReport(records=len(conversations), limit=max_length)
     rendered = [conversation_spans(tokenizer, c.messages, supervision, c.tools) for c in conversations]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     examples = []
@@ -131,6 +181,7 @@ def build_sft_examples(
         if supervised_count(example.labels) == 0:
             report.drop("no supervised tokens", conversation.where)
             continue
+        report.lengths.append(len(example.input_ids))
         fitted = fit_length(example, max_length, truncation)
         if fitted is None:
             report.drop("longer than max_length", conversation.where)

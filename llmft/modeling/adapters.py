@@ -28,7 +28,7 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str 
 
         model = prepare_quantized(model)
     if finetune.adapter_path:
-        return _continue_adapter(model, finetune)
+        return _name_base(_continue_adapter(model, finetune))
     from peft import LoraConfig, get_peft_model
 
     modules_to_save = list(finetune.modules_to_save)
@@ -42,13 +42,31 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str 
         task_type=PEFT_TASK_TYPES[task],
     )
     try:
-        return get_peft_model(model, config)
+        return _name_base(get_peft_model(model, config))
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
         raise UserError(
             f"finetune.target_modules / modules_to_save: {str(exc).splitlines()[0]}. "
             f"Module names in this model: {', '.join(names)}"
         ) from None
+
+
+def portable_name(name_or_path: str) -> str:
+    """How a saved adapter names its base (adapter_config.json's base_model_name_or_path): a local
+    directory by its absolute path, so `AutoPeftModelForCausalLM.from_pretrained(<adapter dir>)`
+    finds it from any working directory; a hub id as it is."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _name_base(peft_model: Any) -> Any:
+    """Every adapter of `peft_model` names the base it is applied to, portably (`portable_name`);
+    a continued adapter's config otherwise keeps whatever its first run recorded."""
+    name = getattr(peft_model.get_base_model(), "name_or_path", None)
+    if name:
+        for config in peft_model.peft_config.values():
+            config.base_model_name_or_path = portable_name(name)
+    return peft_model
 
 
 def _continue_adapter(model: Any, finetune: LoraFinetune) -> Any:

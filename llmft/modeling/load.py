@@ -16,15 +16,19 @@ import torch
 from llmft.config.model import ModelConfig
 from llmft.config.recipe import Recipe
 from llmft.errors import UserError
+from llmft.modeling.hub import hub_problem, is_hub_id, looks_local
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _looks_local(path: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else that does not exist is a wrong local path."""
-    return path.startswith(("/", "./", "../", "~", ".")) or path.count("/") > 1 or "\\" in path
+def check_hub(source: str, key: str) -> None:
+    """Stop at once, with the fix, when `source` is a hub id this machine cannot fetch (offline and not
+    cached, or the hub unreachable), rather than after huggingface_hub's retries."""
+    problem = hub_problem(source, key) if is_hub_id(source) else None
+    if problem is not None:
+        raise UserError(f"{key}: {problem}")
 
 
 def check_model_path(cfg: ModelConfig) -> None:
@@ -36,7 +40,7 @@ def check_model_path(cfg: ModelConfig) -> None:
 
 def model_path_problem(cfg: ModelConfig) -> tuple[str, str] | None:
     """(key, problem) when `model.path` (or `model.gguf_file`) cannot hold the model; None when it can
-    (or is a hub id: transformers reports whether it can be fetched)."""
+    (or is a hub id: `llmft.modeling.hub` says whether this machine can fetch it)."""
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
         if (path.parent / "adapter_config.json").is_file():  # <run>/merged of a run whose merge did not happen
@@ -45,7 +49,7 @@ def model_path_problem(cfg: ModelConfig) -> tuple[str, str] | None:
                 f"directory not found: {cfg.path}; {path.parent} holds a LoRA adapter that was not merged "
                 f"there (its run's log says why): llmft merge --adapter {path.parent} --out {cfg.path}",
             )
-        if _looks_local(cfg.path):
+        if looks_local(cfg.path):
             return "model.path", f"directory not found: {cfg.path}"
         return None
     if not path.is_dir():
@@ -81,6 +85,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
     source = cfg.tokenizer or cfg.path
     key = "model.tokenizer" if cfg.tokenizer else "model.path"
+    check_hub(source, key)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and not cfg.tokenizer:
         kwargs["gguf_file"] = cfg.gguf_file
@@ -133,15 +138,22 @@ NEW_HEAD_PREFIXES = {"causal_lm": (), "reward": ("score.",)}
 
 
 def load_model(
-    cfg: ModelConfig, dtype: torch.dtype, vocab_size: int | None = None, task: str = "causal_lm", quantization: Any = None
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    vocab_size: int | None = None,
+    task: str = "causal_lm",
+    quantization: Any = None,
+    head_from_adapter: bool = False,
 ) -> Any:
     """Load the pretrained model for `task`; refuse to go on if any weight other than the task's new
-    head was not in the checkpoint."""
+    head was not in the checkpoint. `head_from_adapter`: the caller loads a trained head next (a
+    reward model's LoRA adapter carries its score head), so the head is not announced as fresh."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task not in TASKS:
         raise ValueError(f"task is one of {TASKS} (got {task!r})")
     check_model_path(cfg)
+    check_hub(cfg.path, "model.path")
     check_attention(cfg)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -168,7 +180,7 @@ def load_model(
         model, info = auto.from_pretrained(os.path.expanduser(cfg.path), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.path: cannot load a model from {cfg.path}: {_short(exc)}") from None
-    guard_loading_info(cfg.path, info, new_head=NEW_HEAD_PREFIXES[task])
+    guard_loading_info(cfg.path, info, new_head=NEW_HEAD_PREFIXES[task], announce=not head_from_adapter)
     if cfg.gguf_file:
         detach_gguf_quantizer(model)
     if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
@@ -181,6 +193,7 @@ def read_config(cfg: ModelConfig) -> Any:
     from transformers import AutoConfig
 
     check_model_path(cfg)
+    check_hub(cfg.path, "model.path")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
@@ -213,12 +226,13 @@ def detach_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
-def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...] = ()) -> None:
+def guard_loading_info(path: str, info: dict[str, Any], new_head: tuple[str, ...] = (), announce: bool = True) -> None:
     """Refuse weights that were missing from the checkpoint (they would be random), except the
-    task's new head (weights named with a `new_head` prefix), which is expected to start fresh."""
+    task's new head (weights named with a `new_head` prefix), which is expected to start fresh (and
+    is said to, when `announce`: not when a trained head is loaded over it next)."""
     everything_missing = sorted(info.get("missing_keys") or [])
     fresh = [k for k in everything_missing if k.startswith(new_head)]
-    if fresh:
+    if fresh and announce:
         log.info("new head, initialised fresh (the only weights allowed to be missing): %s", ", ".join(fresh))
     missing = [k for k in everything_missing if k not in fresh]
     mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or []))

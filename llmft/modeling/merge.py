@@ -56,6 +56,7 @@ import torch
 
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError
+from llmft.rundir import usual_file_modes
 
 log = logging.getLogger("llmft")
 EPS32 = torch.finfo(torch.float32).eps
@@ -147,7 +148,9 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
     # a reward model's adapter (rm stage) sits on a sequence-classification head, saved with it
     seq_cls = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
     dtype = CHECK_DTYPE if verify else torch.float32
-    model = load_model(base, dtype, vocab_size=len(tokenizer), task="reward" if seq_cls else "causal_lm")
+    model = load_model(  # a reward model's trained score head comes with its adapter, next
+        base, dtype, vocab_size=len(tokenizer), task="reward" if seq_cls else "causal_lm", head_from_adapter=seq_cls
+    )
     if seq_cls:
         model.config.pad_token_id = tokenizer.pad_token_id
     fix = "Give the base it was trained on (--base, or model.path in the run's recipe); --no-verify merges into this one anyway."
@@ -167,6 +170,7 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)
+    usual_file_modes(out_dir)  # safetensors writes owner-only files
     tokenizer.save_pretrained(out_dir)
     log.info("merged %s into %s -> %s (%s)", adapter_dir, base.describe(), out_dir, check.describe() if check else "not verified")
     return MergeResult(out_dir, check)

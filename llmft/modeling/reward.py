@@ -78,7 +78,8 @@ def _adapter_reward_model(directory: Path, adapter_config: Path, dtype: torch.dt
             f"{saved.get('task_type')!r}); give the output directory of an rm run"
         )
     base_config = base_of(directory)
-    base = load_model(base_config, dtype, vocab_size=vocab_size, task="reward")  # its score head comes next
+    # the trained score head comes with the adapter, next: the base's fresh one is not news
+    base = load_model(base_config, dtype, vocab_size=vocab_size, task="reward", head_from_adapter=True)
     fix = f"Point model.path in {directory}/{RESOLVED_RECIPE} at the model the rm run trained on."
     return load_adapter(base, directory, base_config.describe(), fix=fix).merge_and_unload()
 

@@ -79,7 +79,7 @@ def mean_margin(model, tokenizer, pairs) -> float:
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_dpo_raises_the_log_prob_margin(mode, tiny_model_dir, tmp_path):
-    recipe = dpo_recipe(tiny_model_dir, tmp_path, mode)
+    recipe = dpo_recipe(tiny_model_dir, tmp_path, mode, report_to=["tensorboard"])
     tokenizer = prepare_tokenizer(recipe)  # the template and pad token the run uses
     held_out = load_items("dpo", recipe.data, recipe.training.seed).eval
     base = load_model(ModelConfig(path=str(tiny_model_dir)), torch.float32, vocab_size=len(tokenizer))
@@ -104,6 +104,9 @@ def test_dpo_raises_the_log_prob_margin(mode, tiny_model_dir, tmp_path):
         assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
     else:
         assert (out / "model.safetensors").is_file()
+    # the final evaluation comes after training ends: its events go to logs/ too, not to a new runs/
+    assert list((out / "logs").glob("events.out.tfevents.*")) and not (out / "runs").exists()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _built(recipe):

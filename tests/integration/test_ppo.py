@@ -244,3 +244,35 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert [rel for rel, _ in manifest_problems(out / "checkpoint-2")] == ["optimizer.pt"]
     assert list((out / "logs").glob("events.out.tfevents.*"))
     assert not list(out.glob("*.bin"))
+
+
+def test_ppo_shows_progress_draws_curves_and_keeps_tensorboard_in_logs(tiny_model_dir, sft_file, tmp_path, caplog):
+    """llmft's own loop reports like the Trainer's: log lines with the time taken and left, curves.png
+    with its reward, and TensorBoard events only in logs/, also for the final evaluation that comes
+    after training ends (eval_steps beyond max_steps)."""
+    import logging
+    import re
+
+    reward_dir = save_reward_model_dir(tmp_path / "rm")
+    out = tmp_path / "run"
+    raw = ppo_recipe(
+        tiny_model_dir,
+        sft_file,
+        out,
+        "lora",
+        reward_dir,
+        training={"max_steps": 2, "logging_steps": 1, "report_to": ["tensorboard"], "eval_strategy": "steps", "eval_steps": 5},
+        rollout_batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+    )
+    raw["data"]["eval_split"] = 1
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        result = train(validate_recipe(raw))
+    assert [h["step"] for h in result.log_history if "eval_reward" in h] == [2]  # evaluated after training
+    assert list((out / "logs").glob("events.out.tfevents.*")) and not (out / "runs").exists()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    steps = [m for m in caplog.messages if m.startswith("step ")]
+    assert re.fullmatch(r"step 1/2 \(\d+:\d\d elapsed, ~\d+:\d\d left\) loss=\S+ .* reward=\S+ .*", steps[0]), steps
+    assert re.fullmatch(r"step 2/2 \(\d+:\d\d elapsed\) loss=\S+ .* reward=\S+ .*", steps[1]), steps
+    assert re.fullmatch(r"step 2/2 \(\d+:\d\d elapsed\) eval_reply_length=\S+ eval_reward=\S+", steps[2]), steps

@@ -31,6 +31,7 @@ def recipe(model_dir, data, out, mode, **training):
         "learning_rate": 5e-3,
         "save_strategy": "steps",
         "save_steps": 3,
+        "report_to": ["tensorboard"],
         **training,
     }
     return make_recipe(model_dir, data, out, mode=mode, data={"cache": False}, training=settings)
@@ -67,6 +68,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(mode, tiny_model_dir, 
     assert not (out / "train_results.json").exists()  # not mistaken for a finished run
 
     resumed = train(validate_recipe(recipe(tiny_model_dir, data, out, mode, resume_from_checkpoint="auto")))
+    # TensorBoard: the interrupted and the resumed session both write to logs/, and only there
+    assert len(list((out / "logs").glob("events.out.tfevents.*"))) >= 2 and not (out / "runs").exists()
     first, second = losses(straight.log_history), losses(resumed.log_history)
     assert sorted(second) == [1, 2, 3, 4, 5, 6]  # steps 1-3 come back with the checkpoint's state
     for step in range(1, 7):

@@ -130,8 +130,12 @@ def test_load_reward_model_refuses_what_is_not_one(tiny_model_dir, tmp_path):
         load_reward_model(str(tmp_path / "nope"))
 
 
-def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path):
-    """output.merge_adapter on an rm run writes a standalone reward model scoring as the adapter did."""
+def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path, caplog):
+    """output.merge_adapter on an rm run writes a standalone reward model scoring as the adapter did.
+    The run's start says its score head starts fresh; loading the trained reward model (to score,
+    as ppo does, or to merge) does not."""
+    import logging
+
     from transformers import AutoModelForSequenceClassification
 
     from llmft.modeling.merge import probe_ids
@@ -146,8 +150,14 @@ def test_rm_adapter_merges_with_its_score_head(tiny_model_dir, tmp_path):
             output={"merge_adapter": True},
         )
     )
-    train(recipe)
-    adapter_model, tokenizer = load_reward_model(str(tmp_path / "run"))
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        train(recipe)
+    fresh = [m for m in caplog.messages if m.startswith("new head, initialised fresh")]
+    assert fresh == ["new head, initialised fresh (the only weights allowed to be missing): score.weight"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        adapter_model, tokenizer = load_reward_model(str(tmp_path / "run"))
+    assert not [m for m in caplog.messages if "new head" in m], caplog.messages
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "merged").eval()
     ids = probe_ids(tokenizer)
     with torch.no_grad():

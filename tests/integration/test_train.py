@@ -4,7 +4,11 @@ and touches only the parameters its mode trains."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -64,7 +68,11 @@ def test_matrix_trains_and_saves(stage, mode, tiny_model_dir, sft_file, pt_file,
         assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
 
 
-def test_eval_checkpoints_and_tensorboard(tiny_model_dir, sft_file, tmp_path):
+def test_eval_checkpoints_and_tensorboard(tiny_model_dir, sft_file, tmp_path, caplog):
+    """Besides the checkpoints and evaluations: one TensorBoard folder (logs/, not an extra runs/),
+    curves.png, weights readable by others (the usual 0o644 under umask 022), and log lines that
+    say how long the run has taken and has left when stderr is not a terminal."""
+    old_umask = os.umask(0o022)
     out = tmp_path / "run"
     raw = make_recipe(
         tiny_model_dir,
@@ -81,13 +89,24 @@ def test_eval_checkpoints_and_tensorboard(tiny_model_dir, sft_file, tmp_path):
             "report_to": ["tensorboard"],
         },
     )
-    result = train(validate_recipe(raw))
+    try:
+        with caplog.at_level(logging.INFO, logger="llmft"):
+            result = train(validate_recipe(raw))
+    finally:
+        os.umask(old_umask)
     evals = json.loads((out / "eval_results.json").read_text())
     assert math.isfinite(evals["eval_loss"])
     assert [h for h in result.log_history if "eval_loss" in h], "no evaluation during training"
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # save_total_limit: 1
     assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
     assert list((out / "logs").glob("events.out.tfevents.*")), "no tensorboard events"
+    assert not (out / "runs").exists()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for weights in (out / "adapter_model.safetensors", out / "checkpoint-4" / "adapter_model.safetensors"):
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o644, weights
+    steps = [m for m in caplog.messages if m.startswith("step ")]
+    assert re.fullmatch(r"step 1/4 \(\d+:\d\d elapsed, ~\d+:\d\d left\) loss=\S+ .*", steps[0]), steps[0]
+    assert re.fullmatch(r"step 4/4 \(\d+:\d\d elapsed\) .*", steps[-1]), steps[-1]
 
 
 def test_output_dir_holding_a_run_is_refused(tiny_model_dir, sft_file, tmp_path):

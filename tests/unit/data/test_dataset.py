@@ -10,7 +10,7 @@ from conftest import CONVERSATIONS, write_jsonl
 
 from llmft.config.data import DataConfig, DatasetSpec
 from llmft.data import cache
-from llmft.data.dataset import prepare_data, resample, split_off
+from llmft.data.dataset import prepare_data, resample, split_off, warn_unrendered_tools
 from llmft.data.templates import install_template
 from llmft.errors import UserError
 
@@ -112,6 +112,21 @@ def test_tools_the_template_cannot_render_are_reported(tokenizer, tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="llmft"):
         prepare_data("sft", data_config(str(path), tmp_path, cache=False), tokenizer, seed=0)
     assert "1 conversations carry tool definitions" in caplog.text
+    # the tokenizer's own template is in use: the fix is not "use the model's own template"
+    assert "The template in use is the tokenizer's own (data.template is empty)" in caplog.text
+    assert "model's own" not in caplog.text
+
+
+def test_tools_under_a_named_template_point_to_the_tokenizers_own(tokenizer, tmp_path):
+    from llmft.data.formats import Conversation
+
+    item = Conversation(tuple(HI), "t.jsonl:1", tools='[{"name": "get_time"}]')
+    message = warn_unrendered_tools([item], tokenizer, template="chatml")
+    assert message.endswith(
+        "llmft's named templates ('chatml' here) render no tool definitions; leave data.template empty "
+        "to use the tokenizer's own template, if it renders `tools`."
+    )
+    assert warn_unrendered_tools([Conversation(tuple(HI), "t.jsonl:1")], tokenizer, template=None) is None
 
 
 # --- bad records the stage adds, and lines that are not JSON ------------------------------------

@@ -6,7 +6,15 @@ from functools import partial
 
 import pytest
 
-from llmft.data.formats import Conversation, Text, check_supervised, detect_format, detect_records_format, normalise
+from llmft.data.formats import (
+    SKIP_HINT,
+    Conversation,
+    Text,
+    check_supervised,
+    detect_format,
+    detect_records_format,
+    normalise,
+)
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError
 
@@ -175,7 +183,7 @@ def test_several_bad_records_are_reported_together():
     lines = str(info.value).splitlines()
     assert lines[0] == "8 bad messages record(s):"
     assert lines[1:6] == [f"  - d.jsonl:{n}: no assistant message: nothing to train on" for n in range(2, 7)]
-    assert lines[6:] == ["  ... and 3 more"]
+    assert lines[6:] == ["  ... and 3 more", SKIP_HINT]  # the hint once, after the list
 
 
 def test_five_bad_records_have_no_more_line():
@@ -202,7 +210,7 @@ def test_text_records():
 def test_text_bad_record(value, problem):
     with pytest.raises(UserError) as info:
         normalise([rec(value, "c.txt:2")], "text")
-    assert str(info.value) == f"1 bad text record(s):\n  - c.txt:2: {problem}"
+    assert str(info.value) == f"1 bad text record(s):\n  - c.txt:2: {problem}\n{SKIP_HINT}"
 
 
 def test_messages_with_tool_role_and_tools():
@@ -395,7 +403,7 @@ def test_csv_format():
 def test_csv_format_bad_record(value, problem):
     with pytest.raises(UserError) as info:
         normalise([rec(value, "c.csv:4")], "csv")
-    assert str(info.value) == f"1 bad csv record(s):\n  - c.csv:4: {problem}"
+    assert str(info.value) == f"1 bad csv record(s):\n  - c.csv:4: {problem}\n{SKIP_HINT}"
 
 
 # --- qa format (MedicalGPT's GRPO data) ------------------------------------------------------------
@@ -427,7 +435,7 @@ def test_qa_format_system_history_and_a_numeric_answer():
 def test_qa_format_bad_record(value, problem):
     with pytest.raises(UserError) as info:
         normalise([rec(value, "q.jsonl:4")], "qa")
-    assert str(info.value) == f"1 bad qa record(s):\n  - q.jsonl:4: {problem}"
+    assert str(info.value) == f"1 bad qa record(s):\n  - q.jsonl:4: {problem}\n{SKIP_HINT}"
 
 
 def test_every_conversation_format_keeps_its_record():
@@ -476,7 +484,9 @@ def test_a_problem_found_by_the_source_is_a_bad_record():
     ]
     with pytest.raises(UserError) as info:
         normalise(records, "alpaca")
-    assert str(info.value) == "1 bad alpaca record(s):\n  - d.jsonl:2: missing column 'answer' (columns maps 'output' to it)"
+    assert str(info.value) == (
+        f"1 bad alpaca record(s):\n  - d.jsonl:2: missing column 'answer' (columns maps 'output' to it)\n{SKIP_HINT}"
+    )
     conversations, bad = normalise(records, "alpaca", on_bad_record="skip")
     assert len(conversations) == 1 and bad.count == 1
 
