@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from llmft import __version__
 from llmft.errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -30,6 +31,8 @@ def _setup_logging(verbose: bool = False) -> None:
         "accelerate",
         "torch",
         "datasets",
+        "lm_eval",  # lm-evaluation-harness (llmft eval --harness)
+        "lm-eval",
         "httpx",
         "huggingface_hub",
         "kernels",  # bitsandbytes asks it for CPU kernels on import: its offline notice is not news
@@ -262,6 +265,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _harness_options(args: argparse.Namespace) -> Any:
+    if not args.harness:
+        return None
+    from llmft.evaluation.harness import HarnessOptions, task_manager
+
+    tasks = tuple(t.strip() for t in args.harness.split(",") if t.strip())
+    options = HarnessOptions(tasks, args.harness_include, args.num_fewshot, args.harness_chat, args.max_samples)
+    task_manager(options)  # the package and every task name, checked before a model loads
+    return options
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -271,8 +285,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from llmft.evaluation.run import evaluate, free, load
     from llmft.modeling.sources import resolve_source
 
-    if bool(args.data) == bool(args.recipe):
-        raise UserError("eval: give exactly one of --data FILE and --recipe RECIPE (its eval split)")
+    if args.data and args.recipe:
+        raise UserError("eval: give one of --data FILE and --recipe RECIPE (its eval split), not both")
+    if not (args.data or args.recipe or args.harness):
+        raise UserError("eval: give held-out data (--data FILE, or --recipe RECIPE for its eval split) or --harness TASKS")
     recipe, template = None, args.template
     if args.recipe:
         from llmft.config import load_recipe
@@ -280,8 +296,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, require_builder=False)
         template = template or recipe.data.template
         data = eval_data.from_recipe(recipe, args.max_samples)
-    else:
+    elif args.data:
         data = eval_data.from_file(args.data, args.data_format, args.max_samples)
+    else:
+        if args.metrics:
+            raise UserError("eval: --metrics measures held-out data: give --data FILE or --recipe RECIPE")
+        data = None
     max_length = args.max_length or (recipe.data.max_length if recipe else 1024)
     rewards = parse_rewards(args.reward) if args.reward else tuple(getattr(recipe.stage, "rewards", ()) if recipe else ())
     options = EvalOptions(
@@ -293,6 +313,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         rewards=rewards,
         allow_python_rewards=bool(recipe and getattr(recipe.stage, "allow_python_rewards", False)),
+        harness=_harness_options(args),
     )
     reference = resolve_source(args.reference, template=template) if args.reference else None
     results = []
@@ -408,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", help="where eval.json and the answers go (default: MODEL/eval for a local dir, else ./llmft-eval)"
     )
+    evaluate.add_argument(
+        "--harness", help="comma-separated lm-evaluation-harness tasks (needs lm-eval and each task's data on this machine)"
+    )
+    evaluate.add_argument("--harness-include", help="a directory of lm-eval task YAMLs (e.g. tasks on local data files)")
+    evaluate.add_argument("--num-fewshot", type=int, help="--harness: few-shot examples per prompt (default: each task's own)")
+    evaluate.add_argument("--harness-chat", action="store_true", help="--harness: render prompts with the model's chat template")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
     evaluate.set_defaults(fn=cmd_eval)
     chat = sub.add_parser("chat", help="chat with a trained run or a model")

@@ -41,6 +41,7 @@ class EvalOptions:
     max_tokens_per_batch: int = 4096  # padded tokens per scoring forward pass
     rewards: tuple[Any, ...] = ()  # `verify`: reward entries (`stage.rewards` entries, llmft.config.rewards)
     allow_python_rewards: bool = False
+    harness: Any = None  # lm-evaluation-harness tasks (`llmft.evaluation.harness.HarnessOptions`), run after the measures
 
 
 @dataclass

@@ -61,16 +61,27 @@ def _on_device(model: Any) -> Any:
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def evaluate(loaded: Loaded, data: EvalSet, options: EvalOptions) -> EvalResult:
-    names = options.metrics or default_measures(data, loaded, options)
+def evaluate(loaded: Loaded, data: EvalSet | None, options: EvalOptions) -> EvalResult:
+    """The measures on `data` (none without data), then the harness tasks of `options.harness`."""
+    names = (options.metrics or default_measures(data, loaded, options)) if data is not None else ()
     unknown = [n for n in names if n not in MEASURES]
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     started = time.perf_counter()
-    result = EvalResult(loaded.name, f"{data.name} ({len(data.records)} records)", {})
-    for name in names:
+    described = [f"{data.name} ({len(data.records)} records)"] if data is not None else []
+    if options.harness is not None:
+        described.append(f"lm-eval tasks {', '.join(options.harness.tasks)}")
+    result = EvalResult(loaded.name, "; ".join(described), {})
+    measures: list[tuple[str, Any]] = [(name, lambda name=name: MEASURES[name](loaded, data, options)) for name in names]
+    if options.harness is not None:
+        if loaded.reward:
+            raise UserError(f"--harness: {loaded.name} is a reward model; lm-eval tasks measure a causal LM")
+        from llmft.evaluation import harness
+
+        measures.append(("harness", lambda: harness.run(loaded.model, loaded.tokenizer, options.harness, options.batch_size)))
+    for name, measure in measures:
         log.info("eval: %s on %s", name, loaded.name)
-        figures = MEASURES[name](loaded, data, options)
+        figures = measure()
         rows = figures.pop("_rows", None)
         if rows is not None:
             result.rows[name] = rows
