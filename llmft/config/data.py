@@ -15,6 +15,7 @@ TemplateName = Literal[
     "qwen3",
     "llama2",
     "llama3",
+    "llama3.1",
     "mistral",
     "mistral-v7",
     "vicuna",

@@ -1,86 +1,31 @@
 """Named chat templates, as data. Each row becomes a jinja template installed on the tokenizer,
 so training and inference render through the same `apply_chat_template`.
 
-A row gives, per role, the text before and after a message's content. `{bos}` and `{eos}`
-stand for the tokenizer's BOS and EOS tokens. Beyond that a row can say:
+What a row can say is in `template_row.py`; `template_jinja.py` turns it into jinja.
 
-- `start`: text once before the first message (e.g. BOS);
-- `default_system`: the system prompt used when a conversation has none;
-- `generation_prompt`: what `add_generation_prompt` appends, when it is not the assistant prefix
-  (llama2/mistral end the prompt at `[/INST]`; the space before the reply belongs to the reply);
-- `system_in_user`: the family has no system turn; `system[0] + prompt + system[1]` is put before
-  the first user message's content (llama2's `<<SYS>>`, mistral, gemma);
-- `tool`: how a `tool` message (a tool result; ShareGPT's `observation`) is rendered, or None when
-  the family has no convention for it: the template then stops with a clear error;
-- `special_tokens`: tokens the text uses that must each be one token of the vocabulary (those of
-  the form `<|...|>` are found by themselves).
-
-Every row is prefix-stable: a conversation's rendering starts with the rendering of any prefix of
-it (with the generation prompt before an assistant turn), which is how `render.py` finds the
-assistant spans. Official templates that trim message content or close the conversation with an
+Every row but the reasoning ones (qwen3, deepseek-r1, whose templates strip the reasoning of
+earlier turns: `render.reply_segments`) is prefix-stable: a conversation's rendering starts with
+the rendering of any prefix of it (with the generation prompt before an assistant turn), which is
+how `render.py` finds the assistant spans. Official templates that trim message content or close the conversation with an
 extra token are followed except for that; each row says where it deviates.
 
 Tool results use one convention per family, the one its own template documents:
 chatml/qwen `<|im_start|>tool\\n...<|im_end|>\\n` (a `tool` turn, as the ChatML/Qwen2 templates
-render any role), llama3 Llama 3.1's `ipython` turn, chatglm3 its `<|observation|>` turn.
+render any role), qwen3 `<tool_response>` blocks in a user turn, llama3/llama3.1 Llama 3.1's
+`ipython` turn, chatglm3 its `<|observation|>` turn.
 The other families have none and raise.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 from typing import Any
 
+from llmft.data.template_jinja import Alternatives, render_row
+from llmft.data.template_row import TemplateRow, with_changes
 from llmft.errors import UserError
 
-
-@dataclass(frozen=True)
-class TemplateRow:
-    name: str
-    system: tuple[str, str]
-    user: tuple[str, str]
-    assistant: tuple[str, str]  # the assistant prefix is also the generation prompt, unless set below
-    start: str = ""  # once, before the first message
-    default_system: str | None = None  # used when a conversation has no system message
-    generation_prompt: str | None = None  # what add_generation_prompt appends; None: the assistant prefix
-    system_in_user: bool = False  # no system turn: the system text opens the first user message
-    tool: tuple[str, str] | None = None  # tool results; None: the family has no tool role
-    special_tokens: tuple[str, ...] = ()  # must be single tokens (besides the <|...|> ones)
-    # consecutive tool results share one turn opened/closed by these (Qwen3: a user turn of
-    # <tool_response> blocks); None: each result is its own turn (`tool`)
-    tool_turn: tuple[str, str] | None = None
-    # tool definitions (a record's `tools`), one JSON object per line between these, in the system
-    # turn after the system prompt and a blank line; None: the template renders none (warned)
-    tool_definitions: tuple[str, str] | None = None
-    # an assistant message's `tool_calls`: each call `{"name": ..., "arguments": ...}` between these,
-    # after the content, `"\n"` before all but a first call with no content before it; None: refused
-    tool_call: tuple[str, str] | None = None
-    # an assistant turn's reasoning (`reasoning_content`, or `<think>...</think>` in the content)
-    # between these, before the reply; None: the family has no reasoning format
-    reasoning: tuple[str, str] | None = None
-    # which turns keep their reasoning: `after_last_query` (Qwen3: the turns after the last user
-    # message; earlier ones lose it, and the last turn always shows the block, empty or not) or
-    # `last` (DeepSeek-R1: only the last turn, which always shows it; an earlier turn's inline
-    # reasoning is cut at `</think>` without stripping the newlines after it, as R1's template does)
-    reasoning_kept: str = "after_last_query"
-    # appended to the generation prompt when thinking is off (`data.enable_thinking: false`)
-    thinking_off: str = ""
-
-    @property
-    def end_of_turn(self) -> str:
-        """What closes an assistant turn (stripped of surrounding whitespace); supervised in SFT."""
-        return self.assistant[1].strip()
-
-    @property
-    def prompt(self) -> str:
-        """The generation prompt."""
-        return self.assistant[0] if self.generation_prompt is None else self.generation_prompt
-
-
-def with_changes(row: TemplateRow, **changes: Any) -> TemplateRow:
-    """A variant of a row (e.g. a different default system prompt)."""
-    return replace(row, **changes)
+__all__ = ["TEMPLATES", "TemplateRow", "install_template", "to_jinja", "with_changes"]
 
 
 # ChatML as OpenAI defined it and Qwen publishes it. Tool results are a `tool` turn.
@@ -232,6 +177,31 @@ DEEPSEEK_R1 = TemplateRow(
     reasoning_kept="last",
     special_tokens=("<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
 )
+# Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct; tests/data/templates/llama3.1.jinja):
+# llama3 with the system turn always written (knowledge cutoff and date first; "Environment:
+# ipython" when tools are given), tool definitions (indented JSON) at the start of the first user
+# message, a tool call as the whole assistant turn (`{"name": ..., "parameters": ...}`, one per turn),
+# tool results as an `ipython` turn holding the result as JSON. Deviations: content is not
+# `| trim`med; the date is 3.1's fixed "26 Jul 2024" (3.2's template writes today's).
+LLAMA31 = with_changes(
+    LLAMA3,
+    name="llama3.1",
+    system_preamble="Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
+    tools_preamble="Environment: ipython\n",
+    tool_definitions=(
+        "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+        'that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": '
+        "dictionary of argument name and its value}.Do not use variables.\n\n",
+        "",
+    ),
+    tool_definitions_in="first_user",
+    tool_definition=("", "\n\n"),
+    tool_json_indent=4,
+    tool_call=("", ""),
+    tool_call_arguments="parameters",
+    tool_call_only=True,
+    tool_result_json=True,
+)
 # Gemma 3 (google/gemma-3-*-it; tests/data/templates/gemma3.jinja): the `gemma` row under its
 # family's name.
 GEMMA3 = with_changes(GEMMA, name="gemma3")
@@ -258,6 +228,7 @@ TEMPLATES: dict[str, TemplateRow] = {
         QWEN3,
         LLAMA2,
         LLAMA3,
+        LLAMA31,
         MISTRAL,
         MISTRAL_V7,
         VICUNA,
@@ -273,206 +244,13 @@ TEMPLATES: dict[str, TemplateRow] = {
 }
 
 
-def _literal(text: str) -> str:
-    """A jinja expression for `text`, with {bos}/{eos} as the tokenizer's tokens."""
-    parts = []
-    for i, chunk in enumerate(text.replace("{eos}", "\0eos_token\0").replace("{bos}", "\0bos_token\0").split("\0")):
-        if i % 2:
-            parts.append(chunk)
-        elif chunk:
-            parts.append(repr(chunk))
-    return " + ".join(parts) or "''"
-
-
-def _join(*expressions: str) -> str:
-    """`a + b + ...`, leaving out empty literals."""
-    return " + ".join(e for e in expressions if e != "''") or "''"
-
-
-def _wrap(pair: tuple[str, str], content: str = "message['content']") -> str:
-    return "{{ " + _join(_literal(pair[0]), content, _literal(pair[1])) + " }}"
-
-
-def _raise(message: str) -> str:
-    return "{{ raise_exception(" + repr(message) + ") }}"
-
-
-def _reasoning(row: TemplateRow) -> str:
-    """Set `shown` to the assistant turn's text: its reasoning taken from `reasoning_content` or
-    from a `<think>...</think>` block in the content (split as Qwen3's template splits it), shown
-    in the turns the row keeps it in and dropped from the others; `content` is the reply alone."""
-    if row.reasoning is None:
-        return "{% set shown = content %}"
-    opening, closing = (part.strip() for part in row.reasoning)
-    kept = "loop.index0 > ns.last_query" if row.reasoning_kept == "after_last_query" else "loop.last"
-    # Qwen3 strips the newlines after `</think>` from the reply; DeepSeek-R1 keeps them (in history)
-    strip = ".lstrip('\\n')" if row.reasoning_kept == "after_last_query" else ""
-    return (
-        "{% set reasoning = '' %}"
-        "{% if message.reasoning_content is string %}{% set reasoning = message.reasoning_content %}"
-        "{% elif " + repr(closing) + " in content %}"
-        "{% set reasoning = content.split("
-        + repr(closing)
-        + ")[0].rstrip('\\n').split("
-        + repr(opening)
-        + ")[-1].lstrip('\\n') %}"
-        "{% set content = content.split(" + repr(closing) + ")[-1]" + strip + " %}{% endif %}"
-        "{% set shown = content %}{% if " + kept + " and (loop.last or reasoning) %}"
-        "{% set shown = "
-        + _join(_literal(row.reasoning[0]), "reasoning.strip('\\n')", _literal(row.reasoning[1]))
-        + " + content.lstrip('\\n') %}{% endif %}"
-    )
-
-
-def _last_query(row: TemplateRow) -> str:
-    """`ns.last_query`: the index of the last user message that is not a wrapped tool result."""
-    wrapped = (
-        ""
-        if row.tool is None
-        else (
-            " and not (message['content'].startswith("
-            + repr(row.tool[0].strip())
-            + ") and message['content'].endswith("
-            + repr(row.tool[1].strip())
-            + "))"
-        )
-    )
-    return (
-        "{% set ns = namespace(last_query=loop_messages | length - 1, found=false) %}"
-        "{% for message in loop_messages[::-1] %}"
-        "{% if not ns.found and message['role'] == 'user' and message['content'] is string" + wrapped + " %}"
-        "{% set ns.found = true %}{% set ns.last_query = loop_messages | length - 1 - loop.index0 %}{% endif %}"
-        "{% endfor %}"
-    )
-
-
-def _tool_calls(row: TemplateRow, where: str) -> str:
-    if row.tool_call is None:
-        return (
-            "{% if message.tool_calls %}"
-            + _raise(f"{where} cannot render an assistant message's tool_calls; use a template that can (qwen3)")
-            + "{% endif %}"
-        )
-    return (
-        "{% for call in message.tool_calls or [] %}"
-        "{% if not loop.first or content %}{{ '\\n' }}{% endif %}"
-        "{% if call.function is defined %}{% set call = call.function %}{% endif %}"
-        "{{ " + _literal(row.tool_call[0] + '{"name": "') + " + call.name + " + _literal('", "arguments": ') + " }}"
-        "{% if call.arguments is string %}{{ call.arguments }}{% else %}{{ call.arguments | tojson }}{% endif %}"
-        "{{ " + _literal("}" + row.tool_call[1]) + " }}"
-        "{% endfor %}"
-    )
-
-
-def _tool_definitions(row: TemplateRow) -> str:
-    """The system turn carrying the tool definitions (and the system prompt, when there is one)."""
-    assert row.tool_definitions is not None
-    return (
-        "{% if tools %}{{ " + _literal(row.system[0]) + " }}"
-        "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
-        "{{ " + _literal(row.tool_definitions[0]) + " }}"
-        "{% for tool in tools %}{{ '\\n' + tool | tojson }}{% endfor %}"
-        "{{ " + _join(_literal(row.tool_definitions[1]), _literal(row.system[1])) + " }}{% endif %}"
-    )
-
-
-def _tool_result(row: TemplateRow) -> str:
-    assert row.tool is not None
-    if row.tool_turn is None:
-        return _wrap(row.tool)
-    return (
-        "{% if loop.first or loop_messages[loop.index0 - 1]['role'] != 'tool' %}{{ "
-        + _literal(row.tool_turn[0])
-        + " }}{% endif %}"
-        + _wrap(row.tool)
-        + "{% if loop.last or loop_messages[loop.index0 + 1]['role'] != 'tool' %}{{ "
-        + _literal(row.tool_turn[1])
-        + " }}{% endif %}"
-    )
-
-
 def to_jinja(row: TemplateRow) -> str:
     """Render a row as a Hugging Face chat template (a jinja string)."""
-    where = f"data.template {row.name!r}"
-    out = []
-    if row.system_in_user:
-        # the first message, if a system one, is taken out of the loop and opens the first user turn
-        out.append(
-            "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-            "{% set loop_messages = messages[1:] %}{% else %}"
-            + ("" if row.default_system is None else "{% set system = " + repr(row.default_system) + " %}")
-            + "{% set loop_messages = messages %}{% endif %}"
-        )
-    else:
-        out.append("{% set loop_messages = messages %}")
-    if row.start:
-        out.append("{{ " + _literal(row.start) + " }}")
-    if row.default_system is not None and not row.system_in_user:
-        out.append(
-            "{% if not messages or messages[0]['role'] != 'system' %}"
-            + _wrap(row.system, repr(row.default_system))
-            + "{% endif %}"
-        )
-    if row.tool_definitions is not None:
-        out.append(_tool_definitions(row))
-    if row.reasoning is not None:
-        out.append(_last_query(row))
-    out.append("{% for message in loop_messages %}{% set content = message['content'] if message['content'] is string else '' %}")
-    if row.system_in_user:
-        out.append(
-            "{% if loop.first and system is defined and message['role'] != 'user' %}"
-            + _raise(f"{where} puts the system prompt into the first user message, so a user message must come first")
-            + "{% endif %}"
-        )
-        folded = (
-            "("
-            + _join(_literal(row.system[0]), "system", _literal(row.system[1]))
-            + " if loop.first and system is defined else '')"
-        )
-        out.append("{% if message['role'] == 'user' %}" + _wrap(row.user, folded + " + content"))
-        out.append(
-            "{% elif message['role'] == 'system' %}" + _raise(f"{where} has no system turn: a system message can only come first")
-        )
-    else:
-        skip = " and not (loop.first and tools)" if row.tool_definitions is not None else ""
-        out.append("{% if message['role'] == 'system' %}{% if true" + skip + " %}" + _wrap(row.system, "content") + "{% endif %}")
-        out.append("{% elif message['role'] == 'user' %}" + _wrap(row.user, "content"))
-    out.append(
-        "{% elif message['role'] == 'assistant' %}"
-        + _reasoning(row)
-        + "{{ "
-        + _join(_literal(row.assistant[0]), "shown")
-        + " }}"
-        + _tool_calls(row, where)
-        + "{{ "
-        + _literal(row.assistant[1])
-        + " }}"
+    alternatives = Alternatives(
+        tool_results=", ".join(name for name, r in TEMPLATES.items() if r.tool is not None),
+        tool_calls=", ".join(name for name, r in TEMPLATES.items() if r.tool_call is not None),
     )
-    if row.tool is not None:
-        out.append("{% elif message['role'] == 'tool' %}" + _tool_result(row))
-    else:
-        able = ", ".join(name for name, r in TEMPLATES.items() if r.tool is not None)
-        out.append(
-            "{% elif message['role'] == 'tool' %}"
-            + _raise(
-                f"{where} cannot render a 'tool' message (a tool result): the model family has no tool role; "
-                f"use a template with one ({able}) or leave the tool turns out"
-            )
-        )
-    out.append(
-        "{% else %}{{ raise_exception("
-        + repr(f"{where} cannot render a message with the role ")
-        + " + message['role'] | string) }}"
-        "{% endif %}{% endfor %}"
-    )
-    if row.prompt or row.thinking_off:
-        thinking_off = (
-            "{% if enable_thinking is defined and enable_thinking is false %}{{ " + _literal(row.thinking_off) + " }}{% endif %}"
-            if row.thinking_off
-            else ""
-        )
-        out.append("{% if add_generation_prompt %}{{ " + _literal(row.prompt) + " }}" + thinking_off + "{% endif %}")
-    return "".join(out)
+    return render_row(row, alternatives)
 
 
 THINKING_OFF = "{% if enable_thinking is not defined %}{% set enable_thinking = false %}{% endif %}"

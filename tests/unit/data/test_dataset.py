@@ -123,7 +123,7 @@ def test_tools_under_a_named_template_point_to_the_tokenizers_own(tokenizer, tmp
     item = Conversation(tuple(HI), "t.jsonl:1", tools='[{"name": "get_time"}]')
     message = warn_unrendered_tools([item], tokenizer, template="chatml")
     assert message.endswith(
-        "The named template 'chatml' renders no tool definitions; choose one that does (qwen3), or "
+        "The named template 'chatml' renders no tool definitions; choose one that does (qwen3, llama3.1), or "
         "leave data.template empty to use the tokenizer's own template, if it renders `tools`."
     )
     assert warn_unrendered_tools([Conversation(tuple(HI), "t.jsonl:1")], tokenizer, template=None) is None

@@ -235,6 +235,7 @@ DEEPSEEK_R1_REFERENCE = patched(
 )
 REFERENCES = {
     "qwen3": VENDORED["qwen3"],
+    "llama3.1": VENDORED["llama3.1"],
     "gemma3": VENDORED["gemma3"],
     "mistral-v7": MISTRAL_V7_REFERENCE,
     "deepseek-r1": DEEPSEEK_R1_REFERENCE,
@@ -252,10 +253,18 @@ REFERENCES = {
     "default": DEFAULT_REFERENCE,
 }
 # the role the family's own template gives a tool result; absent: the family has none
-TOOL_ROLE = {"chatml": "tool", "qwen": "tool", "qwen3": "tool", "llama3": "ipython", "chatglm3": "observation"}
+TOOL_ROLE = {
+    "chatml": "tool",
+    "qwen": "tool",
+    "qwen3": "tool",
+    "llama3": "ipython",
+    "llama3.1": "ipython",
+    "chatglm3": "observation",
+}
 # the token that ends an assistant turn, spelled out per template (on the tokenizers below)
 END_TOKEN = {
     "qwen3": "<|im_end|>",
+    "llama3.1": "<|eot_id|>",
     "deepseek-r1": "<｜end▁of▁sentence｜>",
     "gemma3": "<end_of_turn>",
     "mistral-v7": "</s>",
@@ -293,6 +302,7 @@ FAMILIES = {
 }
 FAMILY = {
     "qwen3": "chatml",
+    "llama3.1": "llama3",
     "deepseek-r1": "deepseek",
     "gemma3": "gemma",
     "mistral-v7": "mistral-v7",
@@ -425,6 +435,7 @@ def test_every_named_template_has_a_reference():
         "deepseek-r1",
         "gemma3",
         "mistral-v7",
+        "llama3.1",
     } == set(TEMPLATES)
     assert all(row.name == name for name, row in TEMPLATES.items())
 
@@ -469,7 +480,7 @@ def test_template_without_tool_role_says_so(name, family_tokenizers):
         render(tokenizer, TOOL_TURNS, to_jinja(TEMPLATES[name]), False)
     message = str(info.value)
     assert f"data.template {name!r} cannot render a 'tool' message" in message
-    assert "chatml, qwen, qwen3, llama3, chatglm3" in message
+    assert "chatml, qwen, qwen3, llama3, llama3.1, chatglm3" in message
 
 
 def test_deviations_from_the_official_templates(family_tokenizers):
@@ -580,6 +591,7 @@ def test_unknown_role_is_an_error(tok):
 # --- label masks: supervised tokens are the replies and their end-of-turn token ------------
 
 GOLDEN_REPLIES = {
+    "llama3.1": ["The capital of France is Paris.<|eot_id|>", "bonjour<|eot_id|>"],
     # reasoning templates: an earlier turn is trained in a segment of its own
     # (test_templates_families.py); here the first segment, the whole conversation, with the last turn
     "qwen3": ["<think>\n\n</think>\n\nbonjour<|im_end|>"],

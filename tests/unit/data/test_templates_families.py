@@ -1,4 +1,4 @@
-"""qwen3, deepseek-r1, gemma3 and mistral-v7 against the families' own published templates
+"""qwen3, deepseek-r1, llama3.1, gemma3 and mistral-v7 against the families' own published templates
 (vendored in tests/data/templates/, sources in SOURCES.md), and what their label masks supervise:
 reasoning (a field or inline), tool definitions, tool calls and tool results, thinking on/off."""
 
@@ -25,6 +25,7 @@ TOKENS = {
     "qwen3": ([], None, None),
     "deepseek-r1": ([R1_BOS, R1_EOS, "<｜User｜>", "<｜Assistant｜>"], R1_BOS, R1_EOS),
     "gemma3": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
+    "llama3.1": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>", None),
     "mistral-v7": (["<s>", "</s>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]"], "<s>", "</s>"),
 }
 
@@ -111,7 +112,7 @@ TOOL_CHAT = [SYSTEM, ASK, CALL, RESULT, ANSWER]
 # --- parity: llmft's rows render what the families' own templates render --------------------
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma3", "mistral-v7"])
+@pytest.mark.parametrize("name", ["qwen3", "llama3.1", "gemma3", "mistral-v7"])
 @pytest.mark.parametrize("conversation", list(PLAIN))
 def test_plain_conversations_match_the_official_template(name, conversation, toks):
     tokenizer, messages = toks[name], PLAIN[conversation]
@@ -168,6 +169,52 @@ def test_qwen3_rendering_spelled_out(toks):
         '<|im_start|>user\n<tool_response>\n{"temperature": 21}\n</tool_response><|im_end|>\n'
         "<|im_start|>assistant\n<think>\n\n</think>\n\nIt is 21 degrees in Paris.<|im_end|>\n"
     ) in text
+
+
+LLAMA_CALL = {k: v for k, v in CALL.items() if k != "reasoning_content"}  # Llama 3.1 writes no reasoning
+LLAMA_TOOL_CHAT = [SYSTEM, ASK, LLAMA_CALL, RESULT, ANSWER]
+
+
+@pytest.mark.parametrize("generation_prompt", [False, True])
+@pytest.mark.parametrize(
+    "messages", [LLAMA_TOOL_CHAT, LLAMA_TOOL_CHAT[:4], LLAMA_TOOL_CHAT[1:]], ids=["tools", "tool-result-prompt", "no-system"]
+)
+def test_llama3_1_matches_the_official_template(messages, generation_prompt, toks):
+    tokenizer = toks["llama3.1"]
+    for tools in (None, [WEATHER]):
+        assert ours(tokenizer, messages, generation_prompt, tools=tools) == official(
+            tokenizer, "llama3.1", messages, generation_prompt, tools=tools
+        )
+
+
+def test_llama3_1_rendering_spelled_out(toks):
+    """Tools open the first user message; the call is the whole turn; a string result is quoted JSON."""
+    text = ours(toks["llama3.1"], LLAMA_TOOL_CHAT, tools=[WEATHER])
+    assert text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou are a poet.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions"
+    )
+    assert json.dumps(WEATHER, indent=4) + "\n\nWhat is the weather in Paris?<|eot_id|>" in text
+    assert text.endswith(
+        '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
+        '<|start_header_id|>ipython<|end_header_id|>\n\n"{\\"temperature\\": 21}"<|eot_id|>'
+        "<|start_header_id|>assistant<|end_header_id|>\n\nIt is 21 degrees in Paris.<|eot_id|>"
+    )
+
+
+def test_llama3_1_tool_masks_golden(toks):
+    assert segment_runs(toks["llama3.1"], LLAMA_TOOL_CHAT, tools=json.dumps([WEATHER])) == [
+        ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>', "It is 21 degrees in Paris.<|eot_id|>"]
+    ]
+
+
+def test_llama3_1_refuses_two_calls_in_one_turn(toks):
+    from jinja2.exceptions import TemplateError
+
+    two = dict(LLAMA_CALL, tool_calls=LLAMA_CALL["tool_calls"] * 2)
+    with pytest.raises(TemplateError, match="data.template 'llama3.1' renders one tool call per assistant turn"):
+        ours(toks["llama3.1"], [ASK, two])
 
 
 def test_deepseek_r1_prompts_match_the_official_template(toks):
@@ -253,7 +300,11 @@ def test_deepseek_r1_masks_golden(toks):
 
 @pytest.mark.parametrize(
     "name,replies",
-    [("gemma3", ["Paris.<end_of_turn>", "Rome.<end_of_turn>"]), ("mistral-v7", ["Paris.</s>", "Rome.</s>"])],
+    [
+        ("gemma3", ["Paris.<end_of_turn>", "Rome.<end_of_turn>"]),
+        ("mistral-v7", ["Paris.</s>", "Rome.</s>"]),
+        ("llama3.1", ["Paris.<|eot_id|>", "Rome.<|eot_id|>"]),
+    ],
 )
 def test_plain_masks_golden(name, replies, toks):
     assert segment_runs(toks[name], PLAIN["multi-turn"]) == [replies]

@@ -118,4 +118,4 @@ def test_tools_warned_where_the_template_cannot_render_them(template, warned, tm
     assert len(prepared.train) == 2
     assert ("2 records carry tool definitions" in caplog.text) is warned
     if warned:
-        assert "The named template 'chatml' renders no tool definitions; choose one that does (qwen3)" in caplog.text
+        assert "The named template 'chatml' renders no tool definitions; choose one that does (qwen3, llama3.1)" in caplog.text
