@@ -99,15 +99,37 @@ def reply_segments(
 def reply_spans(
     tokenizer: Any, messages: Sequence[dict], turns: Sequence[int], tools: list | None = None
 ) -> tuple[str, list[Span]]:
-    """The rendered text and the character span of each listed assistant turn, for a template that
-    renders every turn the same whatever follows (and for the last turns of any)."""
-    segments = reply_segments(tokenizer, messages, turns, tools)
-    if len(segments) != 1 or segments[0][0] != render(tokenizer, list(messages), tools):
-        raise TemplateMismatch(
-            "the chat template renders earlier assistant turns differently once the conversation goes on (it "
-            "strips their reasoning), so only the last reply can be trained in one sequence here"
-        )
-    return segments[0]
+    """The rendered text and the character span of each listed assistant turn, in one sequence
+    (a preference pair's side, the holes of `train_on: all`). A turn a reasoning template renders
+    differently once the conversation goes on (`rewrites_history`) is taken as the whole
+    conversation shows it: from its generation prompt to its end-of-turn token."""
+    messages = list(messages)
+    text = render(tokenizer, messages, tools)
+    spans = []
+    for i in turns:
+        before, through = _turn(tokenizer, messages, i, tools)
+        if text.startswith(through):
+            spans.append((len(before), len(through.rstrip())))
+            continue
+        end = _end_of_turn_in(tokenizer, text, before, through) if rewrites_history(tokenizer) else -1
+        if end < 0:
+            raise TemplateMismatch(
+                "the chat template renders a conversation differently depending on what follows, so "
+                "the assistant tokens cannot be located exactly; set data.template to a named template"
+            )
+        spans.append((len(before), end))
+    return text, spans
+
+
+def _end_of_turn_in(tokenizer: Any, text: str, before: str, through: str) -> int:
+    """Where the turn that starts after `before` ends in `text`: after the first end-of-turn token
+    (the last token of `through`, the turn rendered as the last message); -1 when not found."""
+    if not text.startswith(before):
+        return -1
+    ids = tokenizer(through.rstrip(), add_special_tokens=False)["input_ids"]
+    marker = tokenizer.decode(ids[-1:]) if ids else ""
+    found = text.find(marker, len(before)) if marker else -1
+    return found + len(marker) if found >= 0 else -1
 
 
 def without_reasoning(text: str, spans: Sequence[Span]) -> list[Span]:

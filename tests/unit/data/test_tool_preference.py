@@ -119,3 +119,33 @@ def test_tools_warned_where_the_template_cannot_render_them(template, warned, tm
     assert ("2 records carry tool definitions" in caplog.text) is warned
     if warned:
         assert "The named template 'chatml' renders no tool definitions; choose one that does (qwen3, llama3.1)" in caplog.text
+
+
+def test_a_reply_with_a_call_its_result_and_the_answer(qwen3_tok):
+    """Qwen3 renders the call turn differently once the answer follows (no empty reasoning block):
+    each side is one sequence, so the call is supervised as the whole conversation shows it."""
+    [pair] = pairs(
+        {
+            "prompt": "What is the weather in Beijing today?",
+            "tools": TOOLS,
+            "chosen": [
+                {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Beijing"}}'},
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": "Sunny."},
+            ],
+            "rejected": "Rainy.",
+        }
+    )
+    (example,), _ = build_pair_examples(qwen3_tok, [pair], max_length=2048)
+    labels = example.chosen.labels
+    runs, run = [], []
+    for token, label in zip(example.chosen.input_ids + [0], labels + [IGNORE]):
+        if label != IGNORE:
+            run.append(token)
+        elif run:
+            runs.append(qwen3_tok.decode(run))
+            run = []
+    assert runs == [
+        '{"name": "get_weather", "arguments": {"city": "Beijing"}}<|im_end|>',
+        "<think>\n\n</think>\n\nSunny.<|im_end|>",
+    ]
