@@ -419,3 +419,17 @@ def test_train_on_reasoning_through_prepare_data(train_on_reasoning, toks, tmp_p
     supervised = toks["qwen3"].decode([t for t in example.labels if t != IGNORE])
     block = "<think>\nFrance's capital is Paris.\n</think>\n\n"
     assert supervised == (block if train_on_reasoning else "") + "Paris.<|im_end|>"
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_enable_thinking_from_the_recipe(thinking, tiny_model_dir, sft_file, tmp_path):
+    """data.enable_thinking reaches the run's tokenizer (and so the saved chat template)."""
+    from conftest import make_recipe
+
+    from llmft.config import validate_recipe
+    from llmft.modeling.load import prepare_tokenizer
+
+    raw = make_recipe(tiny_model_dir, sft_file, tmp_path / "out", data={"template": "qwen3", "enable_thinking": thinking})
+    tokenizer = prepare_tokenizer(validate_recipe(raw))
+    prompt = tokenizer.apply_chat_template([Q1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") is not thinking
