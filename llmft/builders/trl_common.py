@@ -23,11 +23,13 @@ def trl_datasets(
     from datasets import Dataset
 
     from llmft.data.dataset import load_items
+    from llmft.data.render import warn_unrendered_tools
     from llmft.errors import UserError
 
     loaded = load_items(ctx.recipe.stage.name, ctx.recipe.data, ctx.recipe.training.seed)
     for source in loaded.sources:
         log.info(source.line())
+    warn_unrendered_tools([*loaded.train, *(loaded.eval or [])], ctx.tokenizer, ctx.recipe.data.template)
     out = []
     for split, items in (("train", loaded.train), ("eval", loaded.eval)):
         if items is None or (split == "eval" and not ctx.recipe.evaluates):

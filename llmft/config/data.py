@@ -12,15 +12,20 @@ DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "csv", "qa", "tex
 TemplateName = Literal[
     "chatml",
     "qwen",
+    "qwen3",
     "llama2",
     "llama3",
+    "llama3.1",
     "mistral",
+    "mistral-v7",
     "vicuna",
     "alpaca",
     "baichuan2",
     "chatglm3",
     "phi3",
     "gemma",
+    "gemma3",
+    "deepseek-r1",
     "default",
 ]
 
@@ -124,6 +129,19 @@ class DataConfig(Section):
         default=None,
         description="Chat template to render conversations with. Empty: the tokenizer's own "
         "`chat_template`. The template used is saved with the output.",
+    )
+    enable_thinking: bool = Field(
+        default=True,
+        description="Reasoning templates (qwen3, or a model's own that reads `enable_thinking`): false makes "
+        "thinking off the template's default, so the generation prompt ends with an empty reasoning block "
+        "(Qwen3's `<think>\\n\\n</think>\\n\\n`) that the reply follows; saved with the tokenizer. A record "
+        "with reasoning then fails the template-prefix check. Refused for a template without the switch.",
+    )
+    train_on_reasoning: bool = Field(
+        default=True,
+        description="sft, dpo: supervise an assistant turn's reasoning block (`<think>...</think>`, "
+        "from `reasoning_content`, `thinking` or inline) with its reply. False masks the block, tags "
+        "included, and trains only the reply after it (docs/data.md: what is trained).",
     )
     packing: bool = Field(
         default=False,

@@ -41,7 +41,9 @@ def keys_without_effect(stage: StageSection) -> list[str]:
     if not traits.supervision:
         keys += ["data.mask_prompt", "data.train_on"]
     if not traits.chat_template:
-        keys.append("data.template")
+        keys += ["data.template", "data.enable_thinking"]
+    if not traits.reasoning_labels:
+        keys.append("data.train_on_reasoning")
     return keys
 
 
@@ -93,8 +95,16 @@ def data_for_stage(stage: StageSection, data: DataConfig) -> Problems:
         for key in ("mask_prompt", "train_on"):
             if _set(data, key):
                 problems.append((f"data.{key}", f"chooses what sft supervises and has no effect on stage {name!r}; remove it"))
-    if _set(data, "template") and not traits.chat_template:
-        problems.append(("data.template", f"stage {name!r} trains on plain text and renders no chat template; remove it"))
+    if _set(data, "train_on_reasoning") and not traits.reasoning_labels:
+        problems.append(
+            (
+                "data.train_on_reasoning",
+                f"has no effect on stage {name!r} (only sft and dpo, whose losses read llmft's labels, apply it); remove it",
+            )
+        )
+    for key in ("template", "enable_thinking"):
+        if _set(data, key) and not traits.chat_template:
+            problems.append((f"data.{key}", f"stage {name!r} trains on plain text and renders no chat template; remove it"))
     if (generated := stage.generated_tokens()) is not None:
         key, tokens = generated
         if data.max_length - tokens < 1:

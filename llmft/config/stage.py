@@ -82,6 +82,9 @@ class StageTraits:
     group_by_length: bool = False  # its trainer honours data.group_by_length
     truncation: tuple[str, ...] = TRUNCATIONS  # data.truncation values it honours; () = the key has no effect
     supervision: bool = False  # data.mask_prompt / train_on choose what it supervises
+    # its loss reads llmft's labels, so data.train_on_reasoning applies (rm scores whole sequences; TRL's
+    # kto/orpo trainers build their own labels)
+    reasoning_labels: bool = False
     chat_template: bool = True  # renders conversations with data.template (pt reads plain text)
     task: Literal["causal_lm", "reward"] = "causal_lm"  # what the model is loaded as
     samples: bool = False  # generates replies from the model it trains
@@ -171,6 +174,7 @@ class PtStage(StageSection):
 class SftStage(StageSection):
     name: Literal["sft"] = Field(description="Supervised fine-tuning on conversations.")
     traits = StageTraits(
+        reasoning_labels=True,
         formats=CONVERSATION_FORMATS,
         objective="next_token",
         examples="conversation",
@@ -212,6 +216,7 @@ class DpoStage(StageSection):
         "the adapter disabled, no second copy; full: a frozen copy), or computed once before training.",
     )
     traits = StageTraits(
+        reasoning_labels=True,
         formats=("preference",),
         objective="preference",
         examples="pair",

@@ -19,6 +19,7 @@ from llmft.data import cache
 from llmft.data.formats import check_supervised, detect_records_format, normalise
 from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
 from llmft.data.prompts import build_prompts, prompt_budget
+from llmft.data.render import warn_unrendered_tools
 from llmft.data.sources import read_source
 from llmft.data.tokenize import IGNORE, DataReport, Example, build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
@@ -120,31 +121,6 @@ def split_off(items: list[Any], eval_split: float | int, seed: int) -> tuple[lis
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def warn_unrendered_tools(items: Sequence[Any], tokenizer: Any, template: str | None) -> str | None:
-    """Tool definitions the template never renders would be silently lost: say so (and return the
-    warning), with the fix that fits the template in use (`template`: data.template; None is the
-    tokenizer's own)."""
-    with_tools = sum(1 for item in items if getattr(item, "tools", None))
-    if not with_tools or "tools" in (getattr(tokenizer, "chat_template", None) or ""):
-        return None
-    if template is None:
-        fix = (
-            "The template in use is the tokenizer's own (data.template is empty); put the tool definitions in "
-            "the system message, or train a model whose chat template renders `tools`."
-        )
-    else:
-        fix = (
-            f"llmft's named templates ({template!r} here) render no tool definitions; leave data.template empty "
-            "to use the tokenizer's own template, if it renders `tools`."
-        )
-    message = (
-        f"WARNING: {with_tools} conversations carry tool definitions, but the chat template does not render "
-        f"`tools`: the model will not see them. {fix}"
-    )
-    log.warning(message)
-    return message
-
-
 def tokenize(
     stage: str, items: Sequence[Any], data: DataConfig, tokenizer: Any, prompt_budget: tuple[int, str] | None = None
 ) -> tuple[list[Any], DataReport]:
@@ -152,14 +128,14 @@ def tokenize(
     (grpo, ppo) are the prompt's ids with nothing supervised: the replies are sampled in training;
     `prompt_budget` is (tokens a prompt may have, where the limit comes from)."""
     examples = TRAITS[stage].examples
+    warn_unrendered_tools(items, tokenizer, data.template)
     if examples == "prompt":
         prompts, report = build_prompts(tokenizer, items, *(prompt_budget or (data.max_length, "data.max_length")))
         return [Example(list(p.ids), [IGNORE] * len(p.ids)) for p in prompts], report
     if examples == "pair":
-        return build_pair_examples(tokenizer, items, data.max_length, data.truncation)
+        return build_pair_examples(tokenizer, items, data.max_length, data.truncation, data.train_on_reasoning)
     if examples == "labelled":
-        return build_kto_examples(tokenizer, items, data.max_length, data.truncation)
-    warn_unrendered_tools(items, tokenizer, data.template)
+        return build_kto_examples(tokenizer, items, data.max_length, data.truncation, data.train_on_reasoning)
     if examples == "text":  # one batched call; the fast tokenizer spreads it over threads itself
         return build_pt_blocks(tokenizer, items, data.max_length)
     # conversations
@@ -181,7 +157,7 @@ def tokenize(
 
 
 def _sft_chunk(tokenizer: Any, items: Sequence[Any], data: DataConfig) -> tuple[list[Example], DataReport]:
-    return build_sft_examples(tokenizer, items, data.max_length, data.supervision, data.truncation)
+    return build_sft_examples(tokenizer, items, data.max_length, data.supervision, data.truncation, data.train_on_reasoning)
 
 
 @dataclass

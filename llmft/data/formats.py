@@ -2,7 +2,8 @@
 
 SFT formats (alpaca, messages, sharegpt, csv, qa) become `Conversation`s, `text` becomes `Text`,
 `preference` becomes `Pair`s and `kto` becomes `Completion`s. A message is
-`{"role": system|user|assistant|tool, "content": str}` plus `"loss": bool` when the input had one.
+`{"role": system|user|assistant|tool, "content": str}` plus `"loss": bool` when the input had one;
+an assistant message also keeps its `reasoning_content` (or `thinking`) and `tool_calls`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ MESSAGE_STYLES = {
     "sharegpt": ("from", "value", SHAREGPT_ROLES),
 }
 MAX_REPORTED = 5
+#: where an assistant message may carry its reasoning (both become `reasoning_content`)
+REASONING_KEYS = ("reasoning_content", "thinking")
 
 Message = dict[str, Any]
 Messages = tuple[Message, ...]
@@ -64,12 +67,14 @@ class Text:
 
 @dataclass(frozen=True)
 class Pair:
-    """A preference pair: `prompt` ends with a user message; `chosen`/`rejected` are the replies."""
+    """A preference pair: `prompt` ends with a user message or a tool result (the reply follows the
+    observation); `chosen`/`rejected` are the replies."""
 
     prompt: Messages
     chosen: Messages
     rejected: Messages
     where: str
+    tools: str | None = None  # a JSON array of tool definitions, as on a Conversation
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Completion:
     completion: Messages
     label: bool
     where: str
+    tools: str | None = None  # a JSON array of tool definitions, as on a Conversation
 
 
 @dataclass
@@ -213,17 +219,39 @@ def _message(raw: Any, path: str, style: str) -> Message:
     tag, content = raw.get(role_key), raw.get(content_key)
     if tag not in roles:
         raise BadRecord(f"{path}.{role_key} should be one of {', '.join(roles)} (got {tag!r})")
+    extras = _assistant_extras(raw, path) if roles[tag] == "assistant" else {}
+    if content is None and "tool_calls" in extras:
+        content = ""  # OpenAI's shape: a message that only calls tools has no content
     if not isinstance(content, str):
         raise BadRecord(f"{path}.{content_key} should be a string (got {type(content).__name__})")
     if tag == "function_call":
         _parse_json(content, f"{path}.value (a function_call)")
-    message = {"role": roles[tag], "content": content}
+    message = {"role": roles[tag], "content": content, **extras}
     loss = raw.get("loss")
     if loss is not None:  # absent (or null, as Arrow stores a missing key) means the default
         if not isinstance(loss, bool):
             raise BadRecord(f"{path}.loss should be true or false (got {type(loss).__name__})")
         message["loss"] = loss
     return message
+
+
+def _assistant_extras(raw: dict, path: str) -> dict[str, Any]:
+    """An assistant message's reasoning (`reasoning_content`, or `thinking`, kept as
+    `reasoning_content`, the key reasoning templates read) and OpenAI `tool_calls`, when present."""
+    extras: dict[str, Any] = {}
+    given = [key for key in REASONING_KEYS if raw.get(key) is not None]
+    if len(given) > 1:
+        raise BadRecord(f"{path} has both {given[0]!r} and {given[1]!r}; keep one")
+    if given:
+        if not isinstance(raw[given[0]], str):
+            raise BadRecord(f"{path}.{given[0]} should be a string (got {type(raw[given[0]]).__name__})")
+        extras["reasoning_content"] = raw[given[0]]
+    calls = raw.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise BadRecord(f"{path}.tool_calls should be a list of tool calls (objects)")
+        extras["tool_calls"] = calls
+    return extras
 
 
 def _message_list(raw: Any, name: str, style: str) -> list[Message]:
@@ -394,7 +422,7 @@ def _preference(record: RawRecord) -> Pair:
     prompt, (chosen, rejected) = _prompt_and_replies(value, keys)
     if _plain(chosen) == _plain(rejected):
         raise BadRecord(f"{keys[0]!r} and {keys[1]!r} are the same reply: nothing to prefer")
-    return Pair(tuple(prompt), tuple(chosen), tuple(rejected), record.where)
+    return Pair(tuple(prompt), tuple(chosen), tuple(rejected), record.where, _tools(value))
 
 
 def _kto(record: RawRecord) -> Completion:
@@ -406,14 +434,14 @@ def _kto(record: RawRecord) -> Completion:
         raise BadRecord(f"field 'label' should be true or false (got {type(label).__name__} {label!r})")
     if value.get("completion") is not None:
         prompt, (completion,) = _prompt_and_replies(value, ["completion"])
-        return Completion(tuple(prompt), tuple(completion), label, record.where)
+        return Completion(tuple(prompt), tuple(completion), label, record.where, _tools(value))
     key = "messages" if value.get("messages") is not None else "conversations"
     if value.get(key) is None:
         raise BadRecord("missing field 'messages' (or 'completion' with a prompt)")
     messages = _message_list(value[key], key, "either" if key == "messages" else "sharegpt")
     before, completion = _split_reply(messages, key)
     prompt = _check_prompt(_with_system(before, _field(value, "system", required=False), key))
-    return Completion(tuple(prompt), tuple(completion), label, record.where)
+    return Completion(tuple(prompt), tuple(completion), label, record.where, _tools(value))
 
 
 def _alias(value: dict[str, Any], name: str, alias: str) -> str:
@@ -504,9 +532,11 @@ def _split_reply(messages: list[Message], key: str) -> tuple[list[Message], list
 
 
 def _check_prompt(prompt: list[Message]) -> list[Message]:
-    if not prompt or prompt[-1]["role"] != "user":
+    """A prompt ends where the reply starts: after a user message, or after a tool result (the reply
+    answers the observation, as in tool-calling preference data)."""
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
         got = prompt[-1]["role"] if prompt else "nothing"
-        raise BadRecord(f"the prompt should end with a user message (got {got})")
+        raise BadRecord(f"the prompt should end with a user message or a tool result (got {got})")
     if prompt[0]["role"] not in ("system", "user"):
         raise BadRecord(f"the prompt should open with a system or user message (got {prompt[0]['role']})")
     return prompt

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmft.data.formats import Completion, Pair
-from llmft.data.render import reply_spans
+from llmft.data.render import parse_tools, reply_spans, without_reasoning
 from llmft.data.tokenize import DataReport, Example, fit_length, label_tokens, supervised_count
 
 
@@ -27,10 +27,15 @@ class KtoExample:
     desirable: bool
 
 
-def encode_reply(tokenizer: Any, prompt: Sequence[dict], reply: Sequence[dict]) -> Example:
+def encode_reply(
+    tokenizer: Any, prompt: Sequence[dict], reply: Sequence[dict], tools: str | None = None, train_on_reasoning: bool = True
+) -> Example:
+    """Prompt + reply rendered (with the record's tool definitions, as SFT renders them); the
+    reply's assistant turns supervised (less their reasoning blocks unless `train_on_reasoning`)."""
     messages = [*prompt, *reply]
     turns = [i for i in range(len(prompt), len(messages)) if messages[i]["role"] == "assistant"]
-    text, spans = reply_spans(tokenizer, messages, turns)
+    text, spans = reply_spans(tokenizer, messages, turns, parse_tools(tools))
+    spans = spans if train_on_reasoning else without_reasoning(text, spans)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return Example(list(encoded["input_ids"]), label_tokens(encoded["input_ids"], encoded["offset_mapping"], spans))
 
@@ -53,12 +58,14 @@ def _fit(report: DataReport, where: str, examples: list[Example], max_length: in
 
 
 def build_pair_examples(
-    tokenizer: Any, pairs: Sequence[Pair], max_length: int, truncation: str = "truncate_right"
+    tokenizer: Any, pairs: Sequence[Pair], max_length: int, truncation: str = "truncate_right", train_on_reasoning: bool = True
 ) -> tuple[list[PairExample], DataReport]:
     report = DataReport(records=len(pairs), limit=max_length)
     out = []
     for pair in pairs:
-        sides = [encode_reply(tokenizer, pair.prompt, pair.chosen), encode_reply(tokenizer, pair.prompt, pair.rejected)]
+        sides = [
+            encode_reply(tokenizer, pair.prompt, side, pair.tools, train_on_reasoning) for side in (pair.chosen, pair.rejected)
+        ]
         fitted = _fit(report, pair.where, sides, max_length, truncation)
         if fitted is not None:
             out.append(PairExample(*fitted))
@@ -67,12 +74,22 @@ def build_pair_examples(
 
 
 def build_kto_examples(
-    tokenizer: Any, items: Sequence[Completion], max_length: int, truncation: str = "truncate_right"
+    tokenizer: Any,
+    items: Sequence[Completion],
+    max_length: int,
+    truncation: str = "truncate_right",
+    train_on_reasoning: bool = True,
 ) -> tuple[list[KtoExample], DataReport]:
     report = DataReport(records=len(items), limit=max_length)
     out = []
     for item in items:
-        fitted = _fit(report, item.where, [encode_reply(tokenizer, item.prompt, item.completion)], max_length, truncation)
+        fitted = _fit(
+            report,
+            item.where,
+            [encode_reply(tokenizer, item.prompt, item.completion, item.tools, train_on_reasoning)],
+            max_length,
+            truncation,
+        )
         if fitted is not None:
             out.append(KtoExample(fitted[0], item.label))
     report.kept = len(out)

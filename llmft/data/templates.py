@@ -1,67 +1,31 @@
 """Named chat templates, as data. Each row becomes a jinja template installed on the tokenizer,
 so training and inference render through the same `apply_chat_template`.
 
-A row gives, per role, the text before and after a message's content. `{bos}` and `{eos}`
-stand for the tokenizer's BOS and EOS tokens. Beyond that a row can say:
+What a row can say is in `template_row.py`; `template_jinja.py` turns it into jinja.
 
-- `start`: text once before the first message (e.g. BOS);
-- `default_system`: the system prompt used when a conversation has none;
-- `generation_prompt`: what `add_generation_prompt` appends, when it is not the assistant prefix
-  (llama2/mistral end the prompt at `[/INST]`; the space before the reply belongs to the reply);
-- `system_in_user`: the family has no system turn; `system[0] + prompt + system[1]` is put before
-  the first user message's content (llama2's `<<SYS>>`, mistral, gemma);
-- `tool`: how a `tool` message (a tool result; ShareGPT's `observation`) is rendered, or None when
-  the family has no convention for it: the template then stops with a clear error;
-- `special_tokens`: tokens the text uses that must each be one token of the vocabulary (those of
-  the form `<|...|>` are found by themselves).
-
-Every row is prefix-stable: a conversation's rendering starts with the rendering of any prefix of
-it (with the generation prompt before an assistant turn), which is how `render.py` finds the
-assistant spans. Official templates that trim message content or close the conversation with an
+Every row but the reasoning ones (qwen3, deepseek-r1, whose templates strip the reasoning of
+earlier turns: `render.reply_segments`) is prefix-stable: a conversation's rendering starts with
+the rendering of any prefix of it (with the generation prompt before an assistant turn), which is
+how `render.py` finds the assistant spans. Official templates that trim message content or close the conversation with an
 extra token are followed except for that; each row says where it deviates.
 
 Tool results use one convention per family, the one its own template documents:
 chatml/qwen `<|im_start|>tool\\n...<|im_end|>\\n` (a `tool` turn, as the ChatML/Qwen2 templates
-render any role), llama3 Llama 3.1's `ipython` turn, chatglm3 its `<|observation|>` turn.
+render any role), qwen3 `<tool_response>` blocks in a user turn, llama3/llama3.1 Llama 3.1's
+`ipython` turn, chatglm3 its `<|observation|>` turn.
 The other families have none and raise.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 from typing import Any
 
+from llmft.data.template_jinja import Alternatives, render_row
+from llmft.data.template_row import TemplateRow, with_changes
 from llmft.errors import UserError
 
-
-@dataclass(frozen=True)
-class TemplateRow:
-    name: str
-    system: tuple[str, str]
-    user: tuple[str, str]
-    assistant: tuple[str, str]  # the assistant prefix is also the generation prompt, unless set below
-    start: str = ""  # once, before the first message
-    default_system: str | None = None  # used when a conversation has no system message
-    generation_prompt: str | None = None  # what add_generation_prompt appends; None: the assistant prefix
-    system_in_user: bool = False  # no system turn: the system text opens the first user message
-    tool: tuple[str, str] | None = None  # tool results; None: the family has no tool role
-    special_tokens: tuple[str, ...] = ()  # must be single tokens (besides the <|...|> ones)
-
-    @property
-    def end_of_turn(self) -> str:
-        """What closes an assistant turn (stripped of surrounding whitespace); supervised in SFT."""
-        return self.assistant[1].strip()
-
-    @property
-    def prompt(self) -> str:
-        """The generation prompt."""
-        return self.assistant[0] if self.generation_prompt is None else self.generation_prompt
-
-
-def with_changes(row: TemplateRow, **changes: Any) -> TemplateRow:
-    """A variant of a row (e.g. a different default system prompt)."""
-    return replace(row, **changes)
+__all__ = ["TEMPLATES", "TemplateRow", "install_template", "to_jinja", "with_changes"]
 
 
 # ChatML as OpenAI defined it and Qwen publishes it. Tool results are a `tool` turn.
@@ -176,129 +140,167 @@ DEFAULT = TemplateRow(
     assistant=("Assistant:", "{eos}\n"),
 )
 
+# Qwen3 (Qwen/Qwen3-*; tests/data/templates/qwen3.jinja): ChatML with tool definitions in the
+# system turn, <tool_call> blocks, tool results as <tool_response> blocks in one user turn, and
+# reasoning in <think> blocks, kept only in the turns after the last user message (the last turn
+# always shows its block, empty or not). Thinking off: an empty block ends the generation prompt.
+QWEN3 = with_changes(
+    CHATML,
+    name="qwen3",
+    tool=("\n<tool_response>\n", "\n</tool_response>"),
+    tool_turn=("<|im_start|>user", "<|im_end|>\n"),
+    tool_definitions=(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+        "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+        '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}'
+        "\n</tool_call>",
+    ),
+    tool_call=("<tool_call>\n", "\n</tool_call>"),
+    reasoning=("<think>\n", "\n</think>\n\n"),
+    thinking_off="<think>\n\n</think>\n\n",
+)
+# DeepSeek-R1 (the R1-Distill checkpoints' template; tests/data/templates/deepseek-r1.jinja): BOS and
+# the system prompt unmarked, <｜User｜>/<｜Assistant｜>, every reply closed by <｜end▁of▁sentence｜>,
+# the generation prompt opens the reasoning (`<think>\n`). Earlier turns lose their reasoning, as in
+# the official template; deviation: the last turn keeps it (the official template drops it, so a
+# reasoning model could never be trained on it), which is exactly what the model writes after the
+# generation prompt. Tool calls are not supported (the official template drops them).
+DEEPSEEK_R1 = TemplateRow(
+    name="deepseek-r1",
+    start="{bos}",
+    system=("", ""),
+    user=("<｜User｜>", ""),
+    assistant=("<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+    generation_prompt="<｜Assistant｜><think>\n",
+    reasoning=("<think>\n", "\n</think>\n\n"),
+    reasoning_kept="last",
+    special_tokens=("<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+)
+# Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct; tests/data/templates/llama3.1.jinja):
+# llama3 with the system turn always written (knowledge cutoff and date first; "Environment:
+# ipython" when tools are given), tool definitions (indented JSON) at the start of the first user
+# message, a tool call as the whole assistant turn (`{"name": ..., "parameters": ...}`, one per turn),
+# tool results as an `ipython` turn holding the result as JSON. Deviations: content is not
+# `| trim`med; the date is 3.1's fixed "26 Jul 2024" (3.2's template writes today's).
+LLAMA31 = with_changes(
+    LLAMA3,
+    name="llama3.1",
+    system_preamble="Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
+    tools_preamble="Environment: ipython\n",
+    tool_definitions=(
+        "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+        'that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": '
+        "dictionary of argument name and its value}.Do not use variables.\n\n",
+        "",
+    ),
+    tool_definitions_in="first_user",
+    tool_definition=("", "\n\n"),
+    tool_json_indent=4,
+    tool_call=("", ""),
+    tool_call_arguments="parameters",
+    tool_call_only=True,
+    tool_result_json=True,
+)
+# Gemma 3 (google/gemma-3-*-it; tests/data/templates/gemma3.jinja): the `gemma` row under its
+# family's name.
+GEMMA3 = with_changes(GEMMA, name="gemma3")
+# Mistral's current format (Mistral-Small-3.1-24B-Instruct-2503, tekken v7; tests/data/templates/
+# mistral-v7.jinja): BOS, [SYSTEM_PROMPT]...[/SYSTEM_PROMPT], [INST]...[/INST], EOS after each reply.
+# Deviations: with no system message the official template writes a default one naming today's
+# date (so it changes every day); llmft writes none. Tool definitions go before the *last* user
+# message, which moves as the conversation goes on (not prefix-stable): not rendered (warned).
+MISTRAL_V7 = TemplateRow(
+    name="mistral-v7",
+    start="{bos}",
+    system=("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
+    user=("[INST]", "[/INST]"),
+    assistant=("", "{eos}"),
+    generation_prompt="",
+    special_tokens=("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]"),
+)
+
 TEMPLATES: dict[str, TemplateRow] = {
-    row.name: row for row in (CHATML, QWEN, LLAMA2, LLAMA3, MISTRAL, VICUNA, ALPACA, BAICHUAN2, CHATGLM3, PHI3, GEMMA, DEFAULT)
+    row.name: row
+    for row in (
+        CHATML,
+        QWEN,
+        QWEN3,
+        LLAMA2,
+        LLAMA3,
+        LLAMA31,
+        MISTRAL,
+        MISTRAL_V7,
+        VICUNA,
+        ALPACA,
+        BAICHUAN2,
+        CHATGLM3,
+        PHI3,
+        GEMMA,
+        GEMMA3,
+        DEEPSEEK_R1,
+        DEFAULT,
+    )
 }
-
-
-def _literal(text: str) -> str:
-    """A jinja expression for `text`, with {bos}/{eos} as the tokenizer's tokens."""
-    parts = []
-    for i, chunk in enumerate(text.replace("{eos}", "\0eos_token\0").replace("{bos}", "\0bos_token\0").split("\0")):
-        if i % 2:
-            parts.append(chunk)
-        elif chunk:
-            parts.append(repr(chunk))
-    return " + ".join(parts) or "''"
-
-
-def _join(*expressions: str) -> str:
-    """`a + b + ...`, leaving out empty literals."""
-    return " + ".join(e for e in expressions if e != "''") or "''"
-
-
-def _wrap(pair: tuple[str, str], content: str = "message['content']") -> str:
-    return "{{ " + _join(_literal(pair[0]), content, _literal(pair[1])) + " }}"
-
-
-def _raise(message: str) -> str:
-    return "{{ raise_exception(" + repr(message) + ") }}"
 
 
 def to_jinja(row: TemplateRow) -> str:
     """Render a row as a Hugging Face chat template (a jinja string)."""
-    where = f"data.template {row.name!r}"
-    out = []
-    if row.system_in_user:
-        # the first message, if a system one, is taken out of the loop and opens the first user turn
-        out.append(
-            "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-            "{% set loop_messages = messages[1:] %}{% else %}"
-            + ("" if row.default_system is None else "{% set system = " + repr(row.default_system) + " %}")
-            + "{% set loop_messages = messages %}{% endif %}"
-        )
-    else:
-        out.append("{% set loop_messages = messages %}")
-    if row.start:
-        out.append("{{ " + _literal(row.start) + " }}")
-    if row.default_system is not None and not row.system_in_user:
-        out.append(
-            "{% if not messages or messages[0]['role'] != 'system' %}"
-            + _wrap(row.system, repr(row.default_system))
-            + "{% endif %}"
-        )
-    out.append("{% for message in loop_messages %}")
-    if row.system_in_user:
-        out.append(
-            "{% if loop.first and system is defined and message['role'] != 'user' %}"
-            + _raise(f"{where} puts the system prompt into the first user message, so a user message must come first")
-            + "{% endif %}"
-        )
-        folded = (
-            "("
-            + _join(_literal(row.system[0]), "system", _literal(row.system[1]))
-            + " if loop.first and system is defined else '')"
-        )
-        out.append("{% if message['role'] == 'user' %}" + _wrap(row.user, folded + " + message['content']"))
-        out.append(
-            "{% elif message['role'] == 'system' %}" + _raise(f"{where} has no system turn: a system message can only come first")
-        )
-    else:
-        out.append("{% if message['role'] == 'system' %}" + _wrap(row.system))
-        out.append("{% elif message['role'] == 'user' %}" + _wrap(row.user))
-    out.append("{% elif message['role'] == 'assistant' %}" + _wrap(row.assistant))
-    if row.tool is not None:
-        out.append("{% elif message['role'] == 'tool' %}" + _wrap(row.tool))
-    else:
-        able = ", ".join(name for name, r in TEMPLATES.items() if r.tool is not None)
-        out.append(
-            "{% elif message['role'] == 'tool' %}"
-            + _raise(
-                f"{where} cannot render a 'tool' message (a tool result): the model family has no tool role; "
-                f"use a template with one ({able}) or leave the tool turns out"
-            )
-        )
-    out.append(
-        "{% else %}{{ raise_exception("
-        + repr(f"{where} cannot render a message with the role ")
-        + " + message['role'] | string) }}"
-        "{% endif %}{% endfor %}"
+    alternatives = Alternatives(
+        tool_results=", ".join(name for name, r in TEMPLATES.items() if r.tool is not None),
+        tool_calls=", ".join(name for name, r in TEMPLATES.items() if r.tool_call is not None),
     )
-    if row.prompt:
-        out.append("{% if add_generation_prompt %}{{ " + _literal(row.prompt) + " }}{% endif %}")
-    return "".join(out)
+    return render_row(row, alternatives)
 
 
-def install_template(tokenizer: Any, name: str | None) -> str:
-    """Put the chosen template on the tokenizer; return a sentence saying which one is used."""
+THINKING_OFF = "{% if enable_thinking is not defined %}{% set enable_thinking = false %}{% endif %}"
+
+
+def install_template(tokenizer: Any, name: str | None, thinking: bool = True) -> str:
+    """Put the chosen template on the tokenizer; return a sentence saying which one is used.
+    `thinking` false (data.enable_thinking) makes thinking off the template's default (a caller can
+    still pass `enable_thinking`), so the saved tokenizer prompts as training rendered."""
     if name is None:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(
                 f"data.template: the tokenizer has no chat_template; name one of {', '.join(TEMPLATES)} in data.template"
             )
-        return "chat template: the tokenizer's own"
-    row = TEMPLATES[name]
-    vocab = tokenizer.get_vocab()
-    for marker in _special_markers(row):
-        if marker not in vocab:
+        said = "chat template: the tokenizer's own"
+    else:
+        row = TEMPLATES[name]
+        vocab = tokenizer.get_vocab()
+        for marker in _special_markers(row):
+            if marker not in vocab:
+                raise UserError(
+                    f"data.template: {name!r} needs the token {marker!r}, which this tokenizer does not have; "
+                    "choose a template made for this model, or leave data.template empty to use the tokenizer's own"
+                )
+        text = _texts(row)
+        for placeholder, attribute in (("{bos}", "bos_token"), ("{eos}", "eos_token")):
+            if placeholder in text and not getattr(tokenizer, attribute, None):
+                raise UserError(
+                    f"data.template: {name!r} uses the tokenizer's {attribute[:3].upper()} token, which this tokenizer "
+                    "does not define; choose a template made for this model, or leave data.template empty"
+                )
+        tokenizer.chat_template = to_jinja(row)
+        said = f"chat template: {name!r} (llmft's; saved with the output)"
+    if not thinking:
+        if "enable_thinking" not in tokenizer.chat_template:
+            able = ", ".join(n for n, r in TEMPLATES.items() if r.thinking_off)
             raise UserError(
-                f"data.template: {name!r} needs the token {marker!r}, which this tokenizer does not have; "
-                "choose a template made for this model, or leave data.template empty to use the tokenizer's own"
+                "data.enable_thinking: false, but the chat template has no thinking switch (it never reads "
+                f"`enable_thinking`); use a template with one ({able}, or a model's own such as Qwen3's), or remove the key"
             )
-    text = _texts(row)
-    for placeholder, attribute in (("{bos}", "bos_token"), ("{eos}", "eos_token")):
-        if placeholder in text and not getattr(tokenizer, attribute, None):
-            raise UserError(
-                f"data.template: {name!r} uses the tokenizer's {attribute[:3].upper()} token, which this tokenizer "
-                "does not define; choose a template made for this model, or leave data.template empty"
-            )
-    tokenizer.chat_template = to_jinja(row)
-    return f"chat template: {name!r} (llmft's; saved with the output)"
+        if not tokenizer.chat_template.startswith(THINKING_OFF):
+            tokenizer.chat_template = THINKING_OFF + tokenizer.chat_template
+        said += ", thinking off"
+    return said
 
 
 def _texts(row: TemplateRow) -> str:
-    pairs = [row.system, row.user, row.assistant] + ([row.tool] if row.tool else [])
-    return row.start + row.prompt + "".join(a + b for a, b in pairs)
+    optional = (row.tool, row.tool_turn, row.tool_definitions, row.tool_call, row.reasoning)
+    pairs = [row.system, row.user, row.assistant] + [pair for pair in optional if pair]
+    return row.start + row.prompt + row.thinking_off + "".join(a + b for a, b in pairs)
 
 
 def _special_markers(row: TemplateRow) -> list[str]:

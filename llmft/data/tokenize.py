@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmft.data.formats import Conversation, Text
-from llmft.data.render import Span, all_but_unsupervised, parse_tools, reply_spans, supervised_turns
+from llmft.data.render import Span, all_but_unsupervised, parse_tools, reply_segments, supervised_turns, without_reasoning
 
 IGNORE = -100
 
@@ -122,14 +122,27 @@ def _percent(share: float) -> str:
     return f"{math.floor(share * 1000) / 10:g}%"
 
 
-def conversation_spans(
-    tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None
-) -> tuple[str, list[Span]]:
-    """Rendered text and supervised character spans, for `supervision` = all_turns | last_turn | all."""
+def conversation_segments(
+    tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None, train_on_reasoning: bool = True
+) -> list[tuple[str, list[Span]]]:
+    """Rendered texts and their supervised character spans, for `supervision` = all_turns | last_turn
+    | all: one text, or more when a reasoning template renders earlier turns differently later
+    (`render.reply_segments`). `train_on_reasoning` false takes each reply's reasoning block out."""
     parsed = parse_tools(tools)
     if supervision == "all":
-        return all_but_unsupervised(tokenizer, messages, parsed)
-    return reply_spans(tokenizer, messages, supervised_turns(messages, supervision), parsed)
+        segments = [all_but_unsupervised(tokenizer, messages, parsed)]
+    else:
+        segments = reply_segments(tokenizer, messages, supervised_turns(messages, supervision), parsed)
+    if not train_on_reasoning:
+        segments = [(text, without_reasoning(text, spans)) for text, spans in segments]
+    return segments
+
+
+def conversation_spans(
+    tokenizer: Any, messages: Sequence[dict], supervision: str, tools: str | None = None, train_on_reasoning: bool = True
+) -> tuple[str, list[Span]]:
+    """The first (usually the only) segment of `conversation_segments`: the whole conversation."""
+    return conversation_segments(tokenizer, messages, supervision, tools, train_on_reasoning)[0]
 
 
 def label_tokens(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[int]:
@@ -142,9 +155,14 @@ def label_tokens(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: 
 
 
 def encode_conversation(
-    tokenizer: Any, messages: Sequence[dict], supervision: str = "all_turns", tools: str | None = None
+    tokenizer: Any,
+    messages: Sequence[dict],
+    supervision: str = "all_turns",
+    tools: str | None = None,
+    train_on_reasoning: bool = True,
 ) -> Example:
-    text, spans = conversation_spans(tokenizer, messages, supervision, tools)
+    """The conversation's ids and labels (its first segment: see `conversation_segments`)."""
+    text, spans = conversation_spans(tokenizer, messages, supervision, tools, train_on_reasoning)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return Example(list(encoded["input_ids"]), label_tokens(encoded["input_ids"], encoded["offset_mapping"], spans))
 
@@ -170,13 +188,22 @@ def build_sft_examples(
     max_length: int,
     supervision: str = "all_turns",
     truncation: str = "truncate_right",
+    train_on_reasoning: bool = True,
 ) -> tuple[list[Example], DataReport]:
-    """Tokenize conversations (rendering per record, tokenizing in one batch) and apply limits."""
+    """Tokenize conversations (rendering per record, tokenizing in one batch) and apply limits. A
+    conversation whose earlier turns a reasoning template renders differently later gives one
+    example per such turn (`conversation_segments`)."""
     report = DataReport(records=len(conversations), limit=max_length)
-    rendered = [conversation_spans(tokenizer, c.messages, supervision, c.tools) for c in conversations]
-    encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    rendered = [
+        (conversation, segment)
+        for conversation in conversations
+        for segment in conversation_segments(
+            tokenizer, conversation.messages, supervision, conversation.tools, train_on_reasoning
+        )
+    ]
+    encoded = tokenizer([text for _, (text, _) in rendered], add_special_tokens=False, return_offsets_mapping=True)
     examples = []
-    for conversation, (_, spans), ids, offsets in zip(conversations, rendered, encoded["input_ids"], encoded["offset_mapping"]):
+    for (conversation, (_, spans)), ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"]):
         example = Example(list(ids), label_tokens(ids, offsets, spans))
         if supervised_count(example.labels) == 0:
             report.drop("no supervised tokens", conversation.where)

@@ -22,14 +22,21 @@ from llmft.errors import UserError
 log = logging.getLogger("llmft")
 
 
-def plain(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Role and content only: per-message `loss` flags mean nothing to TRL's trainers."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+def plain(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Without per-message `loss` flags, which mean nothing to TRL's trainers."""
+    return [{k: v for k, v in m.items() if k != "loss"} for m in messages]
 
 
 def kto_row(item: Completion) -> dict[str, Any]:
-    """TRL's conversational unpaired-preference format."""
-    return {"prompt": plain(item.prompt), "completion": plain(item.completion), "label": item.label, "where": item.where}
+    """TRL's conversational unpaired-preference format; `tools` (a JSON array string or None) is
+    rendered by TRL's KTO trainer, as llmft renders it."""
+    return {
+        "prompt": plain(item.prompt),
+        "completion": plain(item.completion),
+        "label": item.label,
+        "where": item.where,
+        "tools": item.tools,
+    }
 
 
 def pair_row(item: Pair) -> dict[str, Any]:
@@ -76,6 +83,13 @@ def pair_rows(items: Sequence[Pair], tokenizer: Any, max_length: int, truncation
     """Rows for pairwise trainers; pairs where `max_length` would cut away a whole reply are left out and
     counted. `truncation` is one TRL's trainer honours (validation refuses truncate_left)."""
     kept, report = _per_item(items, lambda one: build_pair_examples(tokenizer, one, max_length, truncation))
+    with_tools = sum(1 for item in kept if item.tools)
+    if with_tools:
+        log.warning(
+            "WARNING: %d pairs carry tool definitions; TRL's ORPO trainer renders no per-record tools, so the model "
+            "will not see them (rm and dpo render them)",
+            with_tools,
+        )
     return [pair_row(i) for i in kept], report
 
 

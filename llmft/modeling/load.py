@@ -106,7 +106,7 @@ def prepare_tokenizer(recipe: Recipe) -> Any:
 
     tokenizer = load_tokenizer(recipe.model)
     if recipe.stage.traits.chat_template:
-        log.info(install_template(tokenizer, recipe.data.template))
+        log.info(install_template(tokenizer, recipe.data.template, recipe.data.enable_thinking))
     log.info(arrange_pad_token(tokenizer))
     return tokenizer
 

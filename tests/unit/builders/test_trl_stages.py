@@ -123,6 +123,7 @@ def test_rows_are_trl_conversational_formats():
         "completion": [{"role": "assistant", "content": "I am a helpful assistant."}],
         "label": False,
         "where": "f:1",
+        "tools": None,
     }
     row = pair_row(Pair((U,), (A,), ({"role": "assistant", "content": "No."},), "f:2"))
     assert row["prompt"] == [U] and row["chosen"][0]["content"] == A["content"] and row["rejected"][0]["content"] == "No."

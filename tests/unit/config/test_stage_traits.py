@@ -140,6 +140,23 @@ def test_pt_renders_no_template():
     assert problems(recipe("pt", data={"template": "chatml"})) == [
         "data.template: stage 'pt' trains on plain text and renders no chat template; remove it"
     ]
+    assert problems(recipe("pt", data={"enable_thinking": False})) == [
+        "data.enable_thinking: stage 'pt' trains on plain text and renders no chat template; remove it"
+    ]
+
+
+@pytest.mark.parametrize("stage", ["pt", "rm", "kto", "orpo", "grpo", "ppo"])
+def test_train_on_reasoning_is_refused_where_llmft_builds_no_labels(stage):
+    found = problems(recipe(stage, data={"train_on_reasoning": False}))
+    assert (
+        f"data.train_on_reasoning: has no effect on stage {stage!r} (only sft and dpo, whose losses read llmft's labels, apply it); remove it"
+        in found
+    )
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_train_on_reasoning_is_accepted_where_llmft_builds_labels(stage):
+    assert validate_recipe(recipe(stage, data={"train_on_reasoning": False})).data.train_on_reasoning is False
 
 
 @pytest.mark.parametrize("stage,key", [("grpo", "max_completion_length"), ("ppo", "max_new_tokens")])

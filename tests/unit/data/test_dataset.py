@@ -111,7 +111,7 @@ def test_tools_the_template_cannot_render_are_reported(tokenizer, tmp_path, capl
     path = write_jsonl(tmp_path / "tools.jsonl", [row])
     with caplog.at_level(logging.WARNING, logger="llmft"):
         prepare_data("sft", data_config(str(path), tmp_path, cache=False), tokenizer, seed=0)
-    assert "1 conversations carry tool definitions" in caplog.text
+    assert "1 records carry tool definitions" in caplog.text
     # the tokenizer's own template is in use: the fix is not "use the model's own template"
     assert "The template in use is the tokenizer's own (data.template is empty)" in caplog.text
     assert "model's own" not in caplog.text
@@ -123,8 +123,8 @@ def test_tools_under_a_named_template_point_to_the_tokenizers_own(tokenizer, tmp
     item = Conversation(tuple(HI), "t.jsonl:1", tools='[{"name": "get_time"}]')
     message = warn_unrendered_tools([item], tokenizer, template="chatml")
     assert message.endswith(
-        "llmft's named templates ('chatml' here) render no tool definitions; leave data.template empty "
-        "to use the tokenizer's own template, if it renders `tools`."
+        "The named template 'chatml' renders no tool definitions; choose one that does (qwen3, llama3.1), or "
+        "leave data.template empty to use the tokenizer's own template, if it renders `tools`."
     )
     assert warn_unrendered_tools([Conversation(tuple(HI), "t.jsonl:1")], tokenizer, template=None) is None
 

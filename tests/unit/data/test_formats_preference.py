@@ -152,7 +152,7 @@ def test_reply_with_a_tool_call():
         ),
         (
             {"prompt": [user("Q"), assistant("A")], "chosen": "good", "rejected": "bad"},
-            "the prompt should end with a user message (got assistant)",
+            "the prompt should end with a user message or a tool result (got assistant)",
         ),
         (
             {"prompt": [assistant("A"), user("Q")], "chosen": "good", "rejected": "bad"},
@@ -269,7 +269,10 @@ def test_kto_prompt_and_completion_fields(value, prompt, reply):
             {"messages": [user("Q"), assistant("A"), user("Q2")], "label": True},
             "'messages' has no assistant reply after its last user message",
         ),
-        ({"messages": [assistant("A")], "label": True}, "the prompt should end with a user message (got nothing)"),
+        (
+            {"messages": [assistant("A")], "label": True},
+            "the prompt should end with a user message or a tool result (got nothing)",
+        ),
         ({"messages": [], "label": True}, "field 'messages' should be a non-empty list"),
         ({"label": True, "text": "x"}, "missing field 'messages' (or 'completion' with a prompt)"),
         ({"completion": "A", "label": True}, "no prompt: give one of the fields"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import typing
+from pathlib import Path
 
 import pytest
 from jinja2.exceptions import TemplateError
@@ -216,7 +217,28 @@ DEFAULT_REFERENCE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# The families published as files: tests/data/templates/*.jinja (sources in SOURCES.md); the
+# families' own cases (reasoning, tools) are in test_templates_families.py.
+VENDORED = {path.stem: path.read_text() for path in (Path(__file__).parents[2] / "data" / "templates").glob("*.jinja")}
+# llmft: with no system message, no [SYSTEM_PROMPT] block (the official default names today's date)
+MISTRAL_V7_REFERENCE = patched(
+    patched(VENDORED["mistral-v7"], "    {%- set system_message = default_system_message %}\n", ""),
+    "{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}",
+    "{%- if system_message is defined %}{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}{%- endif %}",
+)
+# llmft: the last reply keeps its reasoning block (empty here), as the model writes it after the
+# generation prompt `<｜Assistant｜><think>\n`
+DEEPSEEK_R1_REFERENCE = patched(
+    VENDORED["deepseek-r1"],
+    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}",
+    "{{'<｜Assistant｜>' + ('<think>\\n\\n</think>\\n\\n' if loop.last else '') + content + '<｜end▁of▁sentence｜>'}}",
+)
 REFERENCES = {
+    "qwen3": VENDORED["qwen3"],
+    "llama3.1": VENDORED["llama3.1"],
+    "gemma3": VENDORED["gemma3"],
+    "mistral-v7": MISTRAL_V7_REFERENCE,
+    "deepseek-r1": DEEPSEEK_R1_REFERENCE,
     "chatml": CHATML_REFERENCE,
     "qwen": QWEN2_REFERENCE,
     "llama2": LLAMA2_REFERENCE,
@@ -231,9 +253,21 @@ REFERENCES = {
     "default": DEFAULT_REFERENCE,
 }
 # the role the family's own template gives a tool result; absent: the family has none
-TOOL_ROLE = {"chatml": "tool", "qwen": "tool", "llama3": "ipython", "chatglm3": "observation"}
+TOOL_ROLE = {
+    "chatml": "tool",
+    "qwen": "tool",
+    "qwen3": "tool",
+    "llama3": "ipython",
+    "llama3.1": "ipython",
+    "chatglm3": "observation",
+}
 # the token that ends an assistant turn, spelled out per template (on the tokenizers below)
 END_TOKEN = {
+    "qwen3": "<|im_end|>",
+    "llama3.1": "<|eot_id|>",
+    "deepseek-r1": "<｜end▁of▁sentence｜>",
+    "gemma3": "<end_of_turn>",
+    "mistral-v7": "</s>",
     "chatml": "<|im_end|>",
     "qwen": "<|im_end|>",
     "llama2": "</s>",
@@ -259,8 +293,19 @@ FAMILIES = {
     "chatglm3": (["</s>", "[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"], None, "</s>"),
     "phi3": (["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>"),
     "gemma": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
+    "deepseek": (
+        ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"],
+        "<｜begin▁of▁sentence｜>",
+        "<｜end▁of▁sentence｜>",
+    ),
+    "mistral-v7": (["<s>", "</s>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]"], "<s>", "</s>"),
 }
 FAMILY = {
+    "qwen3": "chatml",
+    "llama3.1": "llama3",
+    "deepseek-r1": "deepseek",
+    "gemma3": "gemma",
+    "mistral-v7": "mistral-v7",
     "chatml": "chatml",
     "qwen": "chatml",
     "alpaca": "chatml",
@@ -386,6 +431,11 @@ def test_every_named_template_has_a_reference():
         "phi3",
         "gemma",
         "default",
+        "qwen3",
+        "deepseek-r1",
+        "gemma3",
+        "mistral-v7",
+        "llama3.1",
     } == set(TEMPLATES)
     assert all(row.name == name for name, row in TEMPLATES.items())
 
@@ -430,7 +480,7 @@ def test_template_without_tool_role_says_so(name, family_tokenizers):
         render(tokenizer, TOOL_TURNS, to_jinja(TEMPLATES[name]), False)
     message = str(info.value)
     assert f"data.template {name!r} cannot render a 'tool' message" in message
-    assert "chatml, qwen, llama3, chatglm3" in message
+    assert "chatml, qwen, qwen3, llama3, llama3.1, chatglm3" in message
 
 
 def test_deviations_from_the_official_templates(family_tokenizers):
@@ -541,6 +591,13 @@ def test_unknown_role_is_an_error(tok):
 # --- label masks: supervised tokens are the replies and their end-of-turn token ------------
 
 GOLDEN_REPLIES = {
+    "llama3.1": ["The capital of France is Paris.<|eot_id|>", "bonjour<|eot_id|>"],
+    # reasoning templates: an earlier turn is trained in a segment of its own
+    # (test_templates_families.py); here the first segment, the whole conversation, with the last turn
+    "qwen3": ["<think>\n\n</think>\n\nbonjour<|im_end|>"],
+    "deepseek-r1": ["\n</think>\n\nbonjour<｜end▁of▁sentence｜>"],
+    "gemma3": ["The capital of France is Paris.<end_of_turn>", "bonjour<end_of_turn>"],
+    "mistral-v7": ["The capital of France is Paris.</s>", "bonjour</s>"],
     "chatml": ["The capital of France is Paris.<|im_end|>", "bonjour<|im_end|>"],
     "qwen": ["The capital of France is Paris.<|im_end|>", "bonjour<|im_end|>"],
     # the generation prompt ends at [/INST] / ASSISTANT: / <|assistant|>, so the separator the
@@ -565,7 +622,7 @@ def test_label_mask_golden(name, installed):
     assert supervised_runs(tokenizer, TURNS) == GOLDEN_REPLIES[name]
 
 
-@pytest.mark.parametrize("name", list(TOOL_ROLE))
+@pytest.mark.parametrize("name", [n for n in TOOL_ROLE if n != "qwen3"])  # qwen3: test_templates_families.py
 def test_label_mask_with_tool_results(name, installed):
     """Tool results are context, never supervised; both assistant turns are."""
     tokenizer = installed[name]
