@@ -224,3 +224,11 @@ def test_missing_packages_name_the_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     with pytest.raises(UserError, match=r"pip install 'llmft\[serve\]'"):
         require_packages()
+
+
+@pytest.mark.usefixtures("restore_process_state")
+def test_cli_refuses_an_empty_queue_before_loading(tiny_model_dir, capsys):
+    from llmft.cli import main
+
+    assert main(["serve", str(tiny_model_dir), "--max-queue", "0"]) == 2
+    assert "--max-queue: must be at least 1 (got 0)" in capsys.readouterr().err
