@@ -1,6 +1,6 @@
 """Trainer callbacks llmft always attaches: the progress a person sees (a bar on a terminal, log
 lines with the time left elsewhere), the random-init loss alarm, TensorBoard (in <output.dir>/logs
-only), and what ends each checkpoint's save (the base fingerprint, the usual file modes, the
+only), W&B and MLflow (`llmft.trackers`), and what ends each checkpoint's save (the base fingerprint, the usual file modes, the
 manifest, the rotation of older checkpoints)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from llmft.config.recipe import Recipe
 from llmft.errors import TrainingDiverged
 from llmft.rundir import TENSORBOARD_DIR, usual_file_modes
+from llmft.trackers import tracker_callbacks
 
 log = logging.getLogger("llmft")
 
@@ -217,6 +218,8 @@ def callbacks_for(recipe: Recipe, output_dir: Path, vocab_size: int) -> list[Any
         callbacks.insert(0, RandomInitAlarm(vocab_size, recipe.model.path))
     if "tensorboard" in recipe.training.report_to and is_main_process():
         callbacks.append(tensorboard_callback(output_dir / TENSORBOARD_DIR))
+    if is_main_process():
+        callbacks += tracker_callbacks(recipe.training.report_to, output_dir)  # wandb, mlflow
     callbacks.append(CompleteCheckpoints(keep=recipe.training.save_total_limit))  # last: the manifest ends each save
     return callbacks
 

@@ -27,22 +27,11 @@ class ChatSession:
         self.history: list[dict[str, str]] = []
 
     def reply(self, text: str) -> str:
-        import torch
+        from llmft.evaluation.generation import generate_one, prompt_ids
 
         self.history.append({"role": "user", "content": text})
-        inputs = self.tokenizer.apply_chat_template(
-            self.history, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
-                **sampling,
-            )
-        answer = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        prompt = prompt_ids(self.tokenizer, self.history)
+        answer = generate_one(self.model, self.tokenizer, prompt, self.max_new_tokens, self.temperature).text.strip()
         self.history.append({"role": "assistant", "content": answer})
         return answer
 

@@ -276,6 +276,13 @@ def _harness_options(args: argparse.Namespace) -> Any:
     return options
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmft.serve.server import serve
+
+    serve(args.model, args.host, args.port, args.gguf_file, args.max_queue, args.template)
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -445,6 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     chat.set_defaults(fn=cmd_chat)
+    served = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve MODEL (run dir, adapter dir, model dir, hub id, or GGUF with --gguf-file) at "
+        "/v1/chat/completions, /v1/completions and /v1/models, with the chat template it was trained with. "
+        "One worker generates; requests wait in a queue of --max-queue, beyond which they get HTTP 503. "
+        "Needs pip install 'llmft[serve]'.",
+    )
+    served.add_argument(
+        "model", metavar="MODEL", help="run output dir, adapter dir, model dir or hub id; also its name in the API"
+    )
+    served.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    served.add_argument("--port", type=int, default=8000)
+    served.add_argument("--gguf-file", help="GGUF file inside MODEL")
+    served.add_argument("--template", help="named chat template for a model without one (see docs/data.md)")
+    served.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the worker (default 16)")
+    served.set_defaults(fn=cmd_serve)
     return parser
 
 

@@ -2,7 +2,7 @@
 run reads and writes (output.dir, data, model, reward models and reward inputs, the DeepSpeed JSON),
 whether a hub id can be fetched here (cached when offline, the hub reachable otherwise), and what the
 machine can run (CUDA-only optimizers, flash-attention, bitsandbytes, the precision,
-tcmalloc). `llmft train`, `validate` and `plan` all call `machine_problems`, so none accepts what
+tcmalloc, the packages of training.report_to's trackers). `llmft train`, `validate` and `plan` all call `machine_problems`, so none accepts what
 another refuses. Each problem is a (dotted.key, problem) pair naming the fix.
 
 Checks follow the device a run is planned for (`device`: cuda | cpu; default this machine's): a
@@ -29,6 +29,7 @@ from llmft.modeling.precision import resolve_precision
 from llmft.modeling.quantize import bitsandbytes_problems
 from llmft.rewards import input_problems
 from llmft.rundir import RUN_MARKERS
+from llmft.trackers import tracker_problems
 
 Problem = tuple[str, str]
 #: `key: problem` as the existing checks word their UserErrors.
@@ -60,6 +61,7 @@ def machine_problems(recipe: Recipe, device: str | None = None) -> list[Problem]
     found += _raised(lambda: resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed, device=device))
     found += _raised(lambda: deepspeed_config(recipe.distributed))
     found += allocator_problems(recipe.training) if probe else []
+    found += tracker_problems(recipe.training.report_to) if probe else []  # this machine's packages
     return found
 
 

@@ -58,7 +58,7 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
         trainer.add_callback(StopWhenDone())
         trainer.args.logging_nan_inf_filter = False  # a NaN must be seen, not averaged away
     count_tokens(trainer)  # tokens/s for the progress bar
-    callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or getattr(trainer, "callbacks", [])
+    callbacks = callbacks_of(trainer)
     previous = {sig: signal.signal(sig, stopper.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -81,6 +81,11 @@ def _train_guarded(trainer: Any, checkpoint: Path | None) -> Any:
     return result
 
 
+def callbacks_of(trainer: Any) -> list[Any]:
+    """A HF Trainer's callbacks, or llmft's PPO trainer's."""
+    return getattr(getattr(trainer, "callback_handler", None), "callbacks", None) or getattr(trainer, "callbacks", [])
+
+
 def train(recipe: Recipe) -> RunResult:
     from llmft import model_card
     from llmft.builders import get_builder
@@ -90,6 +95,7 @@ def train(recipe: Recipe) -> RunResult:
     from llmft.outputs import draw_curves, eval_if_asked, merge_if_asked, save_final, write_resolved_recipe
     from llmft.resume import check_same_recipe, resolve_checkpoint
     from llmft.rundir import RESOLVED_RECIPE
+    from llmft.trackers import finish as finish_trackers
 
     ctx = prepare(recipe)
     checkpoint = resolve_checkpoint(recipe, ctx.output_dir)
@@ -109,8 +115,11 @@ def train(recipe: Recipe) -> RunResult:
         ctx.output_dir,
         f" (resuming {checkpoint.name})" if checkpoint else "",
     )
-    result = _train_guarded(trainer, checkpoint)
-    metrics = save_final(trainer, result, recipe.evaluates)
+    try:
+        result = _train_guarded(trainer, checkpoint)
+        metrics = save_final(trainer, result, recipe.evaluates)  # the final evaluation is logged too
+    finally:
+        finish_trackers(callbacks_of(trainer))  # W&B and MLflow runs end, their files complete
     if is_main_process():
         draw_curves(trainer.state.log_history, ctx.output_dir)
         model_card.write(recipe, ctx.output_dir, metrics)  # after the curves it names

@@ -144,10 +144,13 @@ class TrainingConfig(Section):
         "RNG and data position are restored; the recipe must match the interrupted run's (output.dir aside: a run "
         "directory may be moved).",
     )
-    report_to: list[Literal["tensorboard"]] = Field(
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="Metric sinks. `tensorboard` writes every session of the run (resumed ones too) to "
-        "`<output.dir>/logs` (`tensorboard --logdir <output.dir>/logs`); `[]` turns it off.",
+        description="Metric sinks, any of them; `[]` turns logging off. `tensorboard` writes every session of the run "
+        "(resumed ones too) to `<output.dir>/logs` (`tensorboard --logdir <output.dir>/logs`). `wandb` logs offline to "
+        "`<output.dir>/wandb/` (`WANDB_MODE`, `WANDB_DIR`, `WANDB_PROJECT` change that; `wandb sync` uploads) and "
+        "`mlflow` to the file store `<output.dir>/mlruns` (`MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_NAME` change "
+        "that), each with the run's metrics and its resolved recipe; both need `pip install 'llmft[trackers]'`.",
     )
 
     @field_validator("max_tokens_per_forward")

@@ -276,3 +276,34 @@ def test_ppo_shows_progress_draws_curves_and_keeps_tensorboard_in_logs(tiny_mode
     assert re.fullmatch(r"step 1/2 \(\d+:\d\d elapsed, ~\d+:\d\d left\) loss=\S+ .* reward=\S+ .*", steps[0]), steps
     assert re.fullmatch(r"step 2/2 \(\d+:\d\d elapsed\) loss=\S+ .* reward=\S+ .*", steps[1]), steps
     assert re.fullmatch(r"step 2/2 \(\d+:\d\d elapsed\) eval_reply_length=\S+ eval_reward=\S+", steps[2]), steps
+
+
+def test_ppo_logs_to_mlflow_with_the_final_evaluation(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    """llmft's own loop feeds `training.report_to: [mlflow]` too: every logged loss and reward, and the
+    evaluation that comes after training ends, in the one MLflow run of <output.dir>/mlruns."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    raw = ppo_recipe(
+        tiny_model_dir,
+        sft_file,
+        out,
+        "lora",
+        save_reward_model_dir(tmp_path / "rm"),
+        training={"max_steps": 2, "logging_steps": 1, "report_to": ["mlflow"], "eval_strategy": "steps", "eval_steps": 5},
+        rollout_batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+    )
+    raw["data"]["eval_split"] = 1
+    result = train(validate_recipe(raw))
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    logged = {
+        key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        for key in ("loss", "reward", "eval_reward")
+    }
+    for key, values in logged.items():
+        assert values == pytest.approx([h[key] for h in result.log_history if key in h]) and values, key
+    assert run.data.params["recipe.stage.name"] == "ppo"

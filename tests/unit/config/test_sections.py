@@ -222,10 +222,12 @@ def test_every_template_accepted(value):
     assert validate_recipe(recipe(data={"template": value})).data.template == value
 
 
-def test_report_to_only_tensorboard():
+def test_report_to_any_of_tensorboard_wandb_mlflow():
     assert validate_recipe(recipe(training={"report_to": []})).training.report_to == []
-    assert only_problem(recipe(training={"report_to": ["wandb"]})) == (
-        "training.report_to.0: Input should be 'tensorboard' (got 'wandb')"
+    both = validate_recipe(recipe(training={"report_to": ["wandb", "mlflow", "tensorboard"]})).training.report_to
+    assert both == ["wandb", "mlflow", "tensorboard"]
+    assert only_problem(recipe(training={"report_to": ["comet"]})) == (
+        "training.report_to.0: Input should be 'tensorboard', 'wandb' or 'mlflow' (got 'comet')"
     )
 
 
