@@ -110,7 +110,7 @@ def train(recipe: Recipe) -> RunResult:
         f" (resuming {checkpoint.name})" if checkpoint else "",
     )
     result = _train_guarded(trainer, checkpoint)
-    metrics = save_final(trainer, result, recipe.evaluates)
+    metrics = save_final(trainer, result, recipe.evaluates, ctx.initial_adapter)
     if is_main_process():
         draw_curves(trainer.state.log_history, ctx.output_dir)
         model_card.write(recipe, ctx.output_dir, metrics)  # after the curves it names

@@ -56,7 +56,7 @@ def test_required_key_missing(section, key):
 def test_finetune_mode_required_lists_modes():
     raw = recipe(finetune={"rank": 4})
     del raw["finetune"]["mode"]
-    assert only_problem(raw) == "finetune.mode: required key is missing; one of 'full', 'lora', 'qlora'"
+    assert only_problem(raw) == "finetune.mode: required key is missing; one of 'full', 'freeze', 'lora', 'qlora'"
 
 
 def test_stage_name_required_lists_stages():
@@ -545,6 +545,10 @@ def test_defaults_appear_in_dump():
         "dropout": 0.05,
         "target_modules": "all-linear",
         "modules_to_save": [],
+        "use_dora": False,
+        "use_rslora": False,
+        "init": "default",
+        "lora_plus_ratio": None,
         "adapter_path": None,
     }
     assert dumped["data"]["train"] == [
