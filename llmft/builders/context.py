@@ -64,7 +64,7 @@ class RunContext:
             if not isinstance(recipe.finetune, FullFinetune):  # an adapter will be saved: record the base under it
                 self.base_fingerprint = take(model, recipe.model.describe())
             model = apply_finetune(model, recipe.finetune, task=self.task)
-            if isinstance(recipe.finetune, LoraFinetune) and recipe.finetune.moves_base:
+            if isinstance(recipe.finetune, LoraFinetune) and recipe.finetune.saved_as_change:
                 from llmft.modeling.moved_base import initial_adapter
 
                 self.initial_adapter = initial_adapter(model)

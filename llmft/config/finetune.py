@@ -110,10 +110,11 @@ class LoraFinetune(Section):
         return self.adapter_path is not None
 
     @property
-    def moves_base(self) -> bool:
-        """True when the adapter's initialisation moves part of the base weights into it
-        (`BASE_MOVING_INITS`): the base with the adapter switched off is then not the starting model."""
-        return self.init in BASE_MOVING_INITS and not self.continues_adapter
+    def saved_as_change(self) -> bool:
+        """True when the saved adapter is rewritten as the change training made, for the original
+        base (`llmft.modeling.moved_base`): a fresh pissa/olora adapter (exact) or loftq (whose start
+        offsets the quantization error of the 4-bit base)."""
+        return self.init in (*BASE_MOVING_INITS, "loftq") and not self.continues_adapter
 
     @property
     def starts_at_base(self) -> bool:

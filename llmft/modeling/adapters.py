@@ -77,8 +77,9 @@ def _loftq(peft_model: Any, base: str) -> None:
     full-precision W, read from the base's safetensors (peft's `replace_lora_weights_loftq`)."""
     from peft import replace_lora_weights_loftq
 
-    try:
-        replace_lora_weights_loftq(peft_model)
+    local = Path(base).expanduser()
+    try:  # a local directory's (possibly sharded) model.safetensors; a hub id's found by peft
+        replace_lora_weights_loftq(peft_model, model_path=str(local / "model.safetensors") if local.is_dir() else None)
     except (ValueError, OSError, FileNotFoundError) as exc:
         raise UserError(
             f"finetune.init: loftq could not read the full-precision weights of {base} ({str(exc).splitlines()[0]}); "

@@ -1,5 +1,5 @@
-"""Adapters whose initialisation moves part of the base weights into them (`finetune.init` pissa,
-olora), saved as adapters for the original base.
+"""Adapters that start away from zero (`finetune.init` pissa, olora, loftq), saved as adapters for
+the original base: as the change training made.
 
 PiSSA and OLoRA start with A0, B0 from the SVD / QR of each adapted weight W, and train on the
 residual W_res = W - s B0 A0 (s: the adapter's scaling), so the model at step 0 computes exactly
@@ -11,6 +11,12 @@ scaling is unchanged) applied to the original W computes the same. DoRA's magnit
 `modules_to_save` are kept as they are (DoRA normalises the combined weight, which is the same
 matrix). The result is a plain LoRA adapter: the base fingerprint, `llmft merge` and its check, and
 any other tool see an ordinary adapter on the original base.
+
+LoftQ (qlora, 4-bit) leaves the base as it is and starts B0 A0 close to W - Q(W), the quantization
+error. Saved as is, the adapter fits the 4-bit base only: merged into the full-precision W it would
+add that error a second time. Converted the same way, W + s (B A - B0 A0) differs from the trained
+Q(W) + s B A by what LoftQ could not offset, Q(W) + s B0 A0 - W: the same as any QLoRA adapter
+merged into its full-precision base.
 
 Checkpoints keep peft's own form (resuming needs the residual): their adapter_config.json says
 `init_lora_weights: pissa` (or olora), and loading one onto the original base re-runs the

@@ -299,3 +299,31 @@ def test_pissa_reference_in_trl_stages_is_the_starting_adapter():
 
     assert DpoStage(name="dpo").reference_source(lora(init="pissa")) is Reference.STARTING_ADAPTER
     assert DpoStage(name="dpo").reference_source(lora(init="gaussian")) is Reference.ADAPTER_DISABLED
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_loftq_is_refused_without_cuda(tiny_model_dir, sft_data, tmp_path):
+    from llmft.preflight import preflight
+
+    raw = make_recipe(tiny_model_dir, sft_data, tmp_path / "run", mode="qlora", finetune={"init": "loftq"})
+    with pytest.raises(UserError, match="finetune.init: loftq needs a CUDA GPU"):
+        preflight(validate_recipe(raw))
+
+
+def test_loftq_reads_the_local_full_precision_weights(tiny_model_dir, monkeypatch):
+    """The wiring to peft's replace_lora_weights_loftq (which computes on CUDA only): it gets the
+    4-bit peft model and the base's own safetensors file."""
+    import peft
+
+    from llmft.config.finetune import QLoraFinetune
+    from llmft.modeling.load import load_model
+    from llmft.modeling.quantize import bnb_config
+
+    pytest.importorskip("bitsandbytes")
+    seen = []
+    monkeypatch.setattr(peft, "replace_lora_weights_loftq", lambda model, model_path=None: seen.append((model, model_path)))
+    finetune = QLoraFinetune(mode="qlora", rank=4, alpha=8, dropout=0.0, init="loftq")
+    base = load_model(ModelConfig(path=str(tiny_model_dir)), torch.float32, quantization=bnb_config(finetune, torch.float32))
+    model = apply_finetune(base, finetune)
+    assert seen == [(model, str(tiny_model_dir / "model.safetensors"))]
+    assert finetune.saved_as_change  # its adapter is saved as the change training made, like pissa's
