@@ -279,7 +279,12 @@ def _problems(raw) -> list[str]:
         ("qlora", {"init": "loftq", "bits": 8}, "sft", "finetune.init: loftq sets the adapter"),
         ("lora", {"init": "olora", "adapter_path": "x"}, "sft", "finetune.init: a continued adapter"),
         ("lora", {"init": "pissa"}, "ppo", "finetune.init: pissa starts the adapter away from zero"),
-        ("full", {"lora_plus_ratio": 16}, "sft", "finetune.lora_plus_ratio: unknown key"),
+        (
+            "full",
+            {"lora_plus_ratio": 16},
+            "sft",
+            "finetune.lora_plus_ratio: unknown key; it is a key of finetune.mode lora, qlora, not full",
+        ),
         ("freeze", {}, "sft", "set trainable_modules and/or trainable_layers"),
     ],
 )

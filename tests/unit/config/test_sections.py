@@ -345,8 +345,20 @@ def test_full_mode_has_only_mode():
 
 
 def test_qlora_key_rejected_under_lora():
-    assert only_problem(recipe(finetune={"bits": 4})) == "finetune.bits: unknown key; known keys: " + ", ".join(
+    assert only_problem(recipe(finetune={"bits": 4})) == (
+        "finetune.bits: unknown key; it is a key of finetune.mode qlora, not lora: remove it or change finetune.mode"
+    )
+
+
+def test_a_key_of_no_mode_lists_the_known_keys():
+    assert only_problem(recipe(finetune={"bitz": 4})) == "finetune.bitz: unknown key; known keys: " + ", ".join(
         LoraFinetune.model_fields
+    )
+
+
+def test_a_stage_key_under_another_stage_says_where_it_belongs():
+    assert only_problem(recipe(stage={"name": "sft", "beta": 0.1})) == (
+        "stage.beta: unknown key; it is a key of stage.name dpo, kto, orpo, grpo, not sft: remove it or change stage.name"
     )
 
 
