@@ -332,3 +332,35 @@ def test_loftq_reads_the_local_full_precision_weights(tiny_model_dir, monkeypatc
     model = apply_finetune(base, finetune)
     assert seen == [(model, str(tiny_model_dir / "model.safetensors"))]
     assert finetune.saved_as_change  # its adapter is saved as the change training made, like pissa's
+
+
+def test_pissa_run_resumed_from_a_checkpoint_saves_the_same_adapter(tiny_model_dir, sft_data, tmp_path, monkeypatch):
+    """Resuming re-runs the decomposition on the original base (the checkpoint holds peft's own
+    form) and converts at the end with the same starting A0, B0: the adapter of an uninterrupted run."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    import llmft.callbacks
+    from llmft.errors import TrainingInterrupted
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def raw(out, **training):
+        settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "learning_rate": 5e-3, **training}
+        return make_recipe(tiny_model_dir, sft_data, out, finetune={"init": "pissa"}, training=settings)
+
+    train(validate_recipe(raw(tmp_path / "a")))
+    original = llmft.callbacks.callbacks_for
+    with monkeypatch.context() as patch:
+        patch.setattr(llmft.callbacks, "callbacks_for", lambda *a, **k: [StopAt(), *original(*a, **k)])
+        with pytest.raises(TrainingInterrupted):
+            train(validate_recipe(raw(tmp_path / "b")))
+    train(validate_recipe(raw(tmp_path / "b", resume_from_checkpoint="auto")))
+    a, b = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["r"] == 8
