@@ -116,8 +116,11 @@ def _saved_module_params(dims, names: tuple[str, ...]) -> int:
 
 
 def adapter_params(dims, knobs: Knobs) -> int:
-    """LoRA A and B matrices: rank x (in + out) per targeted linear layer."""
-    return sum(knobs.lora_rank * (l.in_features + l.out_features) * l.count for l in targeted_linears(dims, knobs.lora_targets))
+    """LoRA A and B matrices: rank x (in + out) per targeted linear layer (+ out: DoRA's magnitudes)."""
+    per_row = knobs.lora_rank + (1 if knobs.dora else 0)
+    return sum(
+        (knobs.lora_rank * l.in_features + per_row * l.out_features) * l.count for l in targeted_linears(dims, knobs.lora_targets)
+    )
 
 
 def trainable_params(dims, knobs: Knobs) -> int:

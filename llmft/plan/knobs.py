@@ -19,6 +19,7 @@ class Knobs:
     lora_rank: int = 8
     lora_targets: tuple[str, ...] | str = "all-linear"
     lora_dropout: float = 0.0
+    dora: bool = False  # DoRA: a trained magnitude per output row of each adapted layer
     modules_to_save: tuple[str, ...] = ()
     qlora_bits: int = 4
     double_quant: bool = True

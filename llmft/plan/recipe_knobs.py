@@ -51,6 +51,7 @@ def knobs_for(
         if lora
         else "all-linear",
         lora_dropout=ft.dropout if lora else 0.0,
+        dora=lora and ft.use_dora,
         modules_to_save=tuple(ft.modules_to_save) if lora else (),
         qlora_bits=ft.bits if isinstance(ft, QLoraFinetune) else 4,
         double_quant=ft.double_quant if isinstance(ft, QLoraFinetune) else True,

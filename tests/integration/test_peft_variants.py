@@ -364,3 +364,15 @@ def test_pissa_run_resumed_from_a_checkpoint_saves_the_same_adapter(tiny_model_d
     a, b = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_plan_counts_doras_magnitudes(tiny_model_dir, sft_data, tmp_path):
+    from llmft.plan.from_recipe import plan_recipe
+
+    def trainable(**finetune):
+        raw = make_recipe(tiny_model_dir, sft_data, tmp_path / "run", finetune=finetune)
+        return plan_recipe(validate_recipe(raw)).plan.trainable
+
+    model = apply_finetune(build_model(VOCAB), lora(use_dora=True))
+    assert trainable(use_dora=True) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable(use_dora=True) - trainable() == 512  # one per output row of the 14 adapted layers
