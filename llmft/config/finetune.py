@@ -45,7 +45,7 @@ class FreezeFinetune(FullFinetune):
 
     @model_validator(mode="after")
     def _something_trains(self) -> FreezeFinetune:
-        if not self.trainable_modules and self.trainable_layers is None:
+        if not self.trainable_modules and not self.trainable_layers:
             raise ValueError("set trainable_modules and/or trainable_layers (otherwise nothing would train)")
         if isinstance(self.trainable_layers, int) and self.trainable_layers < 1:
             raise ValueError("trainable_layers: a count of last layers must be at least 1")
@@ -88,9 +88,9 @@ class LoraFinetune(Section):
         default="default",
         description="How the adapter starts (peft's init_lora_weights). `default`: A Kaiming-uniform, "
         "B = 0; `gaussian`: A ~ N(0, 1/rank), B = 0; `pissa` / `olora`: A and B from the weight's SVD / "
-        "QR, moved out of the base weight (same outputs at step 0; the saved adapter is converted to "
-        "one for the original base, rank x 2); `loftq`: (qlora, 4-bit) A and B that offset the "
-        "quantization error of the base.",
+        "QR, moved out of the base weight (same outputs at step 0); `loftq`: (qlora, 4-bit, CUDA) A and B "
+        "that offset the quantization error of the base. These three save the change training made, "
+        "as an adapter of rank x 2 for the original base.",
     )
     lora_plus_ratio: float | None = Field(
         default=None,
