@@ -115,7 +115,7 @@ def draw_curves(log_history: list[dict[str, Any]], output_dir: Path) -> Path | N
 def save_final(trainer: Any, train_result: Any, evaluates: bool, initial_adapter: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics. A write
     that fails (a full disk) is a UserError naming output.dir and its free space; train_results.json,
-    which marks a finished run, is written only after the model. `initial_adapter` (a pissa/olora
+    which marks a finished run, is written only after the model. `initial_adapter` (a pissa/olora/loftq
     run's adapter as initialised): the saved adapter is rewritten for the original base
     (`llmft.modeling.moved_base`)."""
     from llmft.checkpoint import final_guard

@@ -24,8 +24,8 @@ class RunContext:
     #: samples of the base weights the adapter is trained on (`llmft.modeling.fingerprint`), saved with
     #: it; None for full fine-tuning, or before the model is loaded
     base_fingerprint: dict[str, Any] | None = field(default=None, repr=False)
-    #: the adapter's A and B as initialised, when that moved part of the base into them
-    #: (`finetune.init` pissa/olora): the saved adapter is converted with them (`llmft.modeling.moved_base`)
+    #: the adapter's A and B as initialised, when they do not start at zero (`finetune.init` pissa,
+    #: olora, loftq): the saved adapter is converted with them (`llmft.modeling.moved_base`)
     initial_adapter: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
