@@ -210,10 +210,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from llmft.config.matrix import SUPPORTED
     from llmft.config.stage import STAGES
 
-    pairs = set(SUPPORTED)
-    print("stage  " + "  ".join(f"{m:<5}" for m in MODES))
+    pairs, width = set(SUPPORTED), max(len(m) for m in MODES)
+    print("stage  " + "  ".join(f"{m:<{width}}" for m in MODES))
     for stage in STAGES:
-        print(f"{stage:<6} " + "  ".join(f"{'yes' if (stage, m) in pairs else '-':<5}" for m in MODES))
+        print(f"{stage:<6} " + "  ".join(f"{'yes' if (stage, m) in pairs else '-':<{width}}" for m in MODES))
     return EXIT_OK
 
 

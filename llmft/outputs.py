@@ -112,10 +112,12 @@ def draw_curves(log_history: list[dict[str, Any]], output_dir: Path) -> Path | N
     return path
 
 
-def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, Any]:
+def save_final(trainer: Any, train_result: Any, evaluates: bool, initial_adapter: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the model (safetensors only), tokenizer, state and metrics; return all metrics. A write
     that fails (a full disk) is a UserError naming output.dir and its free space; train_results.json,
-    which marks a finished run, is written only after the model."""
+    which marks a finished run, is written only after the model. `initial_adapter` (a pissa/olora/loftq
+    run's adapter as initialised): the saved adapter is rewritten for the original base
+    (`llmft.modeling.moved_base`)."""
     from llmft.checkpoint import final_guard
     from llmft.launch.ranks import is_main_process, wait_for_everyone
 
@@ -127,6 +129,10 @@ def save_final(trainer: Any, train_result: Any, evaluates: bool) -> dict[str, An
         wait_for_everyone()
         # The Trainer also pickles its arguments; recipe.resolved.yaml says the same without pickle.
         if is_main_process():
+            if initial_adapter is not None:
+                from llmft.modeling.moved_base import convert_saved
+
+                convert_saved(initial_adapter, output_dir)
             usual_file_modes(output_dir)  # safetensors writes owner-only files
             (output_dir / "training_args.bin").unlink(missing_ok=True)
         trainer.save_state()

@@ -117,7 +117,7 @@ def train(recipe: Recipe) -> RunResult:
     )
     try:
         result = _train_guarded(trainer, checkpoint)
-        metrics = save_final(trainer, result, recipe.evaluates)  # the final evaluation is logged too
+        metrics = save_final(trainer, result, recipe.evaluates, ctx.initial_adapter)  # the final evaluation is logged too
     finally:
         finish_trackers(callbacks_of(trainer))  # W&B and MLflow runs end, their files complete
     if is_main_process():

@@ -185,15 +185,15 @@ def test_list(capsys):
     assert main(["list"]) == EXIT_OK
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert rows == [
-        ["stage", "full", "lora", "qlora"],
-        ["pt", "yes", "yes", "yes"],
-        ["sft", "yes", "yes", "yes"],
-        ["rm", "yes", "yes", "-"],
-        ["dpo", "yes", "yes", "yes"],
-        ["kto", "yes", "yes", "yes"],
-        ["orpo", "yes", "yes", "yes"],
-        ["grpo", "yes", "yes", "yes"],
-        ["ppo", "yes", "yes", "yes"],
+        ["stage", "full", "freeze", "lora", "qlora"],
+        ["pt", "yes", "yes", "yes", "yes"],
+        ["sft", "yes", "yes", "yes", "yes"],
+        ["rm", "yes", "yes", "yes", "-"],
+        ["dpo", "yes", "yes", "yes", "yes"],
+        ["kto", "yes", "yes", "yes", "yes"],
+        ["orpo", "yes", "yes", "yes", "yes"],
+        ["grpo", "yes", "yes", "yes", "yes"],
+        ["ppo", "yes", "yes", "yes", "yes"],
     ]
 
 

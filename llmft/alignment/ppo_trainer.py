@@ -136,6 +136,7 @@ class PpoTrainer:
         ref_model: Any = None,
         precision: str = "fp32",
         callbacks: Sequence[Any] = (),
+        lora_plus_ratio: float | None = None,  # LoRA+: the B matrices at learning_rate x this (`llmft.modeling.lora_plus`)
     ):
         from transformers import set_seed
 
@@ -186,22 +187,23 @@ class PpoTrainer:
         self.optimizer_steps = self.iterations * stage.ppo_epochs * (stage.rollout_batch_size // stage.mini_batch_size)
         self.micro_batch_size = min(args.per_device_train_batch_size, stage.mini_batch_size)
         self.state = new_state(self.iterations, args.logging_steps)
-        self._build_optimizer()
+        self._build_optimizer(lora_plus_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
     # --- setup ---------------------------------------------------------------------------
 
-    def _build_optimizer(self) -> None:
+    def _build_optimizer(self, lora_plus_ratio: float | None) -> None:
         from transformers import Trainer, get_scheduler
 
-        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        self.params = params
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.args.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        from llmft.modeling.lora_plus import param_groups
+
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named += [(f"value_head.{n}", p) for n, p in self.value_head.named_parameters()]
+        self.params = [p for _, p in named]
+        # weight decay on matrices, none on vectors; LoRA+ B matrices in groups of their own
+        groups = param_groups(named, self.args.learning_rate, self.args.weight_decay, lora_plus_ratio)
         cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
-        self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
+        self.optimizer = cls(groups, **kwargs)
         self.scheduler = get_scheduler(
             self.args.lr_scheduler_type,
             self.optimizer,

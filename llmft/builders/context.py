@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmft.config.finetune import FullFinetune, QLoraFinetune
+from llmft.config.finetune import FullFinetune, LoraFinetune, QLoraFinetune
 from llmft.config.recipe import Recipe
 from llmft.resolve import Resolved
 
@@ -24,6 +24,9 @@ class RunContext:
     #: samples of the base weights the adapter is trained on (`llmft.modeling.fingerprint`), saved with
     #: it; None for full fine-tuning, or before the model is loaded
     base_fingerprint: dict[str, Any] | None = field(default=None, repr=False)
+    #: the adapter's A and B as initialised, when they do not start at zero (`finetune.init` pissa,
+    #: olora, loftq): the saved adapter is converted with them (`llmft.modeling.moved_base`)
+    initial_adapter: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def precision(self) -> str:
@@ -61,6 +64,10 @@ class RunContext:
             if not isinstance(recipe.finetune, FullFinetune):  # an adapter will be saved: record the base under it
                 self.base_fingerprint = take(model, recipe.model.describe())
             model = apply_finetune(model, recipe.finetune, task=self.task)
+            if isinstance(recipe.finetune, LoraFinetune) and recipe.finetune.saved_as_change:
+                from llmft.modeling.moved_base import initial_adapter
+
+                self.initial_adapter = initial_adapter(model)
             trainable, total = count_parameters(model)
             log.info(
                 "model: %s (%s weights), finetune %s: %s trainable of %s parameters (%.2f%%)",

@@ -46,7 +46,7 @@ def trainer_class() -> type:
     return LlmftDPOTrainer
 
 
-@register_builder("dpo", modes=("full", "lora", "qlora"))
+@register_builder("dpo", modes=("full", "freeze", "lora", "qlora"))
 def build_dpo(ctx: RunContext) -> TrainerLike:
     import copy
 
@@ -100,6 +100,6 @@ def build_dpo(ctx: RunContext) -> TrainerLike:
         processing_class=ctx.tokenizer,
         callbacks=llmft_callbacks(ctx, model),
     )
-    settle_lora_reference(model, continued=ctx.recipe.finetune.continues_adapter)
+    settle_lora_reference(model, keep_copy=not ctx.recipe.finetune.starts_at_base)
     log.info(reference.describe())
-    return finish(trainer)
+    return finish(trainer, ctx)

@@ -131,7 +131,7 @@ def check_rebuilt_reference(trainer: Any, zero3: bool) -> None:
             )
 
 
-@register_builder("grpo", modes=("full", "lora", "qlora"))
+@register_builder("grpo", modes=("full", "freeze", "lora", "qlora"))
 def build_grpo(ctx: RunContext) -> TrainerLike:
     from trl import GRPOTrainer
 
@@ -151,6 +151,6 @@ def build_grpo(ctx: RunContext) -> TrainerLike:
     if reference is Reference.RELOADED:
         check_rebuilt_reference(trainer, ctx.settings.zero3)
     else:
-        settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), continued=recipe.finetune.continues_adapter)
+        settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe() + (" (beta 0)" if reference is Reference.NONE else ""))
     return trainer

@@ -40,7 +40,7 @@ def kto_config(ctx: RunContext) -> Any:
     )
 
 
-@register_builder("kto", modes=("full", "lora", "qlora"))
+@register_builder("kto", modes=("full", "freeze", "lora", "qlora"))
 def build_kto(ctx: RunContext) -> TrainerLike:
     import copy
 
@@ -67,6 +67,6 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
     trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, ref_model=ref_model)
-    settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), continued=recipe.finetune.continues_adapter)
+    settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe())
     return trainer

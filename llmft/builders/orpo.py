@@ -37,7 +37,7 @@ def orpo_config(ctx: RunContext) -> Any:
     )
 
 
-@register_builder("orpo", modes=("full", "lora", "qlora"))
+@register_builder("orpo", modes=("full", "freeze", "lora", "qlora"))
 def build_orpo(ctx: RunContext) -> TrainerLike:
     from llmft.data.trl_rows import pair_rows
 

@@ -40,10 +40,10 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
     return splits["train"], splits.get("eval")
 
 
-@register_builder("ppo", modes=("full", "lora", "qlora"))
+@register_builder("ppo", modes=("full", "freeze", "lora", "qlora"))
 def build_ppo(ctx: RunContext) -> TrainerLike:
     from llmft.alignment.ppo_trainer import PpoTrainer
-    from llmft.builders.trainer import training_arguments
+    from llmft.builders.trainer import lora_plus_ratio, training_arguments
     from llmft.callbacks import callbacks_for
     from llmft.data.tokenize import end_of_turn_ids, turn_end_problem
 
@@ -93,4 +93,5 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
         ref_model=ref_model,
         precision=ctx.precision,
         callbacks=callbacks,
+        lora_plus_ratio=lora_plus_ratio(recipe.finetune),
     )

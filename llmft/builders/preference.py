@@ -74,12 +74,15 @@ def keep_only_adapter_dropout(model: Any) -> None:
             module.p = 0.0
 
 
-def finish(trainer: Any) -> TrainerLike:
-    """llmft prints its own log lines (LogLines) instead of the Trainer's dicts."""
+def finish(trainer: Any, ctx: RunContext) -> TrainerLike:
+    """llmft prints its own log lines (LogLines) instead of the Trainer's dicts; the optimizer takes
+    the recipe's parameter groups (`finetune.lora_plus_ratio`)."""
     from transformers.trainer_callback import PrinterCallback
 
+    from llmft.builders.trainer import optimizer_groups
+
     trainer.remove_callback(PrinterCallback)
-    return trainer
+    return optimizer_groups(trainer, ctx)
 
 
 def llmft_callbacks(ctx: RunContext, model: Any) -> list[Any]:

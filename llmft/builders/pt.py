@@ -8,6 +8,6 @@ from llmft.builders.trainer import next_token_trainer
 from llmft.registry import register_builder
 
 
-@register_builder("pt", modes=("full", "lora", "qlora"))
+@register_builder("pt", modes=("full", "freeze", "lora", "qlora"))
 def build_pt(ctx: RunContext) -> TrainerLike:
     return next_token_trainer(ctx)

@@ -26,7 +26,7 @@ from llmft.builders.trainer import trl_config
 from llmft.registry import register_builder
 
 
-@register_builder("rm", modes=("full", "lora"))
+@register_builder("rm", modes=("full", "freeze", "lora"))
 def build_rm(ctx: RunContext) -> TrainerLike:
     from trl import RewardConfig, RewardTrainer
 
@@ -60,4 +60,4 @@ def build_rm(ctx: RunContext) -> TrainerLike:
         processing_class=ctx.tokenizer,
         callbacks=llmft_callbacks(ctx, model),
     )
-    return finish(trainer)
+    return finish(trainer, ctx)

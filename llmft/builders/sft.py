@@ -13,7 +13,7 @@ from llmft.registry import register_builder
 log = logging.getLogger("llmft")
 
 
-@register_builder("sft", modes=("full", "lora", "qlora"))
+@register_builder("sft", modes=("full", "freeze", "lora", "qlora"))
 def build_sft(ctx: RunContext) -> TrainerLike:
     problem = turn_end_problem(ctx.tokenizer)
     if problem:

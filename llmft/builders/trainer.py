@@ -9,6 +9,7 @@ from typing import Any
 
 from llmft.builders.context import RunContext
 from llmft.builders.protocol import TrainerLike
+from llmft.config.finetune import LoraFinetune
 from llmft.config.recipe import Recipe
 from llmft.resolve import Resolved
 
@@ -99,7 +100,24 @@ def make_trainer(
         callbacks=callbacks_for(recipe, ctx.output_dir, vocab_size=model.config.vocab_size),
     )
     trainer.remove_callback(PrinterCallback)  # llmft's LogLines prints instead
-    return trainer
+    return optimizer_groups(trainer, ctx)
+
+
+def lora_plus_ratio(finetune: Any) -> float | None:
+    """`finetune.lora_plus_ratio` of an adapter mode; None for full and freeze (no B matrices)."""
+    return finetune.lora_plus_ratio if isinstance(finetune, LoraFinetune) else None
+
+
+def optimizer_groups(trainer: Any, ctx: RunContext) -> Any:
+    """A transformers/TRL trainer whose optimizer (built when training starts, also under DeepSpeed,
+    whose JSONs carry no optimizer block) takes the recipe's parameter groups: LoRA+ puts the B
+    matrices in their own groups at learning_rate x finetune.lora_plus_ratio (`llmft.modeling.lora_plus`)."""
+    from llmft.modeling.lora_plus import install
+
+    ratio = lora_plus_ratio(ctx.recipe.finetune)
+    if ratio is not None:
+        log.info("LoRA+: the B matrices train at learning_rate x %g, in their own optimizer groups", ratio)
+    return install(trainer, ratio)
 
 
 def next_token_trainer(ctx: RunContext) -> TrainerLike:

@@ -49,6 +49,7 @@ def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, eva
     from transformers.trainer_callback import PrinterCallback
 
     from llmft.builders.preference import keep_only_adapter_dropout
+    from llmft.builders.trainer import optimizer_groups
     from llmft.callbacks import callbacks_for
     from llmft.data.trl_rows import check_kept
 
@@ -65,27 +66,29 @@ def trl_trainer(ctx: RunContext, trainer_cls: type, config: Any, train: Any, eva
         **kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # llmft's LogLines prints instead
+    optimizer_groups(trainer, ctx)
     check_kept("train", len(train), trainer.train_dataset)
     if evaluation is not None:
         check_kept("eval", len(evaluation), trainer.eval_dataset)
     return trainer
 
 
-def settle_lora_reference(model: Any, continued: bool) -> None:
+def settle_lora_reference(model: Any, keep_copy: bool) -> None:
     """Given a model that already carries its (LoRA) adapter, TRL's DPO, KTO and GRPO trainers copy
     that adapter into a frozen second adapter named "ref" and use it as the reference. A fresh
     adapter is zero at the start (lora_B = 0), so the copy is the base model at the cost of a second
     adapter (and a `ref/` folder in every save): it is deleted, and TRL computes the reference with
-    the adapter disabled. A `continued` adapter (`finetune.adapter_path`: Reference.STARTING_ADAPTER,
-    and what dpo's precomputed log-probs are computed from) keeps the copy: the reference is then the
-    adapter as training started (e.g. the SFT policy), not the bare base; its dropout is switched off
-    so the reference is deterministic."""
+    the adapter disabled. An adapter that does not start at zero (`keep_copy`: a continued
+    `finetune.adapter_path`, or `finetune.init` pissa/olora/loftq: Reference.STARTING_ADAPTER, and what
+    dpo's precomputed log-probs are computed from) keeps the copy: the reference is then the adapter
+    as training started (e.g. the SFT policy), not the bare base; its dropout is switched off so the
+    reference is deterministic."""
     import torch
 
     peft_config = getattr(model, "peft_config", None)
     if peft_config is None or "ref" not in peft_config:
         return
-    if not continued:
+    if not keep_copy:
         model.delete_adapter("ref")
         return
     for name, module in model.named_modules():

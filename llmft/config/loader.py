@@ -133,7 +133,7 @@ def format_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
         if key not in unions:
             unions[key] = []
             problems.append(key)
-        unions[key].append((err, path, model))
+        unions[key].append((err, path, model, _union_members(key)))
     out: list[str] = []
     for problem in problems:
         out.extend([problem] if isinstance(problem, str) else _describe_union(problem, unions[problem]))
@@ -155,11 +155,35 @@ def _describe_union(key: tuple, members: list) -> list[str]:
     return [_describe(merged, list(key), members[0][2])]
 
 
-def _describe(err: dict[str, Any], path: list[str | int], model: type[BaseModel] | None) -> str:
+def _union_members(key: tuple) -> list[type[BaseModel]]:
+    """The members of the tagged union at the top-level section `key` (e.g. `finetune`); [] elsewhere."""
+    field = Recipe.model_fields.get(key[0]) if len(key) == 1 and isinstance(key[0], str) else None
+    return list(model_classes(field.annotation)) if field is not None else []
+
+
+def _other_variants(key: str, model: type[BaseModel] | None, members: list[type[BaseModel]], section: str) -> str:
+    """`; it is a key of finetune.mode lora, qlora, not full: ...`: where a key unknown to one member of a
+    tagged union lives instead; empty when no other member has it."""
+    tags = [n for n, f in (model.model_fields.items() if model else []) if typing.get_origin(f.annotation) is typing.Literal]
+    having = [cls for cls in members if key in cls.model_fields and cls is not model]
+    if not tags or not having:
+        return ""
+    tag = f"{section}.{tags[0]}"
+    names = ", ".join(typing.get_args(cls.model_fields[tags[0]].annotation)[0] for cls in having)
+    ours = typing.get_args(model.model_fields[tags[0]].annotation)[0]  # type: ignore[union-attr]
+    return f"; it is a key of {tag} {names}, not {ours}: remove it or change {tag}"
+
+
+def _describe(
+    err: dict[str, Any], path: list[str | int], model: type[BaseModel] | None, members: list[type[BaseModel]] | None = None
+) -> str:
     kind, value = err["type"], err.get("input")
     dotted = ".".join(str(p) for p in path) or "<recipe>"
     if kind == "extra_forbidden":
         key = str(path[-1])
+        elsewhere = _other_variants(key, model, members or [], ".".join(str(p) for p in path[:-1]))
+        if elsewhere:
+            return f"{dotted}: unknown key{elsewhere}"
         known = list(model.model_fields) if model else []
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"

@@ -26,7 +26,7 @@ class CrossSectionError(ValueError):
 class Recipe(Section):
     model: ModelConfig = Field(description="Pretrained weights and tokenizer.")
     data: DataConfig = Field(description="Training and evaluation data.")
-    finetune: Finetune = Field(description="Which parameters train: full, lora or qlora.")
+    finetune: Finetune = Field(description="Which parameters train: full, freeze, lora or qlora.")
     stage: Stage = Field(description="Training objective: pt, sft, rm, dpo, kto, orpo, grpo or ppo.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and cadence.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Processes and sharding.")
@@ -55,6 +55,7 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
     problems += stage.own_problems()
     problems += stage.batch_problems(training, recipe.evaluates)
     problems += rules.finetune_for_stage(stage, finetune, recipe.model)
+    problems += rules.adapter_variant(stage, finetune, recipe.distributed)
     problems += rules.distributed_for_stage(stage, finetune, training, recipe.distributed)
     problems += rules.training_for_stage(stage, training, recipe.model, recipe.distributed)
     problems += rules.outputs_and_eval(stage, finetune, training, data, recipe.output)

@@ -12,7 +12,7 @@ from typing import Any
 
 from llmft.config.data import DataConfig
 from llmft.config.distributed import DistributedConfig
-from llmft.config.finetune import LoraFinetune, QLoraFinetune
+from llmft.config.finetune import BASE_MOVING_INITS, LoraFinetune, QLoraFinetune
 from llmft.config.matrix import is_supported, unsupported_message
 from llmft.config.model import ModelConfig
 from llmft.config.output import OutputConfig
@@ -151,6 +151,51 @@ def finetune_for_stage(stage: StageSection, finetune: Any, model: ModelConfig) -
     return problems
 
 
+def adapter_variant(stage: StageSection, finetune: Any, distributed: DistributedConfig) -> Problems:
+    """`finetune.init` (and the other LoRA variants) against the mode, the stage's reference and sharding."""
+    if not isinstance(finetune, LoraFinetune):
+        return []
+    problems, init = [], finetune.init
+    if finetune.continues_adapter and _set(finetune, "init"):
+        problems.append(
+            ("finetune.init", "a continued adapter (finetune.adapter_path) starts from its trained weights; remove init")
+        )
+        return problems
+    if init in BASE_MOVING_INITS and isinstance(finetune, QLoraFinetune):
+        problems.append(
+            (
+                "finetune.init",
+                f"{init} decomposes the full-precision base weights, which a quantized (qlora) base does not "
+                f"hold; use finetune.mode: lora with init: {init}, or init: loftq for a 4-bit base",
+            )
+        )
+    if init == "loftq" and getattr(finetune, "bits", None) != 4:
+        problems.append(
+            (
+                "finetune.init",
+                "loftq sets the adapter to offset the 4-bit quantization error of the base; it needs "
+                "finetune.mode: qlora with bits: 4 (with mode lora there is no such error: use another init)",
+            )
+        )
+    if init in BASE_MOVING_INITS and distributed.zero_stage == 3:
+        problems.append(
+            (
+                "finetune.init",
+                f"{init} decomposes each whole weight matrix, which ZeRO-3 partitions as it loads; "
+                "use distributed.zero_stage: 2 or another init",
+            )
+        )
+    if not finetune.starts_at_base and stage.reference_source(finetune) is Reference.ADAPTER_DISABLED:
+        problems.append(
+            (
+                "finetune.init",
+                f"{init} starts the adapter away from zero, so the model with the adapter switched off (stage "
+                f"{stage.name!r}'s reference) is not the model training starts from; use init: default or gaussian",
+            )
+        )
+    return problems
+
+
 def training_for_stage(
     stage: StageSection, training: TrainingConfig, model: ModelConfig, distributed: DistributedConfig
 ) -> Problems:
@@ -267,7 +312,9 @@ def outputs_and_eval(
             )
         problems += _win_rate_problems(finetune, output)
     if output.merge_adapter and not isinstance(finetune, LoraFinetune):
-        problems.append(("output.merge_adapter", "only LoRA runs have an adapter to merge; remove it for finetune.mode: full"))
+        problems.append(
+            ("output.merge_adapter", f"only LoRA runs have an adapter to merge; remove it for finetune.mode: {finetune.mode}")
+        )
     if training.eval_on_start and not data.has_eval:
         problems.append(("training.eval_on_start", "there is no eval data; add data.eval or data.eval_split"))
     if _set(training, "eval_strategy") and training.eval_strategy != "no" and not data.has_eval:

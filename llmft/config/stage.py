@@ -36,7 +36,7 @@ class Reference(enum.Enum):
 
     NONE = "none"  # no reference
     ADAPTER_DISABLED = "adapter disabled"  # LoRA: the base with the (fresh) adapter switched off, no second copy
-    STARTING_ADAPTER = "starting adapter"  # LoRA continuing finetune.adapter_path: a frozen copy of that adapter
+    STARTING_ADAPTER = "starting adapter"  # LoRA continuing finetune.adapter_path (or a non-zero init): a frozen copy
     FROZEN_COPY = "frozen copy"  # full: a frozen copy of the loaded model, in memory
     RELOADED = "reloaded"  # full: the trainer (TRL) reloads model.path, checked equal to the policy
     PRECOMPUTED = "precomputed"  # reference log-probs computed once before training; none kept
@@ -50,7 +50,7 @@ class Reference(enum.Enum):
         return {
             Reference.NONE: "reference: none",
             Reference.ADAPTER_DISABLED: "reference: the base model (the adapter disabled, no second copy)",
-            Reference.STARTING_ADAPTER: "reference: the continued adapter as it started (a frozen copy named 'ref')",
+            Reference.STARTING_ADAPTER: "reference: the adapter as training started (a frozen copy named 'ref')",
             Reference.FROZEN_COPY: "reference: a frozen copy of the starting model (made in memory)",
             Reference.RELOADED: "reference: reloaded by TRL from model.path, checked equal to the starting policy",
             Reference.PRECOMPUTED: "reference: log-probs precomputed once before training (no reference model kept)",
@@ -61,10 +61,11 @@ def policy_at_start(
     finetune: Any, full: Reference = Reference.FROZEN_COPY, continued: Reference = Reference.STARTING_ADAPTER
 ) -> Reference:
     """The reference "the policy as training started", for a finetune mode: `full` for full training,
-    the adapter disabled for a fresh LoRA/QLoRA adapter, `continued` for a continued one."""
+    the adapter disabled for a fresh LoRA/QLoRA adapter, `continued` for a continued one or one that
+    does not start at zero (`finetune.init`: pissa, olora, loftq)."""
     if isinstance(finetune, FullFinetune):
         return full
-    if finetune.continues_adapter:
+    if not finetune.starts_at_base:  # a continued adapter, or one that starts non-zero (finetune.init)
         return continued
     return Reference.ADAPTER_DISABLED
 
@@ -193,7 +194,7 @@ class RmStage(StageSection):
         formats=("preference",),
         objective="reward",
         examples="pair",
-        modes=("full", "lora"),
+        modes=("full", "freeze", "lora"),
         group_by_length=True,
         task="reward",
     )

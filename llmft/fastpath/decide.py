@@ -77,6 +77,12 @@ def _carries_adapter(module: Any) -> bool:
     return isinstance(module, BaseTunerLayer)
 
 
+def _uses_dora(model: Any) -> bool:
+    from llmft.fastpath.fused_lora import uses_dora
+
+    return uses_dora(model)
+
+
 def _padding_free_blocker(model: Any) -> str | None:
     lm = causal_lm(model)
     if not getattr(lm, "_supports_attention_backend", False):
@@ -116,6 +122,8 @@ def choose(recipe: Recipe, model: Any, settings: Resolved) -> FastPath:
         reasons.append("training.chunked_loss is false")
     if not training.fused_ops:
         reasons.append("training.fused_ops is false")
+    elif _uses_dora(model):
+        reasons.append("DoRA layers run peft's own forward, not the fused LoRA kernel")
     forward_tokens = resolve_forward_tokens(recipe, chunked, reasons)
     return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
 

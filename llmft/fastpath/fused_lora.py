@@ -79,6 +79,12 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
     return _LoRALinear.apply(x, self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
 
 
+def uses_dora(model: torch.nn.Module) -> bool:
+    """True when a LoRA layer of `model` is DoRA: its forward (magnitude over the combined weight's
+    norm) stays peft's own."""
+    return any(any(getattr(m, "use_dora", {}).values()) for m in model.modules() if hasattr(m, "lora_A"))
+
+
 def apply_fused_lora(model: torch.nn.Module) -> int:
     """Swap the one-function forward into every peft `lora.Linear`; returns how many."""
     try:
@@ -87,7 +93,7 @@ def apply_fused_lora(model: torch.nn.Module) -> int:
         return 0
     count = 0
     for module in model.modules():
-        if type(module) is LoraLinear:
+        if type(module) is LoraLinear and not any(module.use_dora.values()):  # DoRA: peft's forward (`uses_dora`)
             module.forward = types.MethodType(_forward, module)
             count += 1
     return count

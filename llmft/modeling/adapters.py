@@ -1,4 +1,5 @@
-"""Apply the `finetune:` mode to a loaded model: full training, or LoRA adapters via peft."""
+"""Apply the `finetune:` mode to a loaded model: full training, part of it (`freeze`), or LoRA
+adapters via peft (DoRA, rsLoRA, the initialisations and LoRA+ are peft's and llmft's options on them)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmft.config.finetune import FullFinetune, LoraFinetune, QLoraFinetune
+from llmft.config.finetune import FreezeFinetune, FullFinetune, LoraFinetune, QLoraFinetune
 from llmft.errors import UserError
 
-#: LoRA fields whose recipe value must agree with an adapter being continued.
-_ADAPTER_FIELDS = {"rank": "r", "alpha": "lora_alpha", "target_modules": "target_modules", "modules_to_save": "modules_to_save"}
+#: LoRA fields whose recipe value must agree with an adapter being continued (recipe key: adapter_config.json key).
+_ADAPTER_FIELDS = {
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "target_modules": "target_modules",
+    "modules_to_save": "modules_to_save",
+    "use_dora": "use_dora",
+    "use_rslora": "use_rslora",
+}
 
 
+#: `finetune.init` -> peft's `init_lora_weights` where they differ (loftq: see `_loftq`).
+PEFT_INITS: dict[str, Any] = {"default": True, "loftq": True}
 #: peft task type per model task (see `llmft.modeling.load.TASKS`).
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "reward": "SEQ_CLS"}
 #: Modules trained in full and saved with the adapter, whatever the recipe says: the reward head.
@@ -20,6 +30,10 @@ TASK_MODULES_TO_SAVE = {"causal_lm": [], "reward": ["score"]}
 
 
 def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str = "causal_lm") -> Any:
+    if isinstance(finetune, FreezeFinetune):
+        from llmft.modeling.freeze import apply_freeze
+
+        return apply_freeze(model, finetune)
     if isinstance(finetune, FullFinetune):
         model.requires_grad_(True)
         return model
@@ -40,14 +54,36 @@ def apply_finetune(model: Any, finetune: FullFinetune | LoraFinetune, task: str 
         target_modules=finetune.target_modules,
         modules_to_save=modules_to_save or None,
         task_type=PEFT_TASK_TYPES[task],
+        use_dora=finetune.use_dora,
+        use_rslora=finetune.use_rslora,
+        # loftq is applied below, on the quantized layers (peft's own "loftq" quantizes a full-precision model)
+        init_lora_weights=PEFT_INITS.get(finetune.init, finetune.init),
     )
     try:
-        return _name_base(get_peft_model(model, config))
+        peft_model = _name_base(get_peft_model(model, config))
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
         raise UserError(
             f"finetune.target_modules / modules_to_save: {str(exc).splitlines()[0]}. "
             f"Module names in this model: {', '.join(names)}"
+        ) from None
+    if finetune.init == "loftq":
+        _loftq(peft_model, model.name_or_path)
+    return peft_model
+
+
+def _loftq(peft_model: Any, base: str) -> None:
+    """LoftQ on a 4-bit (bitsandbytes) base: A and B set so that quantized W + B A is close to the
+    full-precision W, read from the base's safetensors (peft's `replace_lora_weights_loftq`)."""
+    from peft import replace_lora_weights_loftq
+
+    local = Path(base).expanduser()
+    try:  # a local directory's (possibly sharded) model.safetensors; a hub id's found by peft
+        replace_lora_weights_loftq(peft_model, model_path=str(local / "model.safetensors") if local.is_dir() else None)
+    except (ValueError, OSError, FileNotFoundError) as exc:
+        raise UserError(
+            f"finetune.init: loftq could not read the full-precision weights of {base} ({str(exc).splitlines()[0]}); "
+            "it needs the base as safetensors files (model.path a local directory or hub id), or use another init"
         ) from None
 
 
@@ -77,8 +113,9 @@ def _continue_adapter(model: Any, finetune: LoraFinetune) -> Any:
     saved = json.loads(config_file.read_text())
     conflicts = []
     for ours, theirs in _ADAPTER_FIELDS.items():
-        if ours in finetune.model_fields_set and not _same(getattr(finetune, ours), saved.get(theirs)):
-            conflicts.append(f"finetune.{ours}={getattr(finetune, ours)!r} but the adapter has {saved.get(theirs)!r}")
+        theirs_value = saved.get(theirs, LoraFinetune.model_fields[ours].default)  # older peft wrote no use_dora
+        if ours in finetune.model_fields_set and not _same(getattr(finetune, ours), theirs_value):
+            conflicts.append(f"finetune.{ours}={getattr(finetune, ours)!r} but the adapter has {theirs_value!r}")
     if conflicts:
         raise UserError(
             "finetune.adapter_path: the recipe contradicts the adapter being continued: "

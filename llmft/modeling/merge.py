@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from llmft.config.finetune import BASE_MOVING_INITS
 from llmft.config.model import ModelConfig
 from llmft.errors import UserError
 from llmft.rundir import usual_file_modes
@@ -146,10 +147,18 @@ def merge_adapter(base: ModelConfig, adapter_dir: str | Path, out_dir: str | Pat
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(base.model_copy(update={"tokenizer": str(adapter_dir)}) if has_tokenizer else base)
     # a reward model's adapter (rm stage) sits on a sequence-classification head, saved with it
-    seq_cls = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    seq_cls = adapter_config.get("task_type") == "SEQ_CLS"
     dtype = CHECK_DTYPE if verify else torch.float32
+    # an adapter still in peft's pissa/olora form (a checkpoint of such a run: `llmft.modeling.moved_base`)
+    # re-runs its decomposition on the base as it loads, which peft does in fp32/bf16/fp16 only
+    decomposes = str(adapter_config.get("init_lora_weights")).startswith(BASE_MOVING_INITS)
     model = load_model(  # a reward model's trained score head comes with its adapter, next
-        base, dtype, vocab_size=len(tokenizer), task="reward" if seq_cls else "causal_lm", head_from_adapter=seq_cls
+        base,
+        torch.float32 if decomposes else dtype,
+        vocab_size=len(tokenizer),
+        task="reward" if seq_cls else "causal_lm",
+        head_from_adapter=seq_cls,
     )
     if seq_cls:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -19,6 +19,15 @@ def bitsandbytes_problems(finetune: Any, optimizer: str, cuda: bool = True, prob
     import importlib.util
 
     problems = []
+    if isinstance(finetune, QLoraFinetune) and finetune.init == "loftq" and not cuda:
+        # peft 0.21's replace_lora_weights_loftq computes on "cuda" (or "xpu") unconditionally
+        problems.append(
+            (
+                "finetune.init",
+                "loftq needs a CUDA GPU (peft computes its decomposition there); on this machine "
+                "use init: default (plain QLoRA) or mode: lora with init: pissa",
+            )
+        )
     if optimizer in BNB_OPTIMIZERS and not cuda:
         problems.append(
             ("training.optimizer", f"{optimizer} comes from bitsandbytes and needs a CUDA GPU; use adamw_torch on this machine")

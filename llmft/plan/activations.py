@@ -37,7 +37,7 @@ def targeted_linears(dims, targets: tuple[str, ...] | str) -> list:
 def layer_activation_bytes(dims, knobs: Knobs) -> float:
     """Bytes saved for backward per token by one decoder layer."""
     a = knobs.compute_bytes
-    kind = "full" if knobs.mode == "full" else "lora"
+    kind = "full" if knobs.full_weights else "lora"
     cast = kind == "lora" and knobs.mixed and knobs.lora_input_cast
     per_h, per_i, per_kv = LAYER_BYTES[(kind, "mixed" if knobs.mixed else "fp32", cast, knobs.fused_ops)]
     value = per_h * dims.hidden + per_i * dims.intermediate + per_kv * dims.kv_dim
@@ -58,7 +58,7 @@ def activation_bytes(dims, knobs: Knobs) -> tuple[int, str]:
     layer = layer_activation_bytes(dims, knobs)
     outside = 16 * dims.hidden  # embeddings output, final norm
     if knobs.gradient_checkpointing:
-        residual = 4 if (knobs.mode == "full" and knobs.weight_bytes == 4) or not knobs.mixed else knobs.compute_bytes
+        residual = 4 if (knobs.full_weights and knobs.weight_bytes == 4) or not knobs.mixed else knobs.compute_bytes
         total = t * (dims.layers * dims.hidden * residual + layer + outside)
         why = (
             f"{dims.layers} layer inputs x {t:,} tokens x {dims.hidden * residual:,} B, "
@@ -67,7 +67,7 @@ def activation_bytes(dims, knobs: Knobs) -> tuple[int, str]:
     else:
         total = t * (dims.layers * layer + outside)
         why = f"{dims.layers} layers x {t:,} tokens x {layer / 1024:,.1f} KiB (no gradient checkpointing)"
-    if knobs.mode == "full" and knobs.mixed and not knobs.deepspeed and knobs.weight_bytes == 4:
+    if knobs.full_weights and knobs.mixed and not knobs.deepspeed and knobs.weight_bytes == 4:
         # autocast keeps a bf16/fp16 copy of every fp32 weight it multiplies, until backward is done
         total += (dims.linear_params + dims.vocab * dims.hidden) * knobs.compute_bytes
         why += f" + autocast's {knobs.precision} weight copies"

@@ -116,22 +116,27 @@ def _saved_module_params(dims, names: tuple[str, ...]) -> int:
 
 
 def adapter_params(dims, knobs: Knobs) -> int:
-    """LoRA A and B matrices: rank x (in + out) per targeted linear layer."""
-    return sum(knobs.lora_rank * (l.in_features + l.out_features) * l.count for l in targeted_linears(dims, knobs.lora_targets))
+    """LoRA A and B matrices: rank x (in + out) per targeted linear layer (+ out: DoRA's magnitudes)."""
+    per_row = knobs.lora_rank + (1 if knobs.dora else 0)
+    return sum(
+        (knobs.lora_rank * l.in_features + per_row * l.out_features) * l.count for l in targeted_linears(dims, knobs.lora_targets)
+    )
 
 
 def trainable_params(dims, knobs: Knobs) -> int:
     if knobs.mode == "full":
         return dims.params
+    if knobs.mode == "freeze":
+        return knobs.freeze_trainable
     return adapter_params(dims, knobs) + _saved_module_params(dims, knobs.modules_to_save)
 
 
 def _weights(dims, knobs: Knobs, trainable: int) -> tuple[float, float, str]:
     """(bytes of trainable weights, bytes of frozen weights, explanation), before any sharding."""
     n_bytes = knobs.weight_bytes
-    if knobs.mode == "full":
+    if knobs.full_weights:  # freeze: the frozen part is held like the trained part
         per = knobs.compute_bytes if knobs.deepspeed and knobs.mixed else n_bytes
-        return dims.params * per, 0.0, f"{dims.params / 1e6:,.1f}M x {per:g} B"
+        return trainable * per, (dims.params - trainable) * per, f"{dims.params / 1e6:,.1f}M x {per:g} B"
     adapters = adapter_params(dims, knobs)
     saved = trainable - adapters
     adapter_bytes = knobs.compute_bytes if knobs.deepspeed and knobs.mixed else 4  # peft keeps adapters in fp32
@@ -210,7 +215,7 @@ def estimate(dims, knobs: Knobs) -> Plan:
         step_tensors = trainable / (n if stage >= 1 else 1) if knobs.device == "cuda" else min(trainable, dims.largest_tensor)
         step_temp = step_tensors * 4
     activations, why["activations"] = activation_bytes(dims, knobs)
-    head_trains = knobs.mode == "full" or bool(set(knobs.modules_to_save) & {"lm_head", "embed_tokens"})
+    head_trains = knobs.mode == "full" or knobs.freeze_head or bool(set(knobs.modules_to_save) & {"lm_head", "embed_tokens"})
     logits, why["logits"] = logits_bytes(dims, knobs, head_trains and stage < 3)
     framework = CUDA_FRAMEWORK_BYTES if knobs.device == "cuda" else CPU_FRAMEWORK_BYTES
     why["framework"] = (

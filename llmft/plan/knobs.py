@@ -13,10 +13,13 @@ COMPUTE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 class Knobs:
     """What the recipe (and the machine) decide, in the estimator's terms."""
 
-    mode: str = "full"  # full | lora | qlora
+    mode: str = "full"  # full | freeze | lora | qlora
+    freeze_trainable: int = 0  # freeze: parameters the recipe trains (its modules and layers)
+    freeze_head: bool = False  # freeze: the output head (or the embedding tied to it) trains
     lora_rank: int = 8
     lora_targets: tuple[str, ...] | str = "all-linear"
     lora_dropout: float = 0.0
+    dora: bool = False  # DoRA: a trained magnitude per output row of each adapted layer
     modules_to_save: tuple[str, ...] = ()
     qlora_bits: int = 4
     double_quant: bool = True
@@ -40,6 +43,12 @@ class Knobs:
     reference_model: bool = False  # a frozen copy of the weights (dpo/kto/ppo/grpo, full mode)
     task: str = "causal_lm"  # causal_lm | reward
     device: str = "cuda"  # cuda | cpu: which framework constant applies
+
+    @property
+    def full_weights(self) -> bool:
+        """Full and freeze: the whole model is loaded as trained (fp32 master weights under mixed
+        precision), no adapter."""
+        return self.mode in ("full", "freeze")
 
     @property
     def compute_bytes(self) -> int:

@@ -30,8 +30,8 @@ def _millions(n: float) -> str:
 def _finetune_line(rp: RecipePlan) -> str:
     k, p = rp.plan.knobs, rp.plan
     share = f"{_millions(p.trainable)} trainable of {_millions(p.params)} ({100 * p.trainable / max(p.params, 1):.2f}%)"
-    if k.mode == "full":
-        return f"full: {share}"
+    if k.mode in ("full", "freeze"):
+        return f"{k.mode}: {share}"
     targets = "all linear layers" if k.lora_targets == "all-linear" else ", ".join(k.lora_targets)
     text = f"{k.mode} rank {k.lora_rank} on {targets}"
     if k.modules_to_save:

@@ -14,7 +14,7 @@ from conftest import minimal_recipe as recipe
 from llmft.config import Recipe, load_raw, load_recipe, validate_recipe
 from llmft.errors import RecipeError, UserError
 
-PAIRS = "pt/full, pt/lora, pt/qlora, sft/full, sft/lora, sft/qlora, rm/full, rm/lora, dpo/full, dpo/lora, dpo/qlora, kto/full, kto/lora, kto/qlora, orpo/full, orpo/lora, orpo/qlora, grpo/full, grpo/lora, grpo/qlora, ppo/full, ppo/lora, ppo/qlora"
+PAIRS = "pt/full, pt/freeze, pt/lora, pt/qlora, sft/full, sft/freeze, sft/lora, sft/qlora, rm/full, rm/freeze, rm/lora, dpo/full, dpo/freeze, dpo/lora, dpo/qlora, kto/full, kto/freeze, kto/lora, kto/qlora, orpo/full, orpo/freeze, orpo/lora, orpo/qlora, grpo/full, grpo/freeze, grpo/lora, grpo/qlora, ppo/full, ppo/freeze, ppo/lora, ppo/qlora"
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_recipe_error_is_a_user_error():
         ),
         (
             recipe(finetune={"mode": "lroa"}),
-            "finetune.mode: should be one of 'full', 'lora', 'qlora' (got 'lroa'); did you mean 'lora'?",
+            "finetune.mode: should be one of 'full', 'freeze', 'lora', 'qlora' (got 'lroa'); did you mean 'lora'?",
         ),
     ],
     ids=["top-level", "finetune.rnak", "training.lerning_rate", "stage.name", "finetune.mode"],
@@ -106,7 +106,7 @@ def test_did_you_mean(write, raw, expected):
 def test_bad_tag_hides_variant_key_errors(write):
     # with an unknown mode there is no variant to check `rank` against: one problem, not two
     assert load_problems(write(recipe(finetune={"mode": "lroa", "rank": 4}))) == [
-        "finetune.mode: should be one of 'full', 'lora', 'qlora' (got 'lroa'); did you mean 'lora'?"
+        "finetune.mode: should be one of 'full', 'freeze', 'lora', 'qlora' (got 'lroa'); did you mean 'lora'?"
     ]
 
 

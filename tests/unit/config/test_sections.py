@@ -56,7 +56,7 @@ def test_required_key_missing(section, key):
 def test_finetune_mode_required_lists_modes():
     raw = recipe(finetune={"rank": 4})
     del raw["finetune"]["mode"]
-    assert only_problem(raw) == "finetune.mode: required key is missing; one of 'full', 'lora', 'qlora'"
+    assert only_problem(raw) == "finetune.mode: required key is missing; one of 'full', 'freeze', 'lora', 'qlora'"
 
 
 def test_stage_name_required_lists_stages():
@@ -347,8 +347,20 @@ def test_full_mode_has_only_mode():
 
 
 def test_qlora_key_rejected_under_lora():
-    assert only_problem(recipe(finetune={"bits": 4})) == "finetune.bits: unknown key; known keys: " + ", ".join(
+    assert only_problem(recipe(finetune={"bits": 4})) == (
+        "finetune.bits: unknown key; it is a key of finetune.mode qlora, not lora: remove it or change finetune.mode"
+    )
+
+
+def test_a_key_of_no_mode_lists_the_known_keys():
+    assert only_problem(recipe(finetune={"bitz": 4})) == "finetune.bitz: unknown key; known keys: " + ", ".join(
         LoraFinetune.model_fields
+    )
+
+
+def test_a_stage_key_under_another_stage_says_where_it_belongs():
+    assert only_problem(recipe(stage={"name": "sft", "beta": 0.1})) == (
+        "stage.beta: unknown key; it is a key of stage.name dpo, kto, orpo, grpo, not sft: remove it or change stage.name"
     )
 
 
@@ -547,6 +559,10 @@ def test_defaults_appear_in_dump():
         "dropout": 0.05,
         "target_modules": "all-linear",
         "modules_to_save": [],
+        "use_dora": False,
+        "use_rslora": False,
+        "init": "default",
+        "lora_plus_ratio": None,
         "adapter_path": None,
     }
     assert dumped["data"]["train"] == [
