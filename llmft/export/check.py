@@ -4,8 +4,7 @@ the source model computes, and its tokenizer gives the same ids, template and st
 Logits, on `PROBES` rendered with the source's chat template, every position compared:
 
 - f32: within `llmft.modeling.merge.tolerance` (32 fp32 roundings of the largest logit), every
-  top-1 token the same (near-ties within 2 x tolerance excepted); the weights are copied exactly,
-  so any difference is a bug. Measured: 0 (tiny test model, SmolLM2-135M).
+  top-1 token the same; the weights are copied exactly, so any difference is a bug. Measured: 0 (tiny test model, SmolLM2-135M).
 - f16 / bf16 / q8_0: `RELATIVE[type]` x the logit scale (the largest |logit| of the source), and the
   same top-1 token at `MIN_TOP1` of the positions at least (rounding moves near-ties). Measured max
   |logit diff| / scale and top-1 agreement (`benchmarks/export_check.py`, 2 shared CPU cores), on

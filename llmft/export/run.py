@@ -141,7 +141,9 @@ def _export_hf(model: Any, tokenizer: Any, out: Path, work: Path, type_name: str
     generation.eos_token_id = stops if len(stops) > 1 else stops[0]
     generation.pad_token_id = tokenizer.pad_token_id
     model.generation_config = generation
-    state = {key: value.to(HF_TYPES[type_name]) for key, value in model.state_dict().items()}  # the source stays fp32
+    # cast copies (the source stays fp32), one per storage, so that tied weights stay tied and are saved once
+    copies: dict[int, torch.Tensor] = {}
+    state = {key: copies.setdefault(value.data_ptr(), value.to(HF_TYPES[type_name])) for key, value in model.state_dict().items()}
     model.save_pretrained(folder, state_dict=state)
     config = json.loads((folder / "config.json").read_text())  # it records the model's dtype, not the weights'
     (folder / "config.json").write_text(

@@ -105,6 +105,13 @@ def test_other_families_round_trip(tmp_path, model_type):
     source = AutoModelForCausalLM.from_pretrained(directory).eval()
     ids = render(tokenizer, PROBES[1])
     assert torch.equal(logits(source, ids), logits(exported, ids))
+    if config.tie_word_embeddings:  # --to hf keeps the tie: the embedding is saved once
+        from safetensors import safe_open
+
+        assert main(["export", str(directory), "--to", "hf", "--out", str(tmp_path / "hf"), "--type", "bf16"]) == 0
+        with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as saved:
+            names = set(saved.keys())
+        assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
 
 
 @pytest.fixture(scope="module")
