@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONVERSATIONS, make_recipe, write_jsonl
-from tiny import build_tokenizer, save_tiny_model
+from tiny import build_model, build_tokenizer, save_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.cli import main
@@ -240,3 +240,21 @@ def test_a_tokenizer_that_reads_back_differently_fails(tiny_model_dir, tmp_path,
     assert main(["export", str(tiny_model_dir), "--to", "gguf", "--out", str(out), "--type", "f32"]) == 2
     err = capsys.readouterr().err
     assert "other ids" in err and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_tokenizer_that_adds_bos_round_trips(tmp_path):
+    """As Llama 3's does (a post-processor puts BOS first): the GGUF says so and the reader adds it too."""
+    from tokenizers import processors
+
+    tokenizer = build_tokenizer(extra_special=["<|begin|>"])
+    tokenizer.bos_token = "<|begin|>"
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin|> $A", pair="<|begin|> $A <|begin|> $B", special_tokens=[("<|begin|>", bos)]
+    )
+    build_model(len(tokenizer)).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(tmp_path / "m"), "--to", "gguf", "--out", str(out), "--type", "f32"]) == 0
+    _, exported_tokenizer = read_back(out)
+    assert exported_tokenizer("hi")["input_ids"][0] == bos and exported_tokenizer.bos_token == "<|begin|>"
