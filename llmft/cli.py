@@ -38,6 +38,7 @@ def _setup_logging(verbose: bool = False) -> None:
         "kernels",  # bitsandbytes asks it for CPU kernels on import: its offline notice is not news
         "matplotlib",
         "PIL",
+        "gguf",  # GGUFWriter announces every file it writes
     ):
         logging.getLogger(noisy).setLevel(quiet)
     if verbose:
@@ -246,6 +247,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmft.export.run import export
+
+    result = export(args.model, args.to, args.out, type_name=args.type, template=args.template, gguf_file=args.gguf_file)
+    print(f"exported: {result.out} (verified: {result.check.describe()})")
+    if result.modelfile is not None:
+        print(f"Ollama Modelfile: {result.modelfile}" + (f" ({result.note})" if result.note else ""))
+    return EXIT_OK
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from llmft.chat import ChatSession, interactive, resolve_source, source_from_recipe
 
@@ -403,6 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the checks: base vs the adapter's recorded base, merged vs base+adapter logits",
     )
     merge.set_defaults(fn=cmd_merge)
+    exporting = sub.add_parser(
+        "export",
+        help="write a run or model as one GGUF file (llama.cpp, Ollama) or a standalone Hugging Face folder, verified",
+        description="Export a run (its adapter merged first, with merge's checks), an adapter dir or a model as a GGUF "
+        "file or a Hugging Face folder. The export is read back with transformers and its logits and tokenizer compared "
+        "with the source before it is kept; a failure leaves nothing at --out.",
+    )
+    exporting.add_argument("model", metavar="RUN_OR_MODEL", help="run output dir, adapter dir, model dir or hub id")
+    exporting.add_argument(
+        "--to", required=True, choices=("gguf", "hf"), help="gguf: one .gguf file (+ an Ollama Modelfile); hf: a folder"
+    )
+    exporting.add_argument("--out", required=True, help="the .gguf file or the folder to write (must not exist)")
+    exporting.add_argument("--type", help="gguf: f32, f16 (default), bf16 or q8_0; hf: f32 (default), f16 or bf16")
+    exporting.add_argument("--template", help="named chat template for a model without one (see docs/data.md)")
+    exporting.add_argument("--gguf-file", help="GGUF file inside RUN_OR_MODEL (a model loaded from GGUF)")
+    exporting.set_defaults(fn=cmd_export)
     evaluate = sub.add_parser(
         "eval",
         help="measure a model on held-out data (loss, generated answers, preference/reward accuracy, win rate)",

@@ -254,14 +254,19 @@ def special_ids(tokenizer: Any) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
 
 
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The token that closes an assistant turn under the installed template (e.g. <|im_end|>): the
+    last supervised token when it is a special one, else EOS (None when there is neither)."""
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    supervised = [t for t in encode_conversation(tokenizer, probe).labels if t != IGNORE]
+    if supervised and supervised[-1] in special_ids(tokenizer):
+        return supervised[-1]
+    return tokenizer.eos_token_id
+
+
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Token ids that end an assistant turn under the installed template (for stopping and checks)."""
-    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    example = encode_conversation(tokenizer, probe)
-    supervised = [t for t in example.labels if t != IGNORE]
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    if supervised and supervised[-1] in special_ids(tokenizer):
-        ids.add(supervised[-1])
+    ids = {tokenizer.eos_token_id, turn_end_id(tokenizer)} - {None}
     return sorted(ids)
 
 

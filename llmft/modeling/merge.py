@@ -81,6 +81,7 @@ class LogitsCheck:
     positions: int  # probe positions compared
     top1_same: int  # positions where both pick the same token
     top1_wrong: int  # positions where they differ and it is not a near-tie
+    rule: str = f"{ROUNDINGS:g} x eps32"  # how the tolerance was set, x the logit scale
 
     @property
     def passed(self) -> bool:
@@ -89,7 +90,7 @@ class LogitsCheck:
     def describe(self) -> str:
         return (
             f"max |logit diff| {self.max_abs_diff:.2e}, tolerance {self.tolerance:.2e} "
-            f"({ROUNDINGS:g} x eps32 x logit scale {self.scale:.3g}); "
+            f"({self.rule} x logit scale {self.scale:.3g}); "
             f"same top-1 token at {self.top1_same}/{self.positions} probe positions"
         )
 
@@ -117,10 +118,11 @@ def tolerance(scale: float) -> float:
     return ROUNDINGS * EPS32 * max(scale, 1.0)
 
 
-def compare_logits(expected: torch.Tensor, merged: torch.Tensor) -> LogitsCheck:
+def compare_logits(expected: torch.Tensor, merged: torch.Tensor, relative: float | None = None, rule: str = "") -> LogitsCheck:
+    """`merged` against `expected`, within `tolerance()` (or `relative` x the logit scale, set as `rule`)."""
     expected, merged = expected.flatten(0, -2), merged.flatten(0, -2)  # (positions, vocab)
     scale = max(expected.abs().max().item(), 1.0)
-    tol = tolerance(scale)
+    tol = tolerance(scale) if relative is None else relative * scale
     ours, theirs = merged.argmax(-1), expected.argmax(-1)
     # a different top-1 is wrong unless base + adapter scored the two tokens within 2 x tolerance
     gap = expected.max(-1).values - expected.gather(-1, ours[:, None])[:, 0]
@@ -131,6 +133,7 @@ def compare_logits(expected: torch.Tensor, merged: torch.Tensor) -> LogitsCheck:
         positions=expected.shape[0],
         top1_same=int((ours == theirs).sum()),
         top1_wrong=int(((ours != theirs) & (gap > 2 * tol)).sum()),
+        **({"rule": rule} if rule else {}),
     )
 
 
