@@ -107,13 +107,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
     from llmft.data.sources import source_files
     from llmft.modeling.hub import hub_problems
-    from llmft.preflight import WOULD_STOP, machine_error, machine_problems, planned_for, this_device, this_machine
+    from llmft.preflight import (
+        WOULD_STOP,
+        hub_data_problems,
+        machine_error,
+        machine_problems,
+        planned_for,
+        this_device,
+        this_machine,
+    )
 
     recipe = load_recipe(args.recipe, args.overrides)
     found = machine_problems(recipe, args.device)
     if found:
         footer = ""
-        elsewhere = machine_problems(recipe, "cuda") + hub_problems(recipe.model)  # the hub: this machine's either way
+        # the hub: this machine's either way
+        elsewhere = machine_problems(recipe, "cuda") + hub_problems(recipe.model) + hub_data_problems(recipe)
         if args.device is None and this_device() == "cpu" and any(p not in elsewhere for p in found):
             footer = "  (a recipe for a GPU machine? `llmft validate --device cuda` leaves out what only that machine can tell)"
         raise machine_error(found, args.device, source=args.recipe, then=WOULD_STOP, footer=footer)
