@@ -127,3 +127,13 @@ def test_online_an_unreachable_hub_is_a_problem_unless_the_copy_is_cached(hub_ca
     problem = hub_problem("hub:org/other", "data.train.0.path", down)
     assert problem.startswith("cannot reach the Hugging Face Hub (connection refused) to download hub:org/other@train")
     assert hub_problem("hub:org/other", "data.train.0.path", lambda: None) is None
+
+
+def test_a_cached_hub_dataset_streams(hub_cache):
+    from llmft.data.sources import iter_source
+
+    cache_hub_dataset(hub_cache, "org/ds", {"train": ROWS})
+    spec = DatasetSpec(path="hub:org/ds@train", columns={"prompt": "instruction"})
+    records = list(iter_source(spec, "data.train.0"))
+    assert [r.value["prompt"] for r in records] == [r["instruction"] for r in ROWS]
+    assert records[5].where == "hub:org/ds@train[5]"
