@@ -105,6 +105,7 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
+    from llmft.data.hub import is_hub
     from llmft.data.sources import source_files
     from llmft.modeling.hub import hub_problems
     from llmft.preflight import (
@@ -140,7 +141,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  stage {recipe.stage.name}, finetune {ft.mode}{detail}")
     print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
     train, held = (sum(len(source_files(spec.path)) for spec in getattr(recipe.data, s)) for s in ("train", "eval"))
-    print(f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}, max_length {recipe.data.max_length}")
+    hub = sum(is_hub(spec.path) for spec in [*recipe.data.train, *recipe.data.eval])
+    hubs = f" (+ {_count(hub, 'hub dataset')})" if hub else ""
+    stream = ", streamed" if recipe.data.streaming else ""
+    print(
+        f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}{hubs}, max_length {recipe.data.max_length}{stream}"
+    )
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     print(
         f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}"

@@ -4,11 +4,8 @@ the hub leaves it: `<cache>/<org>___<name>/<config>/<version>/<revision>/<name>-
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from conftest import make_recipe
+from conftest import cache_hub_dataset, make_recipe
 
 from llmft.config import validate_recipe
 from llmft.config.data import DatasetSpec
@@ -18,38 +15,6 @@ from llmft.errors import UserError
 from llmft.preflight import machine_problems, preflight
 
 ROWS = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(6)]
-
-
-def cache_hub_dataset(cache: Path, repo_id: str, splits: dict[str, list[dict]], config: str = "default") -> Path:
-    """Write `splits` into the datasets cache `cache` as `datasets` stores `repo_id` (config `config`)
-    after downloading it: built by datasets' own JSON builder, under the hub's directory name."""
-    from datasets.packaged_modules.json.json import Json
-
-    org, name = repo_id.split("/")
-    source = cache.parent / f"src-{name}-{config}"
-    source.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, rows in splits.items():
-        files[split] = str(source / f"{split}.jsonl")
-        Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    build = cache.parent / f"build-{name}-{config}"
-    builder = Json(data_files=files, cache_dir=str(build), dataset_name=name, config_name=config, config_id=config, hash="0" * 40)
-    builder.download_and_prepare()
-    target = cache / f"{org}___{name}" / config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (build / name / config).rename(target)
-    return target
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    import datasets
-
-    cache = tmp_path / "hf-datasets"
-    cache.mkdir()
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def test_a_cached_hub_dataset_reads_offline_with_rows_named(hub_cache):
