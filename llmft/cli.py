@@ -186,8 +186,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from llmft.config import load_recipe
     from llmft.data.cache import cache_root
 
+    if load_recipe(args.recipe, args.overrides, require_builder=False).data.streaming:
+        raise UserError("data.streaming: a streamed run tokenizes during training and reads no cache; nothing to preprocess")
     prepared, _, recipe = _prepared_data(args)
     if not recipe.data.cache:
         raise UserError("data.cache: is false, so preprocess has nothing to write; set it to true")

@@ -202,3 +202,11 @@ def test_data_counts_what_interleave_drew_from_each_source(tiny_model_dir, tmp_p
     lines = [line for line in out.splitlines() if "drawn by mix: interleave" in line]
     assert len(lines) == 2 and lines[0].strip().startswith("data.train.0:")
     assert "200 drawn" in lines[0] or "200 drawn" in lines[1]  # first_exhausted: one source ran out
+
+
+def test_preprocess_refuses_a_streamed_recipe(tiny_model_dir, pt_file, tmp_path, capsys):
+    raw = make_recipe(tiny_model_dir, pt_file, tmp_path / "out", stage="pt", data={"streaming": True})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["preprocess", str(path)]) == 2
+    assert "data.streaming: a streamed run tokenizes during training" in capsys.readouterr().err
