@@ -106,15 +106,25 @@ def launch_processes(recipe, args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmft.config import load_recipe
+    from llmft.data.hub import is_hub
     from llmft.data.sources import source_files
     from llmft.modeling.hub import hub_problems
-    from llmft.preflight import WOULD_STOP, machine_error, machine_problems, planned_for, this_device, this_machine
+    from llmft.preflight import (
+        WOULD_STOP,
+        hub_data_problems,
+        machine_error,
+        machine_problems,
+        planned_for,
+        this_device,
+        this_machine,
+    )
 
     recipe = load_recipe(args.recipe, args.overrides)
     found = machine_problems(recipe, args.device)
     if found:
         footer = ""
-        elsewhere = machine_problems(recipe, "cuda") + hub_problems(recipe.model)  # the hub: this machine's either way
+        # the hub: this machine's either way
+        elsewhere = machine_problems(recipe, "cuda") + hub_problems(recipe.model) + hub_data_problems(recipe)
         if args.device is None and this_device() == "cpu" and any(p not in elsewhere for p in found):
             footer = "  (a recipe for a GPU machine? `llmft validate --device cuda` leaves out what only that machine can tell)"
         raise machine_error(found, args.device, source=args.recipe, then=WOULD_STOP, footer=footer)
@@ -132,7 +142,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  stage {recipe.stage.name}, finetune {ft.mode}{detail}")
     print(f"  model {recipe.model.path}" + (f" [{recipe.model.gguf_file}]" if recipe.model.gguf_file else ""))
     train, held = (sum(len(source_files(spec.path)) for spec in getattr(recipe.data, s)) for s in ("train", "eval"))
-    print(f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}, max_length {recipe.data.max_length}")
+    hub = sum(is_hub(spec.path) for spec in [*recipe.data.train, *recipe.data.eval])
+    hubs = f" (+ {_count(hub, 'hub dataset')})" if hub else ""
+    stream = ", streamed" if recipe.data.streaming else ""
+    print(
+        f"  data  {_count(train, 'train file')} / {_count(held, 'eval file')}{hubs}, max_length {recipe.data.max_length}{stream}"
+    )
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     print(
         f"  train {length}, batch {t.micro_batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g} {t.scheduler}, {t.optimizer}, precision {t.precision}"
@@ -172,8 +187,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from llmft.config import load_recipe
     from llmft.data.cache import cache_root
 
+    if load_recipe(args.recipe, args.overrides, require_builder=False).data.streaming:
+        raise UserError("data.streaming: a streamed run tokenizes during training and reads no cache; nothing to preprocess")
     prepared, _, recipe = _prepared_data(args)
     if not recipe.data.cache:
         raise UserError("data.cache: is false, so preprocess has nothing to write; set it to true")

@@ -21,9 +21,11 @@ import torch
 
 from llmft.allocator import allocator_problems
 from llmft.config.recipe import Recipe
+from llmft.data.hub import hub_problem as hub_dataset_problem
+from llmft.data.hub import is_hub as is_hub_data
 from llmft.errors import MachineError, UserError
 from llmft.launch.deepspeed import deepspeed_config
-from llmft.modeling.hub import hub_problems
+from llmft.modeling.hub import hub_problems, unreachable
 from llmft.modeling.load import attention_problems, model_path_problem
 from llmft.modeling.precision import resolve_precision
 from llmft.modeling.quantize import bitsandbytes_problems
@@ -56,6 +58,7 @@ def machine_problems(recipe: Recipe, device: str | None = None) -> list[Problem]
     model = model_path_problem(recipe.model)
     found += [model] if model is not None else []
     found += hub_problems(recipe.model) if probe else []  # this machine's cache and network
+    found += hub_data_problems(recipe) if probe else []
     found += bitsandbytes_problems(recipe.finetune, recipe.training.optimizer, cuda=cuda, probe=probe)
     found += attention_problems(recipe.model, cuda=cuda, probe=probe)
     found += _raised(lambda: resolve_precision(recipe.training, deepspeed=recipe.distributed.uses_deepspeed, device=device))
@@ -119,8 +122,20 @@ def data_path_problems(recipe: Recipe) -> list[Problem]:
         (f"data.{split}.{i}.path", f"file not found: {spec.path}")
         for split in ("train", "eval")
         for i, spec in enumerate(getattr(recipe.data, split))
-        if not Path(spec.path).expanduser().exists()
+        if not is_hub_data(spec.path) and not Path(spec.path).expanduser().exists()
     ]
+
+
+def hub_data_problems(recipe: Recipe) -> list[Problem]:
+    """Hub datasets (`hub:ID`) this machine cannot load: offline, not in the datasets cache; online,
+    the hub unreachable and no cached copy."""
+    found = []
+    for split in ("train", "eval"):
+        for i, spec in enumerate(getattr(recipe.data, split)):
+            key = f"data.{split}.{i}.path"
+            if is_hub_data(spec.path) and (problem := hub_dataset_problem(spec.path, key, unreachable)) is not None:
+                found.append((key, problem))
+    return found
 
 
 def stage_input_problems(recipe: Recipe) -> list[Problem]:

@@ -66,6 +66,39 @@ def cache_hub_model(repo_id: str = "some/model") -> Path:
     return snapshot
 
 
+def cache_hub_dataset(cache: Path, repo_id: str, splits: dict[str, list[dict]], config: str = "default") -> Path:
+    """Write `splits` into the datasets cache `cache` as `datasets` stores `repo_id` (config `config`)
+    after downloading it: built by datasets' own JSON builder, under the hub's directory name."""
+    from datasets.packaged_modules.json.json import Json
+
+    org, name = repo_id.split("/")
+    source = cache.parent / f"src-{name}-{config}"
+    source.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, rows in splits.items():
+        files[split] = str(source / f"{split}.jsonl")
+        Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build = cache.parent / f"build-{name}-{config}"
+    builder = Json(data_files=files, cache_dir=str(build), dataset_name=name, config_name=config, config_id=config, hash="0" * 40)
+    builder.download_and_prepare()
+    target = cache / f"{org}___{name}" / config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (build / name / config).rename(target)
+    return target
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty datasets cache for this test (`cache_hub_dataset` fills it), read offline."""
+    import datasets
+
+    cache = tmp_path / "hf-datasets"
+    cache.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return cache
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -537,3 +537,19 @@ def test_bitsandbytes_kernel_loading_is_quiet_but_errors_are_not():
     assert quiet.returncode == 0, quiet.stderr
     assert "kernels-community" not in quiet.stderr and "gemm_4bit" not in quiet.stderr
     assert "a real error" in quiet.stderr
+
+
+def test_validate_checks_hub_datasets_in_the_datasets_cache(tmp_path, capsys, hub_cache):
+    from conftest import cache_hub_dataset
+
+    cache_hub_model()
+    cache_hub_dataset(hub_cache, "org/ds", {"train": [{"messages": HELLO}]})
+    recipe = with_data(tmp_path)
+    recipe["data"]["eval"] = "hub:org/ds@train"
+    path = write(tmp_path / "hub.yaml", recipe)
+    assert main(["validate", str(path)]) == EXIT_OK
+    assert "  data  1 train file / 0 eval files (+ 1 hub dataset), max_length 64\n" in capsys.readouterr().out
+    recipe["data"]["eval"] = "hub:org/missing@train"
+    write(path, recipe)
+    assert main(["validate", str(path)]) == EXIT_USER
+    assert "data.eval.0.path: hub:org/missing@train: not in the datasets cache" in capsys.readouterr().err

@@ -181,3 +181,32 @@ def test_a_bad_record_that_stops_the_run_suggests_skipping(tiny_model_dir, tmp_p
         "(each one counted in the run log and in `llmft data`).\n"
     )
     assert err.count("on_bad_record") == 1
+
+
+def test_data_counts_what_interleave_drew_from_each_source(tiny_model_dir, tmp_path, capsys):
+    sources = []
+    for n in range(2):
+        sources.append(tmp_path / f"s{n}.jsonl")
+        write_jsonl(sources[-1], [{"text": f"source {n} document {i}"} for i in range(200)])
+    raw = make_recipe(
+        tiny_model_dir,
+        sources[0],
+        tmp_path / "out",
+        stage="pt",
+        data={"train": [{"path": str(sources[0]), "probability": 0.75}, str(sources[1])], "mix": "interleave", "cache": False},
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["data", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "drawn by mix: interleave" in line]
+    assert len(lines) == 2 and lines[0].strip().startswith("data.train.0:")
+    assert "200 drawn" in lines[0] or "200 drawn" in lines[1]  # first_exhausted: one source ran out
+
+
+def test_preprocess_refuses_a_streamed_recipe(tiny_model_dir, pt_file, tmp_path, capsys):
+    raw = make_recipe(tiny_model_dir, pt_file, tmp_path / "out", stage="pt", data={"streaming": True})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["preprocess", str(path)]) == 2
+    assert "data.streaming: a streamed run tokenizes during training" in capsys.readouterr().err

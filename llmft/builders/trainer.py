@@ -132,8 +132,15 @@ def next_token_trainer(ctx: RunContext) -> TrainerLike:
     from llmft.plan.passes import settle_passes
 
     data = ctx.recipe.data
-    prepared = prepare_for(ctx.recipe, ctx.tokenizer)
-    log_prepared(prepared)
+    if data.streaming:
+        from llmft.data.streaming import stream_log_callback, streamed_data
+
+        streamed, evaluation = streamed_data(ctx.recipe, ctx.tokenizer)
+        train: Any = streamed
+    else:
+        prepared = prepare_for(ctx.recipe, ctx.tokenizer)
+        log_prepared(prepared)
+        train, evaluation = prepared.train, prepared.eval
     path = choose(ctx.recipe, ctx.model, ctx.settings)
     path = settle_passes(path, ctx.recipe, causal_lm(ctx.model).config, ctx.settings)
     apply(path, ctx.model, ctx.settings)
@@ -142,9 +149,8 @@ def next_token_trainer(ctx: RunContext) -> TrainerLike:
         from llmft.modeling import shift_attn
 
         log.info(shift_attn.enable(ctx.model))
-    train, evaluation = prepared.train, prepared.eval
     pad_id = ctx.tokenizer.pad_token_id
-    if path.batching == "packed":
+    if path.batching == "packed":  # never streaming (refused in config/data.py)
         rows = pack(train, data.max_length)
         log.info(
             "packing: %d examples -> %d rows of <= %d tokens (%.0f%% filled)",
@@ -162,4 +168,9 @@ def next_token_trainer(ctx: RunContext) -> TrainerLike:
     trainer_class = None
     if path.chunked_loss:
         trainer_class = chunked_loss_trainer_class(path.forward_tokens, head_dtype=ctx.settings.autocast_dtype)
-    return make_trainer(ctx, ExampleDataset(train), ExampleDataset(evaluation) if evaluation else None, collator, trainer_class)
+    eval_dataset = ExampleDataset(evaluation) if evaluation else None
+    if data.streaming:
+        trainer = make_trainer(ctx, streamed, eval_dataset, collator, trainer_class)
+        trainer.add_callback(stream_log_callback(streamed))
+        return trainer
+    return make_trainer(ctx, ExampleDataset(train), eval_dataset, collator, trainer_class)

@@ -32,8 +32,9 @@ TemplateName = Literal[
 
 class DatasetSpec(Section):
     path: str = Field(
-        description="A .json (array), .jsonl, .csv or .txt file; a directory (every such file in it, "
-        "sorted by name); or a directory written by `datasets.Dataset.save_to_disk`."
+        description="A .json (array), .jsonl, .csv, .txt, .parquet or .arrow file; a directory (every such file "
+        "in it, sorted by name); a directory written by `datasets.Dataset.save_to_disk`; or a Hugging Face Hub "
+        "dataset `hub:ID[:config][@split]` (split default `train`; offline: from the datasets cache)."
     )
     format: DataFormat = Field(
         default="auto",
@@ -58,6 +59,13 @@ class DatasetSpec(Section):
         gt=0,
         description="Mixing weight: use weight x the source's records (2 = twice, 0.5 = a seeded half). "
         "Not together with `samples`.",
+    )
+    probability: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="`data.mix: interleave` (train entries): the chance each drawn record comes from this source. "
+        "Entries without one share what the others leave equally; all given must sum to 1.",
     )
     text_unit: Literal["line", "file"] = Field(
         default="line", description="`.txt` files: one document per non-empty line, or the whole file as one."
@@ -93,6 +101,24 @@ class DataConfig(Section):
         gt=0,
         description="Hold out part of the training records for evaluation instead: a fraction "
         "(0 < x < 1) or a count, chosen with `training.seed`. Not together with `eval`.",
+    )
+    mix: Literal["concat", "interleave"] = Field(
+        default="concat",
+        description="How several `train` entries combine: one after another, or drawn record by record at "
+        "random (each entry's `probability`), seeded with `training.seed`. Records per source are in the run log "
+        "and `llmft data`.",
+    )
+    mix_stop: Literal["first_exhausted", "all_exhausted"] = Field(
+        default="first_exhausted",
+        description="`mix: interleave`: stop when the first source runs out, or when every source has run out "
+        "once (sources that ran out start again meanwhile, so small ones are repeated).",
+    )
+    streaming: bool = Field(
+        default=False,
+        description="pt/sft: read records lazily and tokenize them during training, so memory stays flat in "
+        "the corpus size (.jsonl, .txt, .parquet, .arrow and hub sources are read a record at a time). Needs "
+        "`training.max_steps`; turns off the tokenized-data cache, packing, length grouping and `eval_split` "
+        "(eval entries are still read whole).",
     )
     max_train_samples: int | None = Field(
         default=None, gt=0, description="Use at most this many training examples (after the split)."
@@ -187,6 +213,21 @@ class DataConfig(Section):
             raise ValueError("set eval or eval_split, not both")
         if not self.mask_prompt and "train_on" in self.model_fields_set and self.train_on != "all":
             raise ValueError("mask_prompt: false trains on every token; remove train_on or set it to 'all'")
+        given = [spec.probability for spec in self.train if spec.probability is not None]
+        if given and self.mix != "interleave":
+            raise ValueError("train entries' probability needs mix: interleave")
+        if any(spec.probability is not None for spec in self.eval):
+            raise ValueError("probability applies to train entries (mix: interleave); eval entries are read whole")
+        if given and (sum(given) > 1 + 1e-6 or (len(given) == len(self.train) and abs(sum(given) - 1) > 1e-6)):
+            raise ValueError(f"train entries' probabilities sum to {sum(given):g}; they must sum to 1")
+        if self.mix_stop != "first_exhausted" and self.mix != "interleave":
+            raise ValueError("mix_stop applies to mix: interleave; remove it or set mix: interleave")
+        if self.streaming:
+            for key in ("packing", "group_by_length", "eval_split", "max_train_samples"):
+                if getattr(self, key) not in (None, False):
+                    raise ValueError(f"streaming reads records lazily and cannot honour {key}; remove {key}")
+            if any(spec.samples is not None or spec.weight is not None for spec in self.train):
+                raise ValueError("streaming cannot resample a source (samples, weight); use mix: interleave with probability")
         if self.packing and self.group_by_length:
             raise ValueError("packing and group_by_length exclude each other; packing wastes no padding")
         return self
@@ -195,6 +236,14 @@ class DataConfig(Section):
     def supervision(self) -> str:
         """What SFT supervises: `all_turns`, `last_turn` or `all`."""
         return "all" if not self.mask_prompt else self.train_on
+
+    @property
+    def probabilities(self) -> list[float]:
+        """`mix: interleave`: each train entry's draw probability (unset ones share the rest equally)."""
+        given = [spec.probability for spec in self.train]
+        rest = 1 - sum(p for p in given if p is not None)
+        unset = sum(p is None for p in given)
+        return [p if p is not None else max(rest, 0) / unset for p in given]
 
     @property
     def has_eval(self) -> bool:

@@ -52,6 +52,7 @@ def cross_section_problems(recipe: Recipe, require_builder: bool = True) -> list
     stage, finetune, data, training = recipe.stage, recipe.finetune, recipe.data, recipe.training
     problems = rules.supported_pair(stage, finetune) if require_builder else []
     problems += rules.data_for_stage(stage, data)
+    problems += rules.streaming_problems(stage, data, training, recipe.distributed)
     problems += stage.own_problems()
     problems += stage.batch_problems(training, recipe.evaluates)
     problems += rules.finetune_for_stage(stage, finetune, recipe.model)

@@ -118,6 +118,23 @@ def data_for_stage(stage: StageSection, data: DataConfig) -> Problems:
     return problems
 
 
+def streaming_problems(stage: StageSection, data: DataConfig, training: TrainingConfig, d: DistributedConfig) -> Problems:
+    """`data.streaming`: only where llmft's own next-token trainer reads the data (pt, sft), with a
+    length in steps (a stream has no known length for `epochs`), in one process."""
+    if not data.streaming:
+        return []
+    problems: Problems = []
+    if not stage.traits.fast_path:
+        problems.append(("data.streaming", f"stage {stage.name!r} reads its data whole (only pt and sft stream); remove it"))
+    if training.max_steps is None:
+        problems.append(
+            ("training.max_steps", "data.streaming needs it: a stream's length is unknown, so epochs cannot be counted; set it")
+        )
+    if d.launches or d.uses_deepspeed:
+        problems.append(("data.streaming", "streams in one process only for now; remove it or train without distributed:"))
+    return problems
+
+
 def finetune_for_stage(stage: StageSection, finetune: Any, model: ModelConfig) -> Problems:
     """The finetune mode against the stage and the model source."""
     problems = []

@@ -20,11 +20,12 @@ import numpy as np
 
 from llmft import __version__
 from llmft.config.data import DataConfig
+from llmft.data import hub
 from llmft.data.tokenize import Example
 
 FORMAT_VERSION = 3  # 2: records that end after their last reply or train an empty reply are bad records; 3: reports keep lengths
 #: `data:` keys that do not change the tokenized examples (applied after the cache).
-NOT_IN_KEY = {"cache", "cache_dir", "num_proc", "packing", "group_by_length"}
+NOT_IN_KEY = {"cache", "cache_dir", "num_proc", "packing", "group_by_length", "streaming"}
 
 
 def default_cache_dir() -> Path:
@@ -62,8 +63,11 @@ def fingerprint(stage: str, data: DataConfig, tokenizer: Any, seed: int) -> str:
             {"llmft": __version__, "format": FORMAT_VERSION, "stage": stage, "seed": seed, "data": options}, sort_keys=True
         ).encode()
     )
-    for spec in [*data.train, *data.eval]:
-        _hash_files(Path(spec.path).expanduser(), digest)
+    for i, spec in enumerate([*data.train, *data.eval]):
+        if hub.is_hub(spec.path):  # the cached copy's own fingerprint: a new revision gives a new key
+            digest.update(hub.fingerprint(hub.parse(spec.path, f"data entry {i}"), spec.path).encode())
+        else:
+            _hash_files(Path(spec.path).expanduser(), digest)
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     return digest.hexdigest()
 

@@ -17,10 +17,11 @@ from llmft.config.data import DataConfig, DatasetSpec
 from llmft.config.stage import TRAITS
 from llmft.data import cache
 from llmft.data.formats import check_supervised, detect_records_format, normalise
+from llmft.data.mix import interleave_lists
 from llmft.data.pairs import KtoExample, PairExample, build_kto_examples, build_pair_examples
 from llmft.data.prompts import build_prompts, prompt_budget
 from llmft.data.render import warn_unrendered_tools
-from llmft.data.sources import read_source
+from llmft.data.sources import RawRecord, read_source
 from llmft.data.tokenize import IGNORE, DataReport, Example, build_pt_blocks, build_sft_examples
 from llmft.errors import UserError
 
@@ -37,6 +38,7 @@ class SourceReport:
     skipped: int  # bad records skipped under on_bad_record: skip
     used: int  # after samples / weight
     skipped_examples: list[str] = field(default_factory=list)
+    mixed: int | None = None  # records `data.mix: interleave` drew from this source
 
     def line(self) -> str:
         how = "detected" if self.detected else "given"
@@ -45,6 +47,8 @@ class SourceReport:
             parts.append(f"{self.skipped} bad skipped (e.g. {'; '.join(self.skipped_examples[:2])})")
         if self.used != self.records - self.skipped:
             parts.append(f"{self.used} used after samples/weight")
+        if self.mixed is not None:
+            parts.append(f"{self.mixed} drawn by mix: interleave")
         return ", ".join(parts)
 
 
@@ -82,23 +86,35 @@ def stage_check(stage: str, data: DataConfig) -> Callable[[Any], None] | None:
 def read_split(
     stage: str, specs: Sequence[DatasetSpec], split: str, data: DataConfig, seed: int
 ) -> tuple[list[Any], list[SourceReport]]:
-    items: list[Any] = []
+    parts: list[list[Any]] = []
     reports = []
     check = stage_check(stage, data)
     for i, spec in enumerate(specs):
         key = f"data.{split}.{i}"
         records = read_source(spec, key)
-        fmt, detected = spec.format, spec.format == "auto"
-        if detected:  # from the first record that read cleanly
-            fmt = detect_records_format(records, f"{key}: {spec.path}")
-        if fmt not in TRAITS[stage].formats:
-            expected = " or ".join(TRAITS[stage].formats)
-            raise UserError(f"{key}: {spec.path} is {fmt} data, but stage {stage!r} trains on {expected} data")
+        fmt, detected = source_format(stage, spec, records, key)
         good, bad = normalise(records, fmt, data.on_bad_record, check)
         used = resample(good, spec, random.Random(f"{seed}:{key}"))
         reports.append(SourceReport(key, spec.path, fmt, detected, len(records), bad.count, len(used), list(bad.examples)))
-        items.extend(used)
-    return items, reports
+        parts.append(used)
+    if split == "train" and data.mix == "interleave":
+        items, counts = interleave_lists(parts, data.probabilities, data.mix_stop, seed)
+        for report, count in zip(reports, counts):
+            report.mixed = count
+        return items, reports
+    return [item for part in parts for item in part], reports
+
+
+def source_format(stage: str, spec: DatasetSpec, records: Sequence[RawRecord], key: str) -> tuple[str, bool]:
+    """(format, detected) of one entry: given, or detected from the first record that read cleanly;
+    refused when the stage does not train on it."""
+    fmt, detected = spec.format, spec.format == "auto"
+    if detected:
+        fmt = detect_records_format(list(records), f"{key}: {spec.path}")
+    if fmt not in TRAITS[stage].formats:
+        expected = " or ".join(TRAITS[stage].formats)
+        raise UserError(f"{key}: {spec.path} is {fmt} data, but stage {stage!r} trains on {expected} data")
+    return fmt, detected
 
 
 def resample(items: list[Any], spec: DatasetSpec, rng: random.Random) -> list[Any]:

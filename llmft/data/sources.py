@@ -1,8 +1,13 @@
 """Read a dataset source into raw records, each tagged with where it came from.
 
-A source is a file (.json array, .jsonl, .csv with a header row, .txt), a directory of such files,
-or a directory written by `datasets.Dataset.save_to_disk`. Locations are `file:line` for
-line-based files and `file record N` / `dir record N` for JSON arrays and saved datasets.
+A source is a file (.json array, .jsonl, .csv with a header row, .txt, .parquet, .arrow), a directory
+of such files, a directory written by `datasets.Dataset.save_to_disk`, or a hub dataset
+(`hub:ID[:config][@split]`, llmft/data/hub.py). Locations are `file:line` for line-based files,
+`file record N` / `dir record N` for JSON arrays, columnar files and saved datasets, and
+`hub:ID@split[N]` for hub rows.
+
+`iter_source` reads lazily (`data.streaming`): line-based, columnar and hub sources a record at a
+time, so memory stays flat in the corpus size; a .json array or .csv file is still read whole.
 
 A JSONL line that is not valid JSON, or a CSV row with the wrong number of fields, becomes a record
 carrying its problem, left to `data.on_bad_record` like any other bad record. A `.json` array that
@@ -15,15 +20,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from llmft.config.data import DatasetSpec
+from llmft.data import hub
 from llmft.errors import UserError
 
-SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
+SUFFIXES = (".json", ".jsonl", ".csv", ".txt", ".parquet", ".arrow")
+#: Columnar files, read through pyarrow a batch at a time.
+COLUMNAR = (".parquet", ".arrow")
 #: Files `save_to_disk` writes; any of them marks a directory as a saved dataset.
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 TextUnit = Literal["line", "file"]
@@ -41,7 +49,35 @@ def read_source(spec: DatasetSpec, key: str) -> list[RawRecord]:
 
     `key` is the recipe key of the entry (`data.train.0`); errors about the path name `key.path`.
     """
-    records = _read_path(spec.path, f"{key}.path", spec.text_unit)
+    if hub.is_hub(spec.path):
+        records = [RawRecord(row, where) for where, row in hub.rows(hub.parse(spec.path, f"{key}.path"), f"{key}.path")]
+        if not records:
+            raise UserError(f"{key}.path: {spec.path} holds no records")
+    else:
+        records = _read_path(spec.path, f"{key}.path", spec.text_unit)
+    return list(apply_columns(records, spec.columns))
+
+
+def iter_source(spec: DatasetSpec, key: str) -> Iterator[RawRecord]:
+    """`read_source` a record at a time (`data.streaming`)."""
+    where = f"{key}.path"
+    if hub.is_hub(spec.path):
+        records: Iterable[RawRecord] = (
+            RawRecord(row, name) for name, row in hub.rows(hub.parse(spec.path, where), where, streaming=True)
+        )
+    else:
+        location = Path(spec.path).expanduser()
+        if not location.exists():
+            raise UserError(f"{where}: file not found: {spec.path}")
+        if location.is_dir() and not any((location / marker).is_file() for marker in SAVED_MARKERS):
+            files = _directory_files(location)
+            if not files:
+                raise UserError(f"{where}: {location} is a directory with no {', '.join(SUFFIXES)} files in it")
+            records = (r for file in files for r in _iter_file(file, where, spec.text_unit))
+        elif location.is_file():
+            records = _iter_file(location, where, spec.text_unit)
+        else:
+            records = iter(_read_path(spec.path, where, spec.text_unit))
     return apply_columns(records, spec.columns)
 
 
@@ -50,16 +86,16 @@ def read_records(path: str, key: str) -> list[RawRecord]:
     return _read_path(path, key, "line")
 
 
-def apply_columns(records: list[RawRecord], columns: dict[str, str]) -> list[RawRecord]:
+def apply_columns(records: Iterable[RawRecord], columns: dict[str, str]) -> Iterator[RawRecord]:
     """Rename `{llmft_field: source_column}`; a record lacking a mapped column gets a `problem`."""
     if not columns:
-        return records
+        yield from records
+        return
     renamed = set(columns.values())
-    out = []
     for record in records:
         value = record.value
         if not isinstance(value, dict):
-            out.append(record)  # the format reports a record that is not an object
+            yield record  # the format reports a record that is not an object
             continue
         new = {k: v for k, v in value.items() if k not in renamed}
         missing = []
@@ -69,8 +105,7 @@ def apply_columns(records: list[RawRecord], columns: dict[str, str]) -> list[Raw
             else:
                 missing.append(f"missing column {column!r} (columns maps {field!r} to it)")
         problem = "; ".join(missing) or record.problem
-        out.append(RawRecord(new, record.where, problem))
-    return out
+        yield RawRecord(new, record.where, problem)
 
 
 # --- paths -------------------------------------------------------------------------------
@@ -90,6 +125,8 @@ def _read_path(path: str, key: str, text_unit: TextUnit) -> list[RawRecord]:
 def source_files(path: str) -> list[Path]:
     """The files one data entry reads: the file itself; a directory's data files (as `read_source`
     reads them); a saved dataset's Arrow files. Empty for a path that does not exist."""
+    if hub.is_hub(path):
+        return []
     location = Path(path).expanduser()
     if location.is_file():
         return [location]
@@ -122,6 +159,11 @@ def _read_file(file: Path, key: str, text_unit: TextUnit) -> list[RawRecord]:
             f"{key}: {file}: unsupported file type {file.suffix or '(none)'!r}; use {', '.join(SUFFIXES)}, "
             "a directory of them, or a directory written by save_to_disk"
         )
+    if file.suffix in COLUMNAR:
+        records = list(_iter_columnar(file, key))
+        if not records:
+            raise UserError(f"{key}: {file} holds no records")
+        return records
     text = _read_text(file, key)
     if not text.strip():
         raise UserError(f"{key}: {file} is empty")
@@ -158,6 +200,51 @@ def _read_saved(directory: Path, key: str) -> list[RawRecord]:
     if not records:
         raise UserError(f"{key}: {directory} holds no records")
     return records
+
+
+def _iter_file(file: Path, key: str, text_unit: TextUnit) -> Iterator[RawRecord]:
+    """One file a record at a time: .jsonl and .txt (a document per line) line by line, columnar
+    files a batch at a time; others read whole."""
+    if file.suffix in COLUMNAR:
+        yield from _iter_columnar(file, key)
+    elif file.suffix == ".jsonl" or (file.suffix == ".txt" and text_unit == "line"):
+        reader = _read_jsonl if file.suffix == ".jsonl" else _read_txt
+        with open(file, "rb") as handle:  # bytes split at b"\n" only, as `_lines` splits
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").removesuffix("\n")
+                except UnicodeDecodeError:
+                    raise UserError(f"{key}: {file}:{number}: not UTF-8; re-encode the file as UTF-8") from None
+                for record in reader(line, str(file)):
+                    yield RawRecord(record.value, f"{file}:{number}", record.problem)
+    else:
+        yield from _read_file(file, key, text_unit)
+
+
+def _iter_columnar(file: Path, key: str) -> Iterator[RawRecord]:
+    """Rows of a .parquet file or an Arrow IPC file (.arrow: the stream format `datasets` writes, or
+    the file format), a record batch at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if file.suffix == ".parquet":
+            batches: Iterable[Any] = pq.ParquetFile(file).iter_batches()
+        else:
+            source = pa.memory_map(str(file))
+            try:
+                batches = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                source.seek(0)
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield RawRecord(row, f"{file} record {index}")
+                index += 1
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{key}: {file}: cannot read it as {file.suffix[1:]}: {exc}") from None
 
 
 # --- file types --------------------------------------------------------------------------

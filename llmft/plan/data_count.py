@@ -11,6 +11,7 @@ from llmft.config.recipe import Recipe
 from llmft.data import cache
 from llmft.data.dataset import prepare_for
 from llmft.data.packing import pack
+from llmft.data.streaming import TURNED_OFF
 from llmft.data.tokenize import IGNORE
 from llmft.errors import UserError
 from llmft.modeling.load import prepare_tokenizer
@@ -41,6 +42,8 @@ def count_training_data(recipe: Recipe, force: bool = False) -> DataCount:
     """Training examples and token counts: from the tokenized-data cache, or by tokenizing data that
     is small (or when `force`); otherwise unknown, with the reason."""
     stage = recipe.stage.name
+    if recipe.data.streaming:
+        return DataCount(how=f"not counted: {TURNED_OFF}")
     size = _data_bytes(recipe)
     try:
         tokenizer = prepare_tokenizer(recipe)

@@ -566,7 +566,15 @@ def test_defaults_appear_in_dump():
         "adapter_path": None,
     }
     assert dumped["data"]["train"] == [
-        {"path": "train.jsonl", "format": "auto", "columns": {}, "samples": None, "weight": None, "text_unit": "line"}
+        {
+            "path": "train.jsonl",
+            "format": "auto",
+            "columns": {},
+            "samples": None,
+            "weight": None,
+            "probability": None,
+            "text_unit": "line",
+        }
     ]
     assert dumped["distributed"] == {
         "num_processes": 1,

@@ -128,7 +128,7 @@ def test_read_records_directory_without_data_files(tmp_path):
     assert message.startswith(f"{KEY}: {tmp_path / 'dir.jsonl'} is a directory")
 
 
-@pytest.mark.parametrize("name", ["d.tsv", "d.parquet", "data"])
+@pytest.mark.parametrize("name", ["d.tsv", "d.xlsx", "data"])
 def test_unsupported_suffix(tmp_path, name):
     path = write(tmp_path / name, "text\na\n")
     message = error(path)
@@ -258,7 +258,9 @@ def test_directory_text_unit_file(tmp_path):
 def test_directory_without_data_files(tmp_path):
     write(tmp_path / "notes.md", "x")
     message = source_error(tmp_path)
-    assert message.startswith(f"{ENTRY}.path: {tmp_path} is a directory with no .json, .jsonl, .csv, .txt files")
+    assert message.startswith(
+        f"{ENTRY}.path: {tmp_path} is a directory with no .json, .jsonl, .csv, .txt, .parquet, .arrow files"
+    )
 
 
 def test_directory_errors_name_the_file(tmp_path):
