@@ -1,7 +1,8 @@
 """Write examples/data/arithmetic_train.jsonl and arithmetic_heldout.jsonl: small arithmetic word
 problems as `{"question", "answer"}` records, for GRPO (and PPO) with a verifiable reward.
 
-Sums and differences of numbers up to 20, within reach of a 135M model; the held-out problems use
+Sums and differences of numbers from 1 to 9: a 135M model knows them, but answers at length and
+often runs out of room before the number (47.5% right in 32 tokens, greedy); the held-out problems use
 story templates the training set never shows, so a gain on them is the skill (and the answer
 format) learned, not answers memorised. Run: python examples/make_arithmetic_data.py
 """
@@ -47,8 +48,8 @@ def write(path: Path, rows: list[dict]) -> None:
 def main(train_count: int = 400, held_out_count: int = 60) -> None:
     rng = random.Random(0)
     data = Path(__file__).parent / "data"
-    write(data / "arithmetic_train.jsonl", [problem(*rng.choice(TRAIN_STORIES), rng, 2, 20) for _ in range(train_count)])
-    write(data / "arithmetic_heldout.jsonl", [problem(*rng.choice(HELD_OUT_STORIES), rng, 2, 20) for _ in range(held_out_count)])
+    write(data / "arithmetic_train.jsonl", [problem(*rng.choice(TRAIN_STORIES), rng, 1, 9) for _ in range(train_count)])
+    write(data / "arithmetic_heldout.jsonl", [problem(*rng.choice(HELD_OUT_STORIES), rng, 1, 9) for _ in range(held_out_count)])
 
 
 if __name__ == "__main__":
