@@ -186,7 +186,9 @@ def test_recipe_eval_split_and_bad_arguments(tiny_model_dir, sft_data, tmp_path,
     )
     assert "the recipe's eval split (2 records)" in capsys.readouterr().out
     assert main(["eval", str(tiny_model_dir)]) == EXIT_USER
-    assert "give exactly one of --data FILE and --recipe RECIPE" in capsys.readouterr().err
+    assert "give held-out data (--data FILE, or --recipe RECIPE for its eval split) or --harness TASKS" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model_dir), "--data", str(sft_data), "--recipe", str(tmp_path / "r.yaml")]) == EXIT_USER
+    assert "give one of --data FILE and --recipe RECIPE" in capsys.readouterr().err
     assert main(["eval", str(tiny_model_dir), "--data", str(sft_data), "--metrics", "bleu"]) == EXIT_USER
     assert "--metrics: unknown bleu" in capsys.readouterr().err
     rm_dir = save_tiny_reward_model(tmp_path / "rm")
