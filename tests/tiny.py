@@ -46,6 +46,17 @@ def build_tokenizer(extra_special: list[str] | None = None, vocab_size: int = 40
     return tokenizer
 
 
+#: The tiny models' shape (causal LM, reward model, other families): 2 layers, hidden 32, 4 heads.
+TINY_SIZES = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
 def build_model(vocab_size: int, seed: int = 0, **config_overrides):
     """The tiny Llama; another `seed` gives the same architecture with other weights, and
     `config_overrides` (e.g. hidden_size) another architecture."""
@@ -55,12 +66,7 @@ def build_model(vocab_size: int, seed: int = 0, **config_overrides):
     torch.manual_seed(seed)
     config = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_SIZES,
         tie_word_embeddings=False,
         eos_token_id=None,
         bos_token_id=None,

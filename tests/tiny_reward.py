@@ -7,7 +7,7 @@ from pathlib import Path
 
 def save_tiny_reward_model(directory: Path) -> Path:
     import torch
-    from tiny import build_tokenizer
+    from tiny import TINY_SIZES, build_tokenizer
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     tokenizer = build_tokenizer()
@@ -15,12 +15,7 @@ def save_tiny_reward_model(directory: Path) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_SIZES,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.2,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONVERSATIONS, make_recipe, write_jsonl
-from tiny import build_model, build_tokenizer, save_tiny_model
+from tiny import TINY_SIZES, build_model, build_tokenizer, save_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmft.cli import main
@@ -84,12 +84,7 @@ def test_other_families_round_trip(tmp_path, model_type):
     config = AutoConfig.for_model(
         model_type,
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_SIZES,
         tie_word_embeddings=model_type == "qwen2",
         initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_recipe
 from safetensors.torch import load_file
-from tiny import build_tokenizer
+from tiny import TINY_SIZES, build_tokenizer
 
 import llmft.builders.ppo as ppo_builder
 from llmft.alignment.rollout import forward_replies
@@ -173,11 +173,7 @@ def save_reward_model_dir(directory: Path) -> Path:
     torch.manual_seed(1)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **{**TINY_SIZES, "num_hidden_layers": 1},
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
     )
