@@ -128,8 +128,13 @@ def test_no_path_line_for_stages_off_the_fast_path(tiny_model_dir):
     from llmft.plan.from_recipe import planned_path
     from llmft.resolve import resolve
 
-    recipe = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "dpo"}))
+    recipe = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "rm"}))
     assert planned_path(recipe, read_config(recipe.model), resolve(recipe, "cpu")) is None
+    dpo = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "dpo"}))
+    assert planned_path(dpo, read_config(dpo.model), resolve(dpo, "cpu")).describe() == (
+        "batches padding-free, attention llmft_sdpa_varlen, TRL's chunked log-prob head, padded rows scored as one row, "
+        "shared prompts once, fused RMSNorm/SwiGLU"
+    )
     sft = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}))
     path = planned_path(sft, read_config(sft.model), resolve(sft, "cuda"), budget_bytes=80 << 30)
     assert path.describe().endswith("fused RMSNorm/SwiGLU")  # no passes on an 80 GiB GPU

@@ -22,7 +22,7 @@ from llmft import rewards
 from llmft.builders.context import RunContext
 from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import trl_config
-from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
+from llmft.builders.trl_common import settle_lora_reference, take_fast_forward, trl_datasets, trl_trainer
 from llmft.config.stage import Reference
 from llmft.errors import UserError
 from llmft.registry import register_builder
@@ -153,4 +153,5 @@ def build_grpo(ctx: RunContext) -> TrainerLike:
     else:
         settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe() + (" (beta 0)" if reference is Reference.NONE else ""))
+    take_fast_forward(ctx, trainer)
     return trainer

@@ -14,7 +14,7 @@ from typing import Any
 from llmft.builders.context import RunContext
 from llmft.builders.protocol import TrainerLike
 from llmft.builders.trainer import training_kwargs
-from llmft.builders.trl_common import settle_lora_reference, trl_datasets, trl_trainer
+from llmft.builders.trl_common import settle_lora_reference, take_fast_forward, trl_datasets, trl_trainer
 from llmft.config.stage import Reference
 from llmft.registry import register_builder
 
@@ -69,4 +69,5 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, ref_model=ref_model)
     settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe())
+    take_fast_forward(ctx, trainer)
     return trainer

@@ -94,3 +94,43 @@ def settle_lora_reference(model: Any, keep_copy: bool) -> None:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout) and name.endswith(".lora_dropout.ref"):
             module.p = 0.0
+
+
+def take_fast_forward(ctx: RunContext, trainer: Any) -> Any:
+    """The fast path's batching, attention and fused ops on a TRL trainer that scores through TRL's
+    fused log-prob head (stage trait `fast_forward`): padded rows scored as one padding-free row, a
+    prefix rows share (a pair's prompt, a group's prompt) computed once where the attention is
+    llmft's branch-aware kernel (`llmft.fastpath.unpadded_scoring`), for the policy and for a
+    reference model kept beside it. Called once the trainer exists: TRL installs its fused head in
+    its constructor. Returns the path (`FastPath`), its passes sized by the memory plan."""
+    from llmft.fastpath.decide import apply, causal_lm, choose
+    from llmft.fastpath.unpadded_scoring import unpad_scoring
+    from llmft.plan.passes import settle_passes
+
+    path = choose(ctx.recipe, ctx.model, ctx.settings)
+    path = settle_passes(path, ctx.recipe, causal_lm(ctx.model).config, ctx.settings)
+    models = [ctx.model]
+    if getattr(trainer, "ref_model", None) is not None:
+        models.append(trainer.accelerator.unwrap_model(trainer.ref_model))
+    for model in models:
+        apply(path, model, ctx.settings)
+        if path.batching == "padding-free":
+            unpad_scoring(causal_lm(model), share_prefixes=path.shares_prefixes)
+    log.info("path: %s", path.describe())
+    _small_head_tiles(ctx.model)
+    return path
+
+
+#: Positions per tile of TRL's fused log-prob head on a CPU (TRL's 4,096 is sized for GPUs): each
+#: tile's logits are [positions, 32,768] fp32, 512 MB at TRL's size, 32 MB here, at the same speed.
+CPU_HEAD_TILE = 256
+
+
+def _small_head_tiles(model: Any) -> None:
+    """TRL's fused head on a CPU in tiles of CPU_HEAD_TILE positions (a module constant of TRL's
+    kernel, read at each call; left alone if a TRL release renames it)."""
+    from trl.kernels import chunked_logprob
+
+    device = next(model.parameters()).device
+    if device.type == "cpu" and hasattr(chunked_logprob, "TOKEN_CHUNK_SIZE"):
+        chunked_logprob.TOKEN_CHUNK_SIZE = CPU_HEAD_TILE

@@ -177,9 +177,10 @@ class DataConfig(Section):
     padding_free: bool = Field(
         default=True,
         description="pt/sft: concatenate each micro-batch's examples into one row instead of padding them "
-        "to the longest; positions restart per example and attention stays within each example, so the "
-        "loss is the padded batch's. Used for models that take attention from transformers' registry; "
-        "elsewhere batches are padded and the run log says why.",
+        "to the longest; dpo/kto/grpo: score the padded sequences TRL's trainer batches (chosen and "
+        "rejected, completions) as one such row. Positions restart per sequence and attention stays "
+        "within each, so the loss is the padded batch's. Used for models that take attention from "
+        "transformers' registry; elsewhere batches are padded and the run log says why.",
     )
     group_by_length: bool = Field(
         default=False,

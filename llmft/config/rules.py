@@ -16,7 +16,7 @@ from llmft.config.finetune import BASE_MOVING_INITS, LoraFinetune, QLoraFinetune
 from llmft.config.matrix import is_supported, unsupported_message
 from llmft.config.model import ModelConfig
 from llmft.config.output import OutputConfig
-from llmft.config.stage import Reference, StageSection
+from llmft.config.stage import Reference, StageSection, stages_with
 from llmft.config.training import BNB_OPTIMIZERS, TrainingConfig
 
 Problems = list[tuple[str, str]]
@@ -34,8 +34,12 @@ def keys_without_effect(stage: StageSection) -> list[str]:
     left out of recipe.resolved.yaml when it does not, so the resolved recipe loads back."""
     traits = stage.traits
     keys = []
+    if not traits.fast_forward:
+        keys += ["data.padding_free", "training.fused_ops"]
     if not traits.fast_path:
-        keys += ["data.padding_free", "training.chunked_loss", "training.fused_ops", "training.max_tokens_per_forward"]
+        keys.append("training.chunked_loss")
+    if not traits.forward_passes:
+        keys.append("training.max_tokens_per_forward")
     if not traits.truncation:
         keys.append("data.truncation")
     if not traits.supervision:
@@ -73,8 +77,13 @@ def data_for_stage(stage: StageSection, data: DataConfig) -> Problems:
         problems.append(
             ("data.group_by_length", f"not available for stage {name!r} (its trainer batches the data itself); remove the key")
         )
-    if _set(data, "padding_free") and not traits.fast_path:
-        problems.append(("data.padding_free", f"is part of the pt/sft fast path and has no effect on stage {name!r}; remove it"))
+    if _set(data, "padding_free") and not traits.fast_forward:
+        problems.append(
+            (
+                "data.padding_free",
+                f"applies to stages {stages_with('fast_forward')} and has no effect on stage {name!r}; remove it",
+            )
+        )
     if _set(data, "truncation") and data.truncation not in traits.truncation:
         if not traits.truncation:
             why = (
@@ -237,14 +246,19 @@ def training_for_stage(
         problems.append(
             ("training.shift_attn", f"S2-Attn is for the next-token stages pt and sft (got stage {name!r}); remove it")
         )
-    if not traits.fast_path:
-        for key in ("chunked_loss", "fused_ops", "max_tokens_per_forward"):
-            if _set(t, key):  # defaults stay quiet; a key someone set must not be ignored
-                problems.append(
-                    (f"training.{key}", f"is part of the pt/sft fast path and has no effect on stage {name!r}; remove it")
-                )
-    elif isinstance(t.max_tokens_per_forward, int):  # known before anything launches
-        if not t.chunked_loss:
+    for key, trait in (
+        ("chunked_loss", "fast_path"),
+        ("fused_ops", "fast_forward"),
+        ("max_tokens_per_forward", "forward_passes"),
+    ):
+        if _set(t, key) and not getattr(traits, trait):  # defaults stay quiet; a key someone set must not be ignored
+            problems.append(
+                (f"training.{key}", f"applies to stages {stages_with(trait)} and has no effect on stage {name!r}; remove it")
+            )
+    if isinstance(t.max_tokens_per_forward, int) and traits.forward_passes:  # known before anything launches
+        if blocker := stage.passes_blocker():
+            problems.append(("training.max_tokens_per_forward", f"{blocker}; remove it or set it to null"))
+        elif traits.fast_path and not t.chunked_loss:
             problems.append(
                 (
                     "training.max_tokens_per_forward",

@@ -79,6 +79,13 @@ class StageTraits:
     examples: Examples
     modes: tuple[str, ...]  # finetune modes with a builder: this stage's row of the supported table
     fast_path: bool = False  # the pt/sft fast path (padding-free, chunked loss, fused ops, passes, S2-Attn) and packing
+    # padding-free batches and fused ops apply to its forward (data.padding_free, training.fused_ops): the
+    # fast-path stages, and those whose TRL trainer scores through TRL's fused log-prob head, which scores a
+    # padded batch as one padding-free row (llmft.fastpath.unpadded_scoring)
+    fast_forward: bool = False
+    # training.max_tokens_per_forward applies: a micro-batch runs as several forward/backward passes
+    # (pt/sft: of whole examples; dpo: of whole pairs)
+    forward_passes: bool = False
     next_token_loss: bool = False  # the loss contains a next-token loss (the random-init alarm applies)
     group_by_length: bool = False  # its trainer honours data.group_by_length
     truncation: tuple[str, ...] = TRUNCATIONS  # data.truncation values it honours; () = the key has no effect
@@ -132,6 +139,10 @@ class StageSection(Section):
         """Problems within the stage section that belong to a key deeper than `stage`, as (dotted.key, problem)."""
         return []
 
+    def passes_blocker(self) -> str | None:
+        """Why a micro-batch cannot run in passes (`training.max_tokens_per_forward`) with these settings."""
+        return None
+
 
 #: DPO losses as TRL's DPOTrainer offers them.
 DpoLoss = Literal[
@@ -150,6 +161,9 @@ DpoLoss = Literal[
     "discopop",
     "sigmoid_norm",
 ]
+#: The DPO losses that couple a micro-batch's pairs (sorted across it, or a token mean over it): a
+#: micro-batch cut into passes of whole pairs would change them.
+BATCH_COUPLED_DPO_LOSSES = ("aot", "aot_unpaired", "sft")
 #: The DPO losses TRL applies `label_smoothing` to.
 SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 #: GRPO losses as TRL's GRPOConfig offers them (`loss_type`).
@@ -165,6 +179,8 @@ class PtStage(StageSection):
         examples="text",
         modes=ALL_MODES,
         fast_path=True,
+        fast_forward=True,
+        forward_passes=True,
         next_token_loss=True,
         group_by_length=True,
         truncation=(),
@@ -181,6 +197,8 @@ class SftStage(StageSection):
         examples="conversation",
         modes=ALL_MODES,
         fast_path=True,
+        fast_forward=True,
+        forward_passes=True,
         next_token_loss=True,
         group_by_length=True,
         supervision=True,
@@ -224,6 +242,8 @@ class DpoStage(StageSection):
         modes=ALL_MODES,
         group_by_length=True,
         head_adapter=False,
+        fast_forward=True,
+        forward_passes=True,
     )
 
     @field_validator("label_smoothing")
@@ -244,6 +264,11 @@ class DpoStage(StageSection):
     def reference_source(self, finetune: Any) -> Reference:
         return Reference.PRECOMPUTED if self.reference == "precomputed" else policy_at_start(finetune)
 
+    def passes_blocker(self) -> str | None:
+        if self.loss_type in BATCH_COUPLED_DPO_LOSSES:
+            return f"stage.loss_type {self.loss_type!r} couples the micro-batch's pairs, so they cannot run in separate passes"
+        return None
+
 
 class KtoStage(StageSection):
     name: Literal["kto"] = Field(description="Kahneman-Tversky optimisation on single replies labelled desirable or not.")
@@ -258,6 +283,7 @@ class KtoStage(StageSection):
         modes=ALL_MODES,
         truncation=("truncate_right", "drop"),
         head_adapter=False,
+        fast_forward=True,
     )
 
     def reference_source(self, finetune: Any) -> Reference:
@@ -321,6 +347,7 @@ class GrpoStage(StageSection):
         truncation=(),
         samples=True,
         head_adapter=False,
+        fast_forward=True,
     )
 
     @field_validator("rewards", mode="before")
@@ -457,3 +484,9 @@ def _name(variant: type[StageSection]) -> str:
 #: Stage names in schema order, and each stage's traits by name.
 STAGES: tuple[str, ...] = tuple(_name(v) for v in STAGE_VARIANTS)
 TRAITS: dict[str, StageTraits] = {_name(v): v.traits for v in STAGE_VARIANTS}
+
+
+def stages_with(trait: str) -> str:
+    """The stages whose `trait` is true, for messages: "pt, sft and dpo"."""
+    names = [name for name, traits in TRAITS.items() if getattr(traits, trait)]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]

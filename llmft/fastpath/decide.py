@@ -24,11 +24,26 @@ class FastPath:
     fused_ops: bool
     reasons: list[str] = field(default_factory=list)
     forward_tokens: ForwardTokens = None  # micro-batches cut into passes of at most this many tokens
+    scoring: bool = False  # a TRL trainer scoring sequences through its fused log-prob head (dpo)
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Scoring padding-free with llmft's branch-aware attention: a prefix rows share runs once."""
+        from llmft.fastpath.varlen_attention import NAME
+
+        return self.scoring and self.batching == "padding-free" and self.attention == NAME
 
     def describe(self) -> str:
-        loss = "chunked cross-entropy" if self.chunked_loss else "the model's own loss"
+        if self.scoring:
+            loss = "TRL's chunked log-prob head"
+            if self.batching == "padding-free":
+                loss += ", padded rows scored as one row" + (", shared prompts once" if self.shares_prefixes else "")
+        else:
+            loss = "chunked cross-entropy" if self.chunked_loss else "the model's own loss"
         ops = ", fused RMSNorm/SwiGLU" if self.fused_ops else ""
-        passes = f", passes of <= {self.forward_tokens} tokens" if isinstance(self.forward_tokens, int) else ""
+        passes = ""
+        if isinstance(self.forward_tokens, int):
+            passes = f", passes of <= {self.forward_tokens} tokens" + (" of whole pairs" if self.scoring else "")
         text = f"batches {self.batching}, attention {self.attention}, {loss}{ops}{passes}"
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
@@ -92,9 +107,43 @@ def _padding_free_blocker(model: Any) -> str | None:
 
 def choose(recipe: Recipe, model: Any, settings: Resolved) -> FastPath:
     """Decide the path for `model` under the resolved `settings`. `max_tokens_per_forward: auto`
-    stays "auto" for the memory plan to size (`llmft.plan.passes.settle_passes`)."""
+    stays "auto" for the memory plan to size (`llmft.plan.passes.settle_passes`). A stage whose TRL
+    trainer scores through TRL's fused head (traits `fast_forward` without `fast_path`) takes the
+    batching, attention and fused ops only (`llmft.fastpath.unpadded_scoring`)."""
     reasons: list[str] = []
-    data, training = recipe.data, recipe.training
+    training = recipe.training
+    batching, attention = _batching(recipe, model, reasons)
+    if not recipe.stage.traits.fast_path:
+        fused = _fused_ops(training.fused_ops, model, reasons)
+        path = FastPath(batching, attention, False, fused, reasons, None, scoring=True)
+        if batching == "padding-free" and not path.shares_prefixes:
+            reasons.append(f"prompts scored once per sequence: only model.attn_implementation sdpa shares them, not {attention}")
+        forward_tokens = resolve_forward_tokens(recipe, True, reasons) if recipe.stage.traits.forward_passes else None
+        return replace(path, forward_tokens=forward_tokens)
+    chunked = training.chunked_loss
+    if chunked and (blocker := _chunked_loss_blocker(recipe, model, settings)):
+        if "chunked_loss" in training.model_fields_set:
+            raise UserError(f"training.chunked_loss: {blocker}; set training.chunked_loss: false for this model")
+        chunked = False
+        reasons.append(f"chunked loss off: {blocker}")
+    elif not chunked:
+        reasons.append("training.chunked_loss is false")
+    fused = _fused_ops(training.fused_ops, model, reasons)
+    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons)
+    return FastPath(batching, attention, chunked, fused, reasons, forward_tokens)
+
+
+def _fused_ops(wanted: bool, model: Any, reasons: list[str]) -> bool:
+    if not wanted:
+        reasons.append("training.fused_ops is false")
+    elif _uses_dora(model):
+        reasons.append("DoRA layers run peft's own forward, not the fused LoRA kernel")
+    return wanted
+
+
+def _batching(recipe: Recipe, model: Any, reasons: list[str]) -> tuple[str, str]:
+    """(batching, attention implementation) for the run."""
+    data = recipe.data
     attention = recipe.model.attn_implementation
     if data.packing:
         batching = "packed"
@@ -112,20 +161,7 @@ def choose(recipe: Recipe, model: Any, settings: Resolved) -> FastPath:
         from llmft.fastpath.varlen_attention import register
 
         attention = register()
-    chunked = training.chunked_loss
-    if chunked and (blocker := _chunked_loss_blocker(recipe, model, settings)):
-        if "chunked_loss" in training.model_fields_set:
-            raise UserError(f"training.chunked_loss: {blocker}; set training.chunked_loss: false for this model")
-        chunked = False
-        reasons.append(f"chunked loss off: {blocker}")
-    elif not chunked:
-        reasons.append("training.chunked_loss is false")
-    if not training.fused_ops:
-        reasons.append("training.fused_ops is false")
-    elif _uses_dora(model):
-        reasons.append("DoRA layers run peft's own forward, not the fused LoRA kernel")
-    forward_tokens = resolve_forward_tokens(recipe, chunked, reasons)
-    return FastPath(batching, attention, chunked, training.fused_ops, reasons, forward_tokens)
+    return batching, attention
 
 
 def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) -> ForwardTokens:
@@ -134,10 +170,10 @@ def resolve_forward_tokens(recipe: Recipe, chunked: bool, reasons: list[str]) ->
     wanted = recipe.training.max_tokens_per_forward
     if wanted is None:
         return None
-    blocker = None
-    if not chunked:
+    blocker = recipe.stage.passes_blocker()
+    if blocker is None and not chunked:
         blocker = "the passes are part of the chunked loss, which is off"
-    elif recipe.distributed.launches or recipe.distributed.uses_deepspeed:
+    if blocker is None and (recipe.distributed.launches or recipe.distributed.uses_deepspeed):
         blocker = "several processes or DeepSpeed count each backward as a micro-batch"
     if blocker:
         if wanted != "auto":

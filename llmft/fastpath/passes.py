@@ -1,4 +1,4 @@
-"""Cut a collated micro-batch into pieces of at most N tokens, at example boundaries.
+"""Cut a collated micro-batch into pieces of at most N tokens, at example (or pair) boundaries.
 
 `training.max_tokens_per_forward`: a micro-batch runs as several forward/backward passes whose
 gradients add up to the micro-batch's own (each piece's summed loss is divided by the same
@@ -46,3 +46,30 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
         {k: (v[a:b] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v) for k, v in batch.items()}
         for a, b in pieces
     ]
+
+
+def split_pairs(batch: dict[str, Any], max_tokens: int) -> list[tuple[dict[str, Any], float]]:
+    """Pieces of a pair batch (the chosen rows, then the rejected rows, as TRL's DPO loss reads them;
+    per-pair tensors such as precomputed reference log-probs alongside) with at most `max_tokens`
+    real tokens each, whole pairs in order, each with its share of the micro-batch's pairs: a
+    per-pair mean loss times that share adds up to the whole micro-batch's loss."""
+    mask = batch["attention_mask"]
+    pairs = mask.shape[0] // 2
+    tokens = (mask[:pairs].sum(1) + mask[pairs:].sum(1)).tolist()
+    ranges = _greedy(tokens, max_tokens)
+    if len(ranges) == 1:
+        return [(batch, 1.0)]
+    pieces = []
+    for a, b in ranges:
+        rows = torch.cat([torch.arange(a, b), torch.arange(pairs + a, pairs + b)])
+        width = int(mask[rows].any(0).nonzero().max()) + 1  # right-padded: drop the columns only padding fills
+        piece = {}
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape[0] == 2 * pairs:
+                piece[key] = value[rows, :width]
+            elif torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == pairs:
+                piece[key] = value[a:b]
+            else:
+                piece[key] = value
+        pieces.append((piece, (b - a) / pairs))
+    return pieces

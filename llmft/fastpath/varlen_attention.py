@@ -1,7 +1,8 @@
 """Attention over concatenated examples: torch's SDPA run once per example, causal, no mask.
 
 Padding-free batches (`data.padding_free`) put a micro-batch's examples one after another in a
-row, with `position_ids` restarting at 0 for each. transformers' own SDPA path turns that into a
+row, with `position_ids` restarting at 0 for each (a sequence restarting at s > 0 is a branch that
+shares the first s tokens of the sequence before it: `tree_spans`, used by dpo's shared prompts). transformers' own SDPA path turns that into a
 dense block-diagonal [row, row] mask, and the SDPA kernel then computes every block, masked or not.
 Here each example's span gets its own `is_causal` SDPA call: no mask is built, and the kernel skips
 the upper triangle (bf16 training on CPU uses `llmft.fastpath.causal_spans`, the same kernel forward
@@ -28,6 +29,30 @@ def segments(position_ids: torch.Tensor | None, row: int, length: int) -> list[t
     return list(zip(starts, [*starts[1:], length]))
 
 
+def tree_spans(position_ids: torch.Tensor | None, row: int, length: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, root, shared) of each sequence in one row. A sequence starts where positions
+    restart; one whose positions restart at s > 0 is a branch (a shared prefix,
+    `llmft.fastpath.unpadded_scoring`): it continues the first `shared` = s tokens of the latest
+    sequence that started at 0 (`root`), which it attends to before itself. shared = 0: a sequence
+    on its own. A jump that cannot be a branch (s longer than that sequence) continues the sequence."""
+    if position_ids is None:
+        return [(0, length, 0, 0)]
+    pos = position_ids[min(row, position_ids.shape[0] - 1)]
+    starts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist()]
+    firsts = pos[starts].tolist()
+    spans: list[list[int]] = []
+    root = 0
+    for start, first in zip(starts, firsts):
+        if first == 0:
+            root = start
+        elif spans and first > start - root:
+            continue  # not a branch: the previous sequence goes on
+        spans.append([start, length, root, first])
+        if len(spans) > 1:
+            spans[-2][1] = start
+    return [tuple(span) for span in spans]  # type: ignore[misc]
+
+
 def varlen_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -47,7 +72,9 @@ def varlen_sdpa_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     from llmft.fastpath import causal_spans
 
-    if causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
+    spans = [tree_spans(position_ids, row, q_len) for row in range(query.shape[0])]
+    branched = any(shared for row in spans for *_, shared in row)
+    if not branched and causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         outs = [
             causal_spans.CausalSpans.apply(
@@ -58,27 +85,32 @@ def varlen_sdpa_forward(
         return (torch.cat(outs) if len(outs) > 1 else outs[0]), None
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for row in range(query.shape[0]):
+    for row, row_spans in enumerate(spans):
         q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
-        rows.append(
-            torch.cat(
-                [
-                    torch.nn.functional.scaled_dot_product_attention(
-                        q[:, :, start:end],
-                        k[:, :, start:end],
-                        v[:, :, start:end],
-                        dropout_p=dropout,
-                        is_causal=True,
-                        scale=scaling,
-                        enable_gqa=gqa,
-                    )
-                    for start, end in segments(position_ids, row, q_len)
-                ],
-                dim=2,
-            )
-        )
+        rows.append(torch.cat([_span(q, k, v, span, dropout, scaling, gqa) for span in row_spans], dim=2))
     out = torch.cat(rows) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _span(q, k, v, span: tuple[int, int, int, int], dropout: float, scaling: float | None, gqa: bool) -> torch.Tensor:
+    """Attention of one sequence: causal within itself, after the `shared` prefix of its root if a branch."""
+    start, end, root, shared = span
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if not shared:
+        return sdpa(
+            q[:, :, start:end],
+            k[:, :, start:end],
+            v[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+    n = end - start
+    keys = torch.cat([k[:, :, root : root + shared], k[:, :, start:end]], dim=2)
+    values = torch.cat([v[:, :, root : root + shared], v[:, :, start:end]], dim=2)
+    mask = torch.ones(n, shared + n, dtype=torch.bool, device=q.device).tril_(shared)  # query i sees keys <= shared + i
+    return sdpa(q[:, :, start:end], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
 
 
 def varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:

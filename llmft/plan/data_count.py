@@ -76,7 +76,7 @@ def _count_prepared(recipe: Recipe, prepared: Any) -> DataCount:
     lengths = [_lengths(e) for e in examples]
     tokens = sorted((n for n, _ in lengths), reverse=True)
     per_sequence = recipe.stage.traits.sequences_per_example
-    if data.padding_free and recipe.stage.traits.fast_path and not data.packing:
+    if data.padding_free and recipe.stage.traits.fast_forward and not data.packing:
         longest = sum(tokens[:micro])  # one row of the micro-batch's examples
     else:
         widest = tokens[0] // per_sequence

@@ -101,7 +101,7 @@ def planned_path(recipe: Recipe, config: Any, settings: Resolved, budget_bytes: 
     the model under `settings`, its passes sized for `budget_bytes` (default: the memory available
     now). None for a stage off the fast path, or a model that cannot be built on the meta device.
     An explicit fast-path key the model cannot honour raises the same UserError as training would."""
-    if not recipe.stage.traits.fast_path:
+    if not recipe.stage.traits.fast_forward:
         return None
     from transformers import AutoModelForCausalLM
 

@@ -36,7 +36,7 @@ def knobs_for(
             f"distributed.deepspeed_config: read from your JSON: zero_stage {settings.zero_stage}, offload {settings.offload}"
         )
     if path is not None:
-        chunked, fused, forward_tokens = path.chunked_loss, path.fused_ops, path.forward_tokens
+        chunked, fused, forward_tokens = path.chunked_loss or path.scoring, path.fused_ops, path.forward_tokens
     else:  # judged from the recipe and the model type alone
         chunked = traits.fast_path and t.chunked_loss and config_blocker(recipe, dims.model_type, settings) is None
         fused, forward_tokens = traits.fast_path and t.fused_ops, None
@@ -68,7 +68,7 @@ def knobs_for(
         gradient_checkpointing=t.gradient_checkpointing,
         chunked_loss=chunked,
         attn_implementation=recipe.model.attn_implementation,
-        lora_input_cast=not traits.fast_path,  # the fast path keeps adapter inputs in the compute dtype
+        lora_input_cast=not traits.fast_forward,  # the fast path keeps adapter inputs in the compute dtype
         forward_tokens=forward_tokens if isinstance(forward_tokens, int) else None,
         # modelled as fused where both the norms and the MLPs are (`llmft.modeling.families`)
         fused_ops=fused and family(dims.model_type).fuses_norm_and_mlp,

@@ -75,22 +75,33 @@ def test_shift_attn_refuses_flash_attention():
 
 
 @pytest.mark.parametrize(
-    "section, key, value",
+    "stage, section, key, value, stages",
     [
-        ("training", "chunked_loss", False),
-        ("training", "fused_ops", False),
-        ("training", "max_tokens_per_forward", None),
-        ("data", "padding_free", False),
+        ("dpo", "training", "chunked_loss", False, "pt and sft"),
+        ("orpo", "training", "max_tokens_per_forward", None, "pt, sft and dpo"),
+        ("rm", "training", "fused_ops", False, "pt, sft, dpo, kto and grpo"),
+        ("rm", "data", "padding_free", False, "pt, sft, dpo, kto and grpo"),
     ],
 )
-def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(section, key, value):
-    raw = recipe(stage={"name": "dpo"}, **{section: {key: value}})
-    assert only_problem(raw) == f"{section}.{key}: is part of the pt/sft fast path and has no effect on stage 'dpo'; remove it"
+def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, section, key, value, stages):
+    raw = recipe(stage={"name": stage}, **{section: {key: value}})
+    assert only_problem(raw) == f"{section}.{key}: applies to stages {stages} and has no effect on stage {stage!r}; remove it"
 
 
-def test_fast_path_keys_accepted_for_sft_and_defaults_quiet_elsewhere():
+def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere():
     validate_recipe(recipe(training={"chunked_loss": False, "fused_ops": False}, data={"padding_free": False}))
+    validate_recipe(recipe(stage={"name": "dpo"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
+    validate_recipe(recipe(stage={"name": "rm"}))
+    validate_recipe(recipe(stage={"name": "dpo"}, training={"max_tokens_per_forward": 1024}))
+
+
+def test_dpo_passes_refused_for_losses_that_couple_pairs():
+    raw = recipe(stage={"name": "dpo", "loss_type": "aot"}, training={"max_tokens_per_forward": 1024})
+    assert only_problem(raw) == (
+        "training.max_tokens_per_forward: stage.loss_type 'aot' couples the micro-batch's pairs, so they cannot "
+        "run in separate passes; remove it or set it to null"
+    )
 
 
 @pytest.mark.parametrize("value", [0, -5])

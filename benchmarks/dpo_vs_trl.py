@@ -1,0 +1,293 @@
+"""DPO throughput and memory: TRL's `DPOTrainer` vs llmft on the same pairs, side by side.
+
+    python benchmarks/dpo_vs_trl.py            # issue 14's job (reads ../shared/data), ~15 min on 2 cores
+    python benchmarks/dpo_vs_trl.py --quick    # small model built in code, ~1 min
+    python benchmarks/dpo_vs_trl.py --only llmft
+
+The job (issue 14): SmolLM2-135M-Instruct, LoRA r=8 alpha 16 on all linear layers, the first 24 pairs
+of dpo_en_demo.json whose chosen and rejected conversations both fit in 1,000 tokens, max_length
+1024, micro-batch 2 x accumulation 4, learning rate 5e-6, beta 0.1, linear schedule, one epoch, bf16
+where the CPU has it (else fp32 for every tool). Rows, each tool in its own process (peak RSS is its
+own), back to back:
+
+- `trl`: TRL's DPOTrainer at its defaults (gradient checkpointing, dropout disabled), the model
+  loaded as llmft loads it;
+- `llmft`: `llmft train` as a recipe runs it (padding-free scoring, each pair's prompt once, fused
+  ops; whole micro-batches, as the memory plan finds they fit);
+- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here);
+- `llmft-padded`: llmft with `data.padding_free: false` and `training.fused_ops: false` (what llmft
+  did before the fast path: TRL's trainer on llmft's pairs).
+
+Each row: the Trainer's train_runtime, pairs/s, the non-pad tokens/s both sides carry, peak RSS and
+the logged losses (the same batches in the same order: the losses must agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jobs import ROOT  # noqa: E402
+from sft_vs_trl import versions  # noqa: E402
+
+TOOLS = ("trl", "llmft", "llmft-passes", "llmft-padded")
+VARIANTS = {
+    "llmft": {},
+    "llmft-passes": {"training": {"max_tokens_per_forward": 2048}},
+    "llmft-padded": {"data": {"padding_free": False}, "training": {"fused_ops": False}},
+}
+
+
+@dataclass
+class PairJob:
+    name: str
+    model: dict  # the recipe's model section
+    rows: list[dict]  # {"prompt": [messages], "chosen": [message], "rejected": [message]}
+    max_length: int = 1024
+    micro: int = 2
+    accum: int = 4
+    lr: float = 5e-6
+    beta: float = 0.1
+    rank: int = 8
+    precision: str = "fp32"
+    extra: dict = field(default_factory=dict)
+
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+
+def _messages(turns) -> list[dict]:
+    turns = turns if isinstance(turns, list) else [turns]
+    return [{"role": ROLES[t["from"]], "content": t["value"]} for t in turns]
+
+
+def full_job(data: Path, precision: str, pairs: int = 24, fit: int = 1000) -> PairJob:
+    from llmft.config import load_raw
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.load import load_tokenizer
+
+    model = load_raw(ROOT / "recipes" / "quickstart.yaml")["model"]
+    tokenizer = load_tokenizer(ModelConfig(**model))
+    rows = []
+    for record in json.loads(data.read_text()):
+        row = {
+            "prompt": _messages(record["conversations"]),
+            "chosen": _messages(record["chosen"]),
+            "rejected": _messages(record["rejected"]),
+        }
+        sides = [
+            len(tokenizer.apply_chat_template(row["prompt"] + row[s], tokenize=True)["input_ids"]) for s in ("chosen", "rejected")
+        ]
+        if max(sides) <= fit:
+            rows.append(row)
+        if len(rows) == pairs:
+            break
+    return PairJob("smollm2-135m", model, rows, precision=precision)
+
+
+def quick_job(workdir: Path, precision: str) -> PairJob:
+    """A 2-layer Llama (hidden 256) and 16 pairs of 20-200 tokens: 2 steps of 2 x 4."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from jobs import quick_job as sft_quick
+    from tiny import CORPUS
+
+    job = sft_quick(workdir, precision)
+    rng = random.Random(0)
+    words = " ".join(CORPUS).split()
+
+    def text(lo, hi):
+        return " ".join(rng.choices(words, k=rng.randint(lo, hi)))
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": text(4, 60)}],
+            "chosen": [{"role": "assistant", "content": text(8, 120)}],
+            "rejected": [{"role": "assistant", "content": text(8, 120)}],
+        }
+        for _ in range(16)
+    ]
+    return PairJob(job.name, job.model, rows, max_length=512, lr=1e-4, precision=precision)
+
+
+def make_job(args: argparse.Namespace, workdir: Path) -> PairJob:
+    from llmft.modeling.precision import cpu_has_fast_bf16
+
+    precision = args.precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
+    return quick_job(workdir, precision) if args.quick else full_job(Path(args.data), precision)
+
+
+def run_trl(job: PairJob, out: Path) -> dict:
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.load import load_model, load_tokenizer
+
+    base = ModelConfig(**job.model)
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, torch.float32)
+    config = DPOConfig(
+        output_dir=str(out),
+        max_length=job.max_length,
+        per_device_train_batch_size=job.micro,
+        gradient_accumulation_steps=job.accum,
+        num_train_epochs=1,
+        learning_rate=job.lr,
+        beta=job.beta,
+        bf16=job.precision == "bf16",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(job.rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=job.rank, lora_alpha=2 * job.rank, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    data = trainer.train_dataset
+    tokens = sum(
+        len(p) + len(c) + len(p) + len(r) for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
+    )
+    metrics = trainer.train().metrics
+    return {"train_s": metrics["train_runtime"], "tokens": tokens, "losses": _losses(trainer.state.log_history)}
+
+
+def llmft_recipe(job: PairJob, out: Path, variant: str) -> dict:
+    jsonl = out.parent / f"{out.name}-pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in job.rows))
+    raw = {
+        "model": job.model,
+        "stage": {"name": "dpo", "beta": job.beta},
+        "data": {"train": str(jsonl), "max_length": job.max_length, "cache": False},
+        "finetune": {"mode": "lora", "rank": job.rank, "alpha": 2 * job.rank, "dropout": 0.0, "target_modules": "all-linear"},
+        "training": {
+            "epochs": 1,
+            "micro_batch_size": job.micro,
+            "gradient_accumulation_steps": job.accum,
+            "learning_rate": job.lr,
+            "warmup_ratio": 0.0,
+            "scheduler": "linear",
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+            "precision": job.precision,
+            **job.extra,
+        },
+        "output": {"dir": str(out)},
+    }
+    for section, values in VARIANTS[variant].items():
+        raw[section].update(values)
+    return raw
+
+
+def run_llmft(job: PairJob, out: Path, variant: str) -> dict:
+    from llmft.config import validate_recipe
+    from llmft.data.dataset import prepare_for
+    from llmft.modeling.load import prepare_tokenizer
+    from llmft.run import train
+
+    recipe = validate_recipe(llmft_recipe(job, out, variant))
+    prepared = prepare_for(recipe, prepare_tokenizer(recipe))
+    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in prepared.train)
+    result = train(recipe)
+    return {"train_s": result.metrics["train_runtime"], "tokens": tokens, "losses": _losses(result.log_history)}
+
+
+def _losses(history: list[dict]) -> list[float]:
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
+    import logging
+
+    if tool != "trl":  # llmft as `llmft train` starts it (tcmalloc where installed, kernel caches capped)
+        from llmft.allocator import reexec_with_tcmalloc
+        from llmft.config.training import TrainingConfig
+
+        reexec_with_tcmalloc(TrainingConfig())
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("llmft").setLevel(logging.INFO)  # the run log's "path: ..." line
+    job = make_job(args, workdir)
+    out = workdir / tool
+    started = time.perf_counter()
+    result = run_trl(job, out) if tool == "trl" else run_llmft(job, out, tool)
+    result.update(
+        wall_s=time.perf_counter() - started,
+        pairs=len(job.rows),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        precision=job.precision,
+    )
+    (workdir / f"{tool}.json").write_text(json.dumps(result))
+
+
+def spawn(tool: str, args: argparse.Namespace, workdir: Path) -> dict:
+    argv = [sys.executable, __file__, f"--child={tool}", "--workdir", str(workdir), "--data", args.data]
+    argv += ["--precision", args.precision] if args.precision else []
+    subprocess.run(
+        argv + (["--quick"] if args.quick else []),
+        check=True,
+        env={**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
+    )
+    return json.loads((workdir / f"{tool}.json").read_text())
+
+
+def table(results: dict[str, dict]) -> str:
+    first = next(iter(results.values()))
+    lines = [
+        versions(),
+        f"{first['pairs']} pairs, {first['precision']}",
+        f"{'tool':<13} {'train s':>8} {'pairs/s':>8} {'tok/s':>7} {'RSS MB':>7}  losses",
+    ]
+    for tool, r in results.items():
+        losses = " ".join(f"{x:.4f}" for x in r["losses"])
+        lines.append(
+            f"{tool:<13} {r['train_s']:>8.1f} {r['pairs'] / r['train_s']:>8.3f} {r['tokens'] / r['train_s']:>7.1f} "
+            f"{r['peak_rss_mb']:>7.0f}  {losses}"
+        )
+    if "trl" in results:
+        base = results["trl"]
+        for tool, r in results.items():
+            if tool != "trl":
+                lines.append(
+                    f"{tool} / trl: pairs/s x{base['train_s'] / r['train_s']:.2f}, peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
+                )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "preference" / "dpo_en_demo.json"))
+    parser.add_argument("--only", choices=TOOLS, help="one tool")
+    parser.add_argument("--quick", action="store_true", help="small model built in code")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 where the CPU has it, else fp32")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args, Path(args.workdir))
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="llmft-dpo-bench-"))
+    tools = [args.only] if args.only else list(TOOLS)
+    print(table({tool: spawn(tool, args, workdir) for tool in tools}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Padding-free scoring for TRL's trainers: a padded batch scored as one row of its real tokens, a
+prefix that rows share computed once.
+
+TRL's dpo, kto and grpo trainers score sequences through TRL's fused log-prob head
+(`model(..., labels=..., fused_lm_head=True)`, `trl.trainer.utils.add_fused_lm_head`): per-token
+log-probs, entropies and the rest, shaped like the padded batch. A DPO micro-batch pads its chosen
+and rejected rows to the longest of them, and every pad position runs through the whole model.
+
+`unpad_scoring(model)` wraps that fused forward: the rows' real tokens are concatenated into one
+row, positions restarting per row, so attention stays within each sequence (the padding-free
+attention of `llmft.fastpath.varlen_attention`), and the per-token outputs are scattered back into
+the padded shape TRL reads. TRL's losses and metrics are unchanged; pad positions stop costing
+compute and memory. Each sequence's first token is never a label here (in the single row it would be
+predicted from the sequence before); in a padded batch it is never predicted either.
+
+With `share_prefixes` (dpo: a pair's chosen and rejected sides share their prompt), a row whose
+tokens and labels begin like an earlier row's for L >= `MIN_SHARED` + 1 tokens is a branch of it:
+only its tokens from L - 1 on are in the flat row, with positions continuing from L - 1, and the
+attention lets them see the first L - 1 tokens of the row they branch from (`tree_spans`). The
+shared tokens run through the model once for both sides (and their gradient adds up from both), as
+in the padded batch where they ran twice with the same values. Token L - 1 is computed again in the
+branch so that every label of the branch is scored from its own context. Needs the branch-aware
+attention (`llmft_sdpa_varlen`); other kernels would see a branch as a sequence of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: The per-token fields of TRL's FusedCausalLMOutput, shaped [rows, tokens - 1].
+PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+#: Fewest shared tokens worth a branch (each branch costs an attention call with a mask).
+MIN_SHARED = 8
+
+
+def contiguous_rows(attention_mask: torch.Tensor) -> bool:
+    """True when every row's real tokens are one run (left or right padding, or none)."""
+    mask = attention_mask.bool()
+    rises = (mask[:, 1:] & ~mask[:, :-1]).sum(1) + mask[:, 0].long()
+    return bool((rises <= 1).all()) and bool(mask.any(1).all())
+
+
+@dataclass
+class FlatRow:
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N]
+    labels: torch.Tensor  # [1, N]
+    index: torch.Tensor  # [rows, tokens]: each padded position's flat index (its shared copy for a branch), -1 for pads
+    shared_tokens: int  # tokens a branch took from its root instead of computing them again
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "labels": self.labels}
+
+
+def _common_prefix(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Leading tokens two (ids, labels) sequences have in common, ids and labels alike."""
+    n = min(a[0].shape[0], b[0].shape[0])
+    differ = torch.nonzero((a[0][:n] != b[0][:n]) | (a[1][:n] != b[1][:n]))
+    return int(differ[0]) if differ.numel() else n
+
+
+def flatten(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, share_prefixes: bool = False) -> FlatRow:
+    """One padding-free row of the real tokens, each sequence's first token unlabelled; with
+    `share_prefixes`, rows that begin like an earlier row are branches of it (module docstring)."""
+    mask = attention_mask.bool()
+    rows, width = mask.shape
+    offsets = mask.long().argmax(1).tolist()
+    lengths = mask.sum(1).tolist()
+    real = [(input_ids[b, o : o + n], labels[b, o : o + n]) for b, (o, n) in enumerate(zip(offsets, lengths))]
+    shared = [0] * rows
+    root_of = list(range(rows))
+    roots: list[int] = []
+    for b in range(rows):
+        best, best_root = 0, b
+        if share_prefixes:
+            for r in roots:
+                common = _common_prefix(real[r], real[b])
+                if common > best:
+                    best, best_root = common, r
+        if best - 1 >= MIN_SHARED:
+            shared[b], root_of[b] = best - 1, best_root
+        else:
+            roots.append(b)
+    order = [b for r in roots for b in [r, *[x for x in range(rows) if root_of[x] == r and x != r]]]
+    index = torch.full((rows, width), -1, dtype=torch.long, device=input_ids.device)
+    ids, pos, labs, start = [], [], [], 0
+    for b in order:
+        o, n, s = offsets[b], lengths[b], shared[b]
+        tokens, row_labels = real[b]
+        ids.append(tokens[s:])
+        pos.append(torch.arange(s, n, device=input_ids.device))
+        flat_labels = row_labels[s:].clone()
+        flat_labels[0] = -100
+        labs.append(flat_labels)
+        if s:
+            r = root_of[b]
+            index[b, o : o + s] = index[r, offsets[r] : offsets[r] + s]
+        index[b, o + s : o + n] = torch.arange(start, start + n - s, device=input_ids.device)
+        start += n - s
+    return FlatRow(torch.cat(ids)[None], torch.cat(pos)[None], torch.cat(labs)[None], index, sum(shared))
+
+
+def scatter_back(value: torch.Tensor, flat: FlatRow, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A per-token output of the flat row ([1, N - 1]: flat position j scores flat token j + 1) in the
+    padded batch's shape [rows, tokens - 1], where position t scores token t + 1; zero elsewhere."""
+    mask = attention_mask.bool()
+    scored = mask[:, :-1] & mask[:, 1:]
+    out = value.new_zeros(scored.shape)
+    return out.masked_scatter(scored, value[0, flat.index[:, :-1][scored]])
+
+
+def unpad_scoring(model: Any, share_prefixes: bool = False) -> None:
+    """Wrap the fused forward TRL installed on `model` (the causal LM, not a peft wrapper) so padded
+    batches are scored padding-free. Anything else (generation, the model's own loss, inputs without
+    an attention mask, masks that are not one run per row) goes to TRL's forward unchanged."""
+    fused = model.forward
+
+    @functools.wraps(type(model).forward)  # generate() checks its kwargs against this signature
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        mask, ids, labels = kwargs.get("attention_mask"), kwargs.get("input_ids"), kwargs.get("labels")
+        plain = (
+            args
+            or not kwargs.get("fused_lm_head")
+            or mask is None
+            or ids is None
+            or labels is None
+            or kwargs.get("position_ids") is not None
+            or kwargs.get("shift_labels") is not None
+            or kwargs.get("inputs_embeds") is not None
+            or not contiguous_rows(mask)
+        )
+        if plain:
+            return fused(*args, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "input_ids", "labels")}
+        flat = flatten(ids, mask, labels, share_prefixes)
+        out = fused(**flat.inputs(), **rest)
+        for name in PER_TOKEN_FIELDS:
+            value = getattr(out, name, None)
+            if value is not None:
+                out[name] = scatter_back(value, flat, mask)
+        if flat.shared_tokens and getattr(out, "loss", None) is not None:  # shared labels count once per row, as padded
+            count = rest.get("num_items_in_batch") or (labels[:, 1:] != -100).sum().clamp(min=1)
+            out["loss"] = -out.log_probs.sum() / count
+        return out
+
+    model.forward = types.MethodType(forward, model)
