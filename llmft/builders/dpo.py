@@ -130,5 +130,6 @@ def build_dpo(ctx: RunContext) -> TrainerLike:
     )
     settle_lora_reference(model, keep_copy=not ctx.recipe.finetune.starts_at_base)
     log.info(reference.describe())
-    trainer.forward_tokens = take_fast_forward(ctx, trainer).forward_tokens
+    own_head = not trainer.use_weighting  # WPO's weights need log(sum p^2), which only TRL's head computes
+    trainer.forward_tokens = take_fast_forward(ctx, trainer, own_head=own_head).forward_tokens
     return finish(trainer, ctx)

@@ -69,5 +69,5 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, ref_model=ref_model)
     settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe())
-    take_fast_forward(ctx, trainer)
+    take_fast_forward(ctx, trainer, own_head=True)
     return trainer

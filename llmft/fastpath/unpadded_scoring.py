@@ -114,10 +114,14 @@ def scatter_back(value: torch.Tensor, flat: FlatRow, attention_mask: torch.Tenso
     return out.masked_scatter(scored, value[0, flat.index[:, :-1][scored]])
 
 
-def unpad_scoring(model: Any, share_prefixes: bool = False) -> None:
+def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = False) -> None:
     """Wrap the fused forward TRL installed on `model` (the causal LM, not a peft wrapper) so padded
     batches are scored padding-free. Anything else (generation, the model's own loss, inputs without
-    an attention mask, masks that are not one run per row) goes to TRL's forward unchanged."""
+    an attention mask, masks that are not one run per row) goes to TRL's forward unchanged.
+
+    `own_head` (a plain, bias-free output head at temperature 1, no router logits): while the head's
+    weight is frozen, the scores come from `llmft.fastpath.logprob_head` (the gradient taken in
+    forward) instead of TRL's kernel, in TRL's output layout."""
     fused = model.forward
 
     @functools.wraps(type(model).forward)  # generate() checks its kwargs against this signature
@@ -138,7 +142,11 @@ def unpad_scoring(model: Any, share_prefixes: bool = False) -> None:
             return fused(*args, **kwargs)
         rest = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "input_ids", "labels")}
         flat = flatten(ids, mask, labels, share_prefixes)
-        out = fused(**flat.inputs(), **rest)
+        head = self.get_output_embeddings()
+        if own_head and not head.weight.requires_grad and not rest.get("output_router_logits"):
+            out = _score_with_own_head(self, flat, head, rest)
+        else:
+            out = fused(**flat.inputs(), **rest)
         for name in PER_TOKEN_FIELDS:
             value = getattr(out, name, None)
             if value is not None:
@@ -149,3 +157,30 @@ def unpad_scoring(model: Any, share_prefixes: bool = False) -> None:
         return out
 
     model.forward = types.MethodType(forward, model)
+
+
+def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, Any]) -> Any:
+    """TRL's FusedCausalLMOutput for the flat row, scored by `linear_logprobs`."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    from llmft.fastpath.logprob_head import linear_logprobs
+
+    passed = {k: v for k, v in rest.items() if k not in ("fused_lm_head", "use_cache", "num_items_in_batch")}
+    hidden = model.base_model(
+        input_ids=flat.input_ids, position_ids=flat.position_ids, use_cache=False, **passed
+    ).last_hidden_state
+    labels = flat.labels[:, 1:]
+    keep = labels != -100
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    scores = linear_logprobs(hidden[:, :-1][keep], head.weight, labels[keep], dtype)
+    log_probs, entropy, mean_logits, is_top1 = (x.new_zeros(keep.shape).masked_scatter(keep, x) for x in scores)
+    count = rest.get("num_items_in_batch") or keep.sum().clamp(min=1)
+    return FusedCausalLMOutput(
+        loss=-log_probs.sum() / count,
+        log_probs=log_probs,
+        entropy=entropy,
+        mean_logits=mean_logits,
+        is_top1=is_top1,
+        label_mask=keep,
+    )

@@ -91,21 +91,29 @@ def _batch(left: bool):
     return ids, mask, labels
 
 
-def _model(share: bool | None):
-    """The tiny Llama with TRL's fused head; `share` None: TRL's padded forward as it is."""
+def _model(share: bool | None, own_head: bool = False):
+    """The tiny Llama with TRL's fused head; `share` None: TRL's padded forward as it is. With
+    `own_head` the head's weight is frozen (as under LoRA), so llmft's head kernel scores."""
     model = build_model(VOCAB, seed=3).float()
+    model.lm_head.weight.requires_grad_(not own_head)
     add_fused_lm_head(model, outputs=FIELDS)
     if share is not None:
         model.set_attn_implementation(register())
-        unpad_scoring(model, share_prefixes=share)
+        unpad_scoring(model, share_prefixes=share, own_head=own_head)
     return model
 
 
+@pytest.mark.parametrize("own_head", [False, True], ids=["trl-head", "own-head"])
 @pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
 @pytest.mark.parametrize("share", [False, True], ids=["padding-free", "shared-prefixes"])
-def test_outputs_and_gradients_equal_trl_padded(left, share):
+def test_outputs_and_gradients_equal_trl_padded(left, share, own_head, monkeypatch):
+    from llmft.fastpath import logprob_head
+
+    calls = []
+    real_kernel = logprob_head.linear_logprobs
+    monkeypatch.setattr(logprob_head, "linear_logprobs", lambda *a: calls.append(1) or real_kernel(*a))
     ids, mask, labels = _batch(left)
-    reference, fast = _model(None), _model(share)
+    reference, fast = _model(None, own_head), _model(share, own_head)
     seen = []
     fast.model.register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[1]), with_kwargs=True)
     outs = []
@@ -117,7 +125,9 @@ def test_outputs_and_gradients_equal_trl_padded(left, share):
         torch.testing.assert_close(outs[1][name].float(), outs[0][name].float(), atol=1e-5, rtol=1e-5, msg=name)
     torch.testing.assert_close(outs[1].loss, outs[0].loss)
     for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert bool(calls) == own_head
     real = int(mask.sum())
     flat = flatten(ids, mask, labels, share)
     assert seen == [real - flat.shared_tokens]
