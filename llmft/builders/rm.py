@@ -31,6 +31,7 @@ def build_rm(ctx: RunContext) -> TrainerLike:
     from trl import RewardConfig, RewardTrainer
 
     from llmft.builders.preference import finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs
+    from llmft.builders.trl_common import take_fast_forward
     from llmft.modeling.reward import through_reply
 
     train, evaluation = prepared_pairs(ctx)  # before the model loads, so data errors surface fast
@@ -60,4 +61,5 @@ def build_rm(ctx: RunContext) -> TrainerLike:
         processing_class=ctx.tokenizer,
         callbacks=llmft_callbacks(ctx, model),
     )
+    take_fast_forward(ctx, trainer)
     return finish(trainer, ctx)

@@ -106,7 +106,7 @@ def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False) -> 
     entropy, mean logits and top-1 (dpo, kto): a frozen plain head then scores through
     `llmft.fastpath.logprob_head`. Returns the path (`FastPath`), its passes sized by the memory plan."""
     from llmft.fastpath.decide import apply, causal_lm, choose
-    from llmft.fastpath.unpadded_scoring import unpad_scoring
+    from llmft.fastpath.unpadded_scoring import unpad_reward_scoring, unpad_scoring
     from llmft.modeling.families import family
     from llmft.plan.passes import settle_passes
 
@@ -117,7 +117,9 @@ def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False) -> 
         models.append(trainer.accelerator.unwrap_model(trainer.ref_model))
     for model in models:
         apply(path, model, ctx.settings)
-        if path.batching == "padding-free":
+        if path.batching == "padding-free" and ctx.recipe.stage.traits.task == "reward":
+            unpad_reward_scoring(causal_lm(model), share_prefixes=path.shares_prefixes)
+        elif path.batching == "padding-free":
             lm = causal_lm(model)
             plain = (
                 family(getattr(lm.config, "model_type", None)).plain_head

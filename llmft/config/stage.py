@@ -215,6 +215,7 @@ class RmStage(StageSection):
         modes=("full", "freeze", "lora"),
         group_by_length=True,
         task="reward",
+        fast_forward=True,
     )
 
 

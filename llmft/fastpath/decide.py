@@ -24,18 +24,20 @@ class FastPath:
     fused_ops: bool
     reasons: list[str] = field(default_factory=list)
     forward_tokens: ForwardTokens = None  # micro-batches cut into passes of at most this many tokens
-    scoring: bool = False  # a TRL trainer scoring sequences through its fused log-prob head (dpo)
+    # a TRL trainer scoring whole sequences (dpo, kto, grpo: TRL's fused log-prob head; rm: the score
+    # head): what scores them, None on the next-token path
+    scoring: str | None = None
 
     @property
     def shares_prefixes(self) -> bool:
         """Scoring padding-free with llmft's branch-aware attention: a prefix rows share runs once."""
         from llmft.fastpath.varlen_attention import NAME
 
-        return self.scoring and self.batching == "padding-free" and self.attention == NAME
+        return self.scoring is not None and self.batching == "padding-free" and self.attention == NAME
 
     def describe(self) -> str:
         if self.scoring:
-            loss = "TRL's chunked log-prob head"
+            loss = self.scoring
             if self.batching == "padding-free":
                 loss += ", padded rows scored as one row" + (", shared prompts once" if self.shares_prefixes else "")
         else:
@@ -115,7 +117,12 @@ def choose(recipe: Recipe, model: Any, settings: Resolved) -> FastPath:
     batching, attention = _batching(recipe, model, reasons)
     if not recipe.stage.traits.fast_path:
         fused = _fused_ops(training.fused_ops, model, reasons)
-        path = FastPath(batching, attention, False, fused, reasons, None, scoring=True)
+        head = (
+            "the score head at each sequence's last token"
+            if recipe.stage.traits.task == "reward"
+            else "TRL's chunked log-prob head"
+        )
+        path = FastPath(batching, attention, False, fused, reasons, None, scoring=head)
         if batching == "padding-free" and not path.shares_prefixes:
             reasons.append(f"prompts scored once per sequence: only model.attn_implementation sdpa shares them, not {attention}")
         forward_tokens = resolve_forward_tokens(recipe, True, reasons) if recipe.stage.traits.forward_passes else None

@@ -1,5 +1,6 @@
 """Padding-free scoring for TRL's trainers: a padded batch scored as one row of its real tokens, a
-prefix that rows share computed once.
+prefix that rows share computed once. `unpad_scoring` for the trainers that score tokens (dpo, kto,
+grpo), `unpad_reward_scoring` for TRL's RewardTrainer (rm: a score per sequence).
 
 TRL's dpo, kto and grpo trainers score sequences through TRL's fused log-prob head
 (`model(..., labels=..., fused_lm_head=True)`, `trl.trainer.utils.add_fused_lm_head`): per-token
@@ -88,9 +89,12 @@ def flatten(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch
             roots.append(b)
     order = [b for r in roots for b in [r, *[x for x in range(rows) if root_of[x] == r and x != r]]]
     index = torch.full((rows, width), -1, dtype=torch.long, device=input_ids.device)
-    ids, pos, labs, start = [], [], [], 0
+    ids, pos, labs, start, next_position = [], [], [], 0, None
     for b in order:
         o, n, s = offsets[b], lengths[b], shared[b]
+        if s and s == next_position:  # would read as the previous branch going on (`tree_spans`): share one less
+            s = shared[b] = s - 1
+        next_position = n
         tokens, row_labels = real[b]
         ids.append(tokens[s:])
         pos.append(torch.arange(s, n, device=input_ids.device))
@@ -184,3 +188,40 @@ def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, A
         is_top1=is_top1,
         label_mask=keep,
     )
+
+
+def unpad_reward_scoring(model: Any, share_prefixes: bool = False) -> None:
+    """Wrap a sequence-classification model's forward (the reward model TRL's RewardTrainer calls with
+    a padded batch of chosen and rejected rows) so the rows run as one padding-free row, a prefix
+    they share once, and each row's score is the score head at its last non-pad token, as
+    transformers pools it (`GenericForSequenceClassification`). Calls with labels, embeddings, a KV
+    cache or masks that are not one run per row go to the model's own forward."""
+    own = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids")
+        plain = (
+            args
+            or mask is None
+            or ids is None
+            or any(kwargs.get(k) is not None for k in ("labels", "position_ids", "inputs_embeds", "past_key_values"))
+            or not contiguous_rows(mask)
+        )
+        if plain:
+            return own(*args, **kwargs)
+        from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+        rest = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "input_ids", "use_cache")}
+        flat = flatten(ids, mask, mask.new_full(mask.shape, -100), share_prefixes)
+        hidden = getattr(self, self.base_model_prefix)(
+            input_ids=flat.input_ids, position_ids=flat.position_ids, use_cache=False, **rest
+        ).last_hidden_state
+        pad = self.config.get_text_config().pad_token_id
+        real = mask.bool() & (ids != pad) if pad is not None else mask.bool()
+        last = (torch.arange(ids.shape[1], device=ids.device) * real).argmax(-1)  # transformers' pooling rule
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        scores = self.score(hidden[0, flat.index[rows, last]])
+        return SequenceClassifierOutputWithPast(logits=scores)
+
+    model.forward = types.MethodType(forward, model)

@@ -36,7 +36,7 @@ def knobs_for(
             f"distributed.deepspeed_config: read from your JSON: zero_stage {settings.zero_stage}, offload {settings.offload}"
         )
     if path is not None:
-        chunked, fused, forward_tokens = path.chunked_loss or path.scoring, path.fused_ops, path.forward_tokens
+        chunked, fused, forward_tokens = path.chunked_loss or path.scoring is not None, path.fused_ops, path.forward_tokens
     else:  # judged from the recipe and the model type alone
         chunked = traits.fast_path and t.chunked_loss and config_blocker(recipe, dims.model_type, settings) is None
         fused, forward_tokens = traits.fast_path and t.fused_ops, None

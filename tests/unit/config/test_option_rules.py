@@ -79,8 +79,8 @@ def test_shift_attn_refuses_flash_attention():
     [
         ("dpo", "training", "chunked_loss", False, "pt and sft"),
         ("orpo", "training", "max_tokens_per_forward", None, "pt, sft and dpo"),
-        ("rm", "training", "fused_ops", False, "pt, sft, dpo, kto and grpo"),
-        ("rm", "data", "padding_free", False, "pt, sft, dpo, kto and grpo"),
+        ("orpo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto and grpo"),
+        ("ppo", "data", "padding_free", False, "pt, sft, rm, dpo, kto and grpo"),
     ],
 )
 def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, section, key, value, stages):
@@ -92,7 +92,7 @@ def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere()
     validate_recipe(recipe(training={"chunked_loss": False, "fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
-    validate_recipe(recipe(stage={"name": "rm"}))
+    validate_recipe(recipe(stage={"name": "rm"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}, training={"max_tokens_per_forward": 1024}))
 
 

@@ -139,3 +139,33 @@ def test_generation_passes_through():
     a = _model(None).generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     b = _model(True).generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(a, b)
+
+
+def test_consecutive_branches_stay_apart():
+    """B shares A's first 10 tokens and ends at position 14; C shares 16: starting C's branch at
+    position 15 would read as B going on, so C shares one token less, and scores stay TRL's."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randint(3, VOCAB, (24,), generator=gen)
+    b = torch.cat([a[:11], torch.randint(3, VOCAB, (4,), generator=gen)])  # 15 tokens, shares 11 -> branch at 10
+    c = torch.cat([a[:17], torch.randint(3, VOCAB, (5,), generator=gen)])  # shares 17 -> branch at 16, not 15
+    rows = [a, b, c]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100
+    flat = flatten(ids, mask, labels, share_prefixes=True)
+    spans = tree_spans(flat.position_ids, 0, flat.input_ids.shape[1])
+    assert [shared for *_, shared in spans] == [0, 10, 16]
+    c[16] = ids[2, 16] = labels[2, 16] = (a[16] + 1) % VOCAB  # now C shares 16 tokens: its branch would start at 15
+    labels[2, 16] = ids[2, 16]
+    flat = flatten(ids, mask, labels, share_prefixes=True)
+    spans = tree_spans(flat.position_ids, 0, flat.input_ids.shape[1])
+    assert [shared for *_, shared in spans] == [0, 10, 14]
+    outs = [
+        m(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+        for m in (_model(None), _model(True))
+    ]
+    torch.testing.assert_close(outs[1].log_probs, outs[0].log_probs, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,10 @@
-"""DPO throughput and memory: TRL's `DPOTrainer` vs llmft on the same pairs, side by side.
+"""Preference stages' throughput and memory: TRL's `DPOTrainer` / `RewardTrainer` vs llmft on the
+same pairs, side by side.
 
-    python benchmarks/dpo_vs_trl.py            # issue 14's job (reads ../shared/data), ~15 min on 2 cores
-    python benchmarks/dpo_vs_trl.py --quick    # small model built in code, ~1 min
-    python benchmarks/dpo_vs_trl.py --only llmft
+    python benchmarks/preference_vs_trl.py              # dpo on issue 14's job (reads ../shared/data), ~20 min on 2 cores
+    python benchmarks/preference_vs_trl.py --stage rm   # the same pairs, a reward model (TRL's RewardTrainer)
+    python benchmarks/preference_vs_trl.py --quick      # small model built in code, ~1 min
+    python benchmarks/preference_vs_trl.py --only llmft
 
 The job (issue 14): SmolLM2-135M-Instruct, LoRA r=8 alpha 16 on all linear layers, the first 24 pairs
 of dpo_en_demo.json whose chosen and rejected conversations both fit in 1,000 tokens, max_length
@@ -10,8 +12,8 @@ of dpo_en_demo.json whose chosen and rejected conversations both fit in 1,000 to
 where the CPU has it (else fp32 for every tool). Rows, each tool in its own process (peak RSS is its
 own), back to back:
 
-- `trl`: TRL's DPOTrainer at its defaults (gradient checkpointing, dropout disabled), the model
-  loaded as llmft loads it;
+- `trl`: TRL's DPOTrainer (rm: RewardTrainer, LoRA with the score head trained in full) at its
+  defaults (gradient checkpointing, dropout disabled), the model loaded as llmft loads it;
 - `llmft`: `llmft train` as a recipe runs it (padding-free scoring, each pair's prompt once, fused
   ops; whole micro-batches, as the memory plan finds they fit);
 - `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here);
@@ -60,6 +62,7 @@ class PairJob:
     lr: float = 5e-6
     beta: float = 0.1
     rank: int = 8
+    stage: str = "dpo"  # or rm
     precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
@@ -124,42 +127,47 @@ def make_job(args: argparse.Namespace, workdir: Path) -> PairJob:
     from llmft.modeling.precision import cpu_has_fast_bf16
 
     precision = args.precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
-    return quick_job(workdir, precision) if args.quick else full_job(Path(args.data), precision)
+    job = quick_job(workdir, precision) if args.quick else full_job(Path(args.data), precision)
+    job.stage = args.stage
+    return job
 
 
 def run_trl(job: PairJob, out: Path) -> dict:
     import datasets
     import torch
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     from llmft.config.model import ModelConfig
     from llmft.modeling.load import load_model, load_tokenizer
 
     base = ModelConfig(**job.model)
     tokenizer = load_tokenizer(base)
+    lora = {"r": job.rank, "lora_alpha": 2 * job.rank, "target_modules": "all-linear"}
+    if job.stage == "rm":
+        model = load_model(base, torch.float32, task="reward")
+        model.config.pad_token_id = tokenizer.pad_token_id
+        trainer = RewardTrainer(
+            model=model,
+            args=RewardConfig(**_trl_args(job, out)),
+            train_dataset=datasets.Dataset.from_list(
+                [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in job.rows]
+            ),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(**lora, task_type="SEQ_CLS", modules_to_save=["score"]),
+        )
+        data = trainer.train_dataset
+        tokens = sum(len(c) + len(r) for c, r in zip(data["chosen_ids"], data["rejected_ids"]))
+        metrics = trainer.train().metrics
+        return {"train_s": metrics["train_runtime"], "tokens": tokens, "losses": _losses(trainer.state.log_history)}
     model = load_model(base, torch.float32)
-    config = DPOConfig(
-        output_dir=str(out),
-        max_length=job.max_length,
-        per_device_train_batch_size=job.micro,
-        gradient_accumulation_steps=job.accum,
-        num_train_epochs=1,
-        learning_rate=job.lr,
-        beta=job.beta,
-        bf16=job.precision == "bf16",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    config = DPOConfig(beta=job.beta, **_trl_args(job, out))
     trainer = DPOTrainer(
         model=model,
         args=config,
         train_dataset=datasets.Dataset.from_list(job.rows),
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=job.rank, lora_alpha=2 * job.rank, target_modules="all-linear", task_type="CAUSAL_LM"),
+        peft_config=LoraConfig(**lora, task_type="CAUSAL_LM"),
     )
     data = trainer.train_dataset
     tokens = sum(
@@ -169,12 +177,30 @@ def run_trl(job: PairJob, out: Path) -> dict:
     return {"train_s": metrics["train_runtime"], "tokens": tokens, "losses": _losses(trainer.state.log_history)}
 
 
+def _trl_args(job: PairJob, out: Path) -> dict:
+    """The TrainingArguments both TRL trainers take for the job."""
+    return dict(
+        output_dir=str(out),
+        max_length=job.max_length,
+        per_device_train_batch_size=job.micro,
+        gradient_accumulation_steps=job.accum,
+        num_train_epochs=1,
+        learning_rate=job.lr,
+        bf16=job.precision == "bf16",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+
+
 def llmft_recipe(job: PairJob, out: Path, variant: str) -> dict:
     jsonl = out.parent / f"{out.name}-pairs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in job.rows))
     raw = {
         "model": job.model,
-        "stage": {"name": "dpo", "beta": job.beta},
+        "stage": {"name": "dpo", "beta": job.beta} if job.stage == "dpo" else {"name": "rm"},
         "data": {"train": str(jsonl), "max_length": job.max_length, "cache": False},
         "finetune": {"mode": "lora", "rank": job.rank, "alpha": 2 * job.rank, "dropout": 0.0, "target_modules": "all-linear"},
         "training": {
@@ -233,12 +259,13 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
         pairs=len(job.rows),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         precision=job.precision,
+        stage=job.stage,
     )
     (workdir / f"{tool}.json").write_text(json.dumps(result))
 
 
 def spawn(tool: str, args: argparse.Namespace, workdir: Path) -> dict:
-    argv = [sys.executable, __file__, f"--child={tool}", "--workdir", str(workdir), "--data", args.data]
+    argv = [sys.executable, __file__, f"--child={tool}", "--workdir", str(workdir), "--data", args.data, "--stage", args.stage]
     argv += ["--precision", args.precision] if args.precision else []
     subprocess.run(
         argv + (["--quick"] if args.quick else []),
@@ -252,7 +279,7 @@ def table(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
     lines = [
         versions(),
-        f"{first['pairs']} pairs, {first['precision']}",
+        f"{first['stage']}: {first['pairs']} pairs, {first['precision']}",
         f"{'tool':<13} {'train s':>8} {'pairs/s':>8} {'tok/s':>7} {'RSS MB':>7}  losses",
     ]
     for tool, r in results.items():
@@ -275,6 +302,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "preference" / "dpo_en_demo.json"))
     parser.add_argument("--only", choices=TOOLS, help="one tool")
+    parser.add_argument("--stage", choices=("dpo", "rm"), default="dpo")
     parser.add_argument("--quick", action="store_true", help="small model built in code")
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 where the CPU has it, else fp32")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -283,8 +311,8 @@ def main() -> int:
     if args.child:
         child(args.child, args, Path(args.workdir))
         return 0
-    workdir = Path(tempfile.mkdtemp(prefix="llmft-dpo-bench-"))
-    tools = [args.only] if args.only else list(TOOLS)
+    workdir = Path(tempfile.mkdtemp(prefix=f"llmft-{args.stage}-bench-"))
+    tools = [args.only] if args.only else [t for t in TOOLS if args.stage == "dpo" or t != "llmft-passes"]  # rm: no passes
     print(table({tool: spawn(tool, args, workdir) for tool in tools}))
     return 0
 
