@@ -80,7 +80,7 @@ def test_shift_attn_refuses_flash_attention():
         ("dpo", "training", "chunked_loss", False, "pt and sft"),
         ("orpo", "training", "max_tokens_per_forward", None, "pt, sft and dpo"),
         ("orpo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto and grpo"),
-        ("ppo", "data", "padding_free", False, "pt, sft, rm, dpo, kto and grpo"),
+        ("orpo", "data", "padding_free", False, "pt, sft, rm, dpo, kto and grpo"),
     ],
 )
 def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, section, key, value, stages):
