@@ -38,7 +38,7 @@ import torch
 
 from llmft.alignment.gae import gae
 from llmft.alignment.kl import kl_controller, kl_penalised_rewards
-from llmft.alignment.losses import entropy_from_logits, policy_loss, value_loss
+from llmft.alignment.losses import policy_loss, value_loss
 from llmft.alignment.rollout import (
     Prompt,
     RewardScorer,
@@ -70,6 +70,7 @@ LOG_KEYS = (
     "reward_std",
     "reply_length",
     "stopped",
+    "rollout_tokens_per_s",
     "learning_rate",
 )
 
@@ -273,8 +274,10 @@ class PpoTrainer:
 
     @torch.no_grad()
     def make_rollout(self, prompts: Sequence[Prompt]) -> tuple[Rollout, list[str]]:
+        started = time.perf_counter()
         batch = self._sample(prompts, self.sampling)
         mask = batch["reply_mask"]
+        self.generation_seconds = time.perf_counter() - started
         logprobs, ref_logprobs, values = [], [], []
         for start in range(0, len(prompts), self.stage.mini_batch_size):
             rows = slice(start, start + self.stage.mini_batch_size)
@@ -332,7 +335,7 @@ class PpoTrainer:
                     b = rollout.select(rows[micro : micro + self.micro_batch_size])
                     mask = b.reply_mask
                     with self._autocast():
-                        logits, logprobs, values = forward_replies(
+                        entropy, logprobs, values = forward_replies(
                             self.model, b.query, b.query_mask, b.reply, mask, stage.temperature, self.value_head
                         )
                     pg, clipfrac = policy_loss(logprobs, b.logprobs, b.advantages, mask, stage.cliprange)
@@ -347,7 +350,7 @@ class PpoTrainer:
                         step["loss"] += w * float(loss)
                         step["clipfrac"] += w * float(clipfrac)
                         step["value_clipfrac"] += w * float(vclipfrac)
-                        step["entropy"] += w * float(masked_mean(entropy_from_logits(logits), mask))
+                        step["entropy"] += w * float(masked_mean(entropy, mask))
                         step["approx_kl"] += w * float(0.5 * masked_mean((logprobs - b.logprobs) ** 2, mask))
                 self.scaler.unscale_(self.optimizer)
                 if self.args.max_grad_norm and self.args.max_grad_norm > 0:
@@ -376,6 +379,8 @@ class PpoTrainer:
             kl=float(kl_per_reply.mean()),
             non_score_reward=float((-kl_coef * kl_per_reply).mean()),
             reply_length=float(lengths.float().mean()),
+            # generated reply tokens per second of sampling (batched, KV cache, each row stopping at its end of turn)
+            rollout_tokens_per_s=float(mask.sum()) / max(self.generation_seconds, 1e-9),
             stopped=float(torch.isin(last, torch.as_tensor(self.stop_ids, device=last.device)).float().mean()),
             kl_coef=kl_coef,
         )

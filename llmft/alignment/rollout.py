@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from llmft.alignment.losses import token_logprobs
+from llmft.alignment.losses import entropy_from_logits, token_logprobs
 from llmft.data.prompts import Prompt
 
 # --- padding -------------------------------------------------------------------------------
@@ -106,15 +106,23 @@ def forward_replies(
     temperature: float,
     value_head: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Logits (temperature-scaled, as sampled), log-probs and (with a value head) values of
-    each reply token, shape (batch, reply length). Position ids follow the attention mask, so
-    left padding does not shift positions."""
+    """Entropies (no gradient), log-probs (of the temperature-scaled distribution, as sampled) and
+    (with a value head) values of each reply token, shape (batch, reply length). Position ids follow
+    the attention mask, so left padding does not shift positions.
+
+    Where the output head is frozen and plain (LoRA, QLoRA, freeze) the scores come from
+    `llmft.fastpath.logprob_head` over the final hidden states, a chunk of positions at a time (never
+    the [replies, length, vocabulary] logits and their log-softmax); otherwise from the logits."""
+    from llmft.fastpath.decide import causal_lm
+    from llmft.fastpath.logprob_head import frozen_plain_head, linear_logprobs
+    from llmft.fastpath.trainer import head_passthrough
+
     ids = torch.cat([query, reply], dim=1)
     attention = torch.cat([query_mask, reply_mask], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     width = reply.shape[1]
     extra = {"logits_to_keep": width + 1} if _keeps_logits(model) else {}  # no logits over the prompt
-    out = model(
+    inputs = dict(
         input_ids=ids,
         attention_mask=attention,
         position_ids=positions,
@@ -122,11 +130,24 @@ def forward_replies(
         use_cache=False,
         **extra,
     )
-    # the logits at position t predict token t + 1: reply token i is predicted at query_len - 1 + i
-    logits = out.logits[:, -(width + 1) : -1] / temperature
-    logprobs = token_logprobs(logits, reply)
+    # position t predicts token t + 1: reply token i is predicted at query_len - 1 + i
+    head = frozen_plain_head(causal_lm(model))
+    if head is not None:
+        with head_passthrough(head):
+            out = model(**inputs)
+        hidden = out.logits[:, -(width + 1) : -1]
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        scores = linear_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, reply.reshape(-1), dtype, temperature)
+        logprobs, entropy = scores[0].view(reply.shape), scores[1].view(reply.shape)
+    else:
+        out = model(**inputs)
+        logits = out.logits[:, -(width + 1) : -1] / temperature
+        logprobs = token_logprobs(logits, reply)
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)
     values = value_head(out.hidden_states[-1][:, -(width + 1) : -1]) if value_head is not None else None
-    return logits, logprobs, values
+    return entropy, logprobs, values
 
 
 def _keeps_logits(model: Any) -> bool:

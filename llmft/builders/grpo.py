@@ -153,5 +153,7 @@ def build_grpo(ctx: RunContext) -> TrainerLike:
     else:
         settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe() + (" (beta 0)" if reference is Reference.NONE else ""))
-    take_fast_forward(ctx, trainer)
+    # TRL's head scores at the sampling temperature; llmft's does the same unless asked for an fp32 head
+    own_head = not getattr(trainer.args, "cast_lm_head_to_fp32", False)
+    take_fast_forward(ctx, trainer, own_head=own_head, temperature=trainer.temperature)
     return trainer

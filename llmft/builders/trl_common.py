@@ -96,15 +96,16 @@ def settle_lora_reference(model: Any, keep_copy: bool) -> None:
             module.p = 0.0
 
 
-def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False) -> Any:
+def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False, temperature: float = 1.0) -> Any:
     """The fast path's batching, attention and fused ops on a TRL trainer that scores through TRL's
     fused log-prob head (stage trait `fast_forward`): padded rows scored as one padding-free row, a
     prefix rows share (a pair's prompt, a group's prompt) computed once where the attention is
     llmft's branch-aware kernel (`llmft.fastpath.unpadded_scoring`), for the policy and for a
     reference model kept beside it. Called once the trainer exists: TRL installs its fused head in
-    its constructor. `own_head`: the trainer scores at temperature 1 and reads only log-probs,
-    entropy, mean logits and top-1 (dpo, kto): a frozen plain head then scores through
-    `llmft.fastpath.logprob_head`. Returns the path (`FastPath`), its passes sized by the memory plan."""
+    its constructor. `own_head`: the trainer reads only log-probs, entropy, mean logits and top-1 of
+    the distribution at `temperature` (dpo, kto; grpo at its sampling temperature): a frozen plain
+    head then scores through `llmft.fastpath.logprob_head`. Returns the path (`FastPath`), its passes
+    sized by the memory plan."""
     from llmft.fastpath.decide import apply, causal_lm, choose
     from llmft.fastpath.unpadded_scoring import unpad_reward_scoring, unpad_scoring
     from llmft.modeling.families import family
@@ -125,7 +126,7 @@ def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False) -> 
                 family(getattr(lm.config, "model_type", None)).plain_head
                 and getattr(lm.get_output_embeddings(), "bias", None) is None
             )
-            unpad_scoring(lm, share_prefixes=path.shares_prefixes, own_head=own_head and plain)
+            unpad_scoring(lm, share_prefixes=path.shares_prefixes, own_head=own_head and plain, temperature=temperature)
     log.info("path: %s", path.describe())
     _small_head_tiles(ctx.model)
     return path

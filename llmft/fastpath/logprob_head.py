@@ -16,6 +16,8 @@ gradient. Values match TRL's kernel to fp32 rounding (tests/unit/fastpath/test_l
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 #: Logit elements per chunk (~32 MB in fp32), as the chunked cross-entropy (`llmft.fastpath.chunked_loss`).
@@ -24,7 +26,7 @@ CHUNK_ELEMENTS = 1 << 23
 
 class _LinearLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, temperature: float):
         n = hidden.shape[0]
         chunk = max(16, CHUNK_ELEMENTS // weight.shape[0])
         need_grad = ctx.needs_input_grad[0]
@@ -38,6 +40,8 @@ class _LinearLogProbs(torch.autograd.Function):
                 end = min(n, start + chunk)
                 t = targets[start:end]
                 logits = (hidden[start:end].to(dtype) @ w.t()).float()
+                if temperature != 1.0:
+                    logits.div_(temperature)
                 target_logit = logits.gather(1, t[:, None]).squeeze(1)
                 lse = torch.logsumexp(logits, dim=-1)
                 logp[start:end] = target_logit - lse
@@ -47,7 +51,7 @@ class _LinearLogProbs(torch.autograd.Function):
                 entropy[start:end] = _entropy(probs)
                 if need_grad:
                     probs[torch.arange(end - start, device=t.device), t] -= 1.0  # softmax - onehot
-                    grad_hidden[start:end] = probs.to(dtype).neg_() @ w  # (onehot - softmax) W
+                    grad_hidden[start:end] = probs.to(dtype).neg_() @ w / temperature  # (onehot - softmax) W / T
         ctx.mark_non_differentiable(entropy, mean_logits, is_top1)
         ctx.save_for_backward(grad_hidden if need_grad else torch.empty(0))
         ctx.hidden_dtype = hidden.dtype
@@ -57,8 +61,8 @@ class _LinearLogProbs(torch.autograd.Function):
     def backward(ctx, grad_logp: torch.Tensor, *_unused):
         (grad_hidden,) = ctx.saved_tensors
         if grad_logp is None:
-            return None, None, None, None
-        return (grad_hidden * grad_logp[:, None].to(grad_hidden.dtype)).to(ctx.hidden_dtype), None, None, None
+            return None, None, None, None, None
+        return (grad_hidden * grad_logp[:, None].to(grad_hidden.dtype)).to(ctx.hidden_dtype), None, None, None, None
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -66,12 +70,32 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-45).log()).sum(-1)
 
 
+def frozen_plain_head(lm: Any) -> Any | None:
+    """The output head of causal LM `lm` when `linear_logprobs` can score through it: a frozen,
+    bias-free, unquantized projection of a family whose logits are that projection alone."""
+    from llmft.modeling.families import family
+
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is None or getattr(head, "bias", None) is not None or type(weight).__name__ != "Parameter":
+        return None
+    if hasattr(head, "base_layer"):  # a LoRA layer (peft): its adapter would be bypassed
+        return None
+    if weight.requires_grad or weight.dim() != 2 or not family(getattr(lm.config, "model_type", None)).plain_head:
+        return None
+    return head
+
+
 def linear_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p(target), entropy, mean logit, target is the top token) per position of `hidden` [N, H]
-    under the frozen head `weight` [V, H], the projection in `dtype` (default: the weight's), the rest
-    in fp32. Only the log-probs carry a gradient (to `hidden`)."""
+    under the frozen head `weight` [V, H] with the logits divided by `temperature`, the projection in
+    `dtype` (default: the weight's), the rest in fp32. Only the log-probs carry a gradient (to `hidden`)."""
     if weight.requires_grad:
         raise ValueError("linear_logprobs takes a frozen output head; its weight requires grad")
-    return _LinearLogProbs.apply(hidden, weight, targets, dtype or weight.dtype)
+    return _LinearLogProbs.apply(hidden, weight, targets, dtype or weight.dtype, float(temperature))

@@ -13,7 +13,7 @@ from llmft.fastpath.decide import causal_lm
 
 
 @contextlib.contextmanager
-def _head_passthrough(head: Any) -> Iterator[None]:
+def head_passthrough(head: Any) -> Iterator[None]:
     """Make the output head return its input: the model's `logits` are then the final hidden states."""
     head.forward = lambda hidden: hidden
     try:
@@ -27,7 +27,7 @@ def final_hidden(model: Any, inputs: dict[str, Any], lm: Any | None = None) -> t
     wrappers and peft see a normal forward — with the head's projection left to the caller (`lm`:
     the causal LM inside, when `model` is wrapped)."""
     head = (lm or causal_lm(model)).get_output_embeddings()
-    with _head_passthrough(head):
+    with head_passthrough(head):
         return model(**inputs).logits, head
 
 

@@ -118,14 +118,15 @@ def scatter_back(value: torch.Tensor, flat: FlatRow, attention_mask: torch.Tenso
     return out.masked_scatter(scored, value[0, flat.index[:, :-1][scored]])
 
 
-def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = False) -> None:
+def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = False, temperature: float = 1.0) -> None:
     """Wrap the fused forward TRL installed on `model` (the causal LM, not a peft wrapper) so padded
     batches are scored padding-free. Anything else (generation, the model's own loss, inputs without
     an attention mask, masks that are not one run per row) goes to TRL's forward unchanged.
 
-    `own_head` (a plain, bias-free output head at temperature 1, no router logits): while the head's
-    weight is frozen, the scores come from `llmft.fastpath.logprob_head` (the gradient taken in
-    forward) instead of TRL's kernel, in TRL's output layout."""
+    `own_head` (a plain, bias-free output head, no router logits; `temperature`: the one TRL's head
+    was installed with): while the head's weight is frozen, the scores come from
+    `llmft.fastpath.logprob_head` (the gradient taken in forward) instead of TRL's kernel, in TRL's
+    output layout."""
     fused = model.forward
 
     @functools.wraps(type(model).forward)  # generate() checks its kwargs against this signature
@@ -148,7 +149,7 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
         flat = flatten(ids, mask, labels, share_prefixes)
         head = self.get_output_embeddings()
         if own_head and not head.weight.requires_grad and not rest.get("output_router_logits"):
-            out = _score_with_own_head(self, flat, head, rest)
+            out = _score_with_own_head(self, flat, head, rest, temperature)
         else:
             out = fused(**flat.inputs(), **rest)
         for name in PER_TOKEN_FIELDS:
@@ -163,7 +164,7 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
     model.forward = types.MethodType(forward, model)
 
 
-def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, Any]) -> Any:
+def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, Any], temperature: float) -> Any:
     """TRL's FusedCausalLMOutput for the flat row, scored by `linear_logprobs`."""
     from trl.trainer.utils import FusedCausalLMOutput
 
@@ -177,7 +178,7 @@ def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, A
     keep = labels != -100
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
-    scores = linear_logprobs(hidden[:, :-1][keep], head.weight, labels[keep], dtype)
+    scores = linear_logprobs(hidden[:, :-1][keep], head.weight, labels[keep], dtype, temperature)
     log_probs, entropy, mean_logits, is_top1 = (x.new_zeros(keep.shape).masked_scatter(keep, x) for x in scores)
     count = rest.get("num_items_in_batch") or keep.sum().clamp(min=1)
     return FusedCausalLMOutput(

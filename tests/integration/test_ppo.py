@@ -211,6 +211,7 @@ def test_ppo_run_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert [h["step"] for h in logged] == [1, 2]  # the first iteration, then every logging_steps
     for key in ("reward", "kl", "entropy", "clipfrac", "value_loss", "policy_loss", "kl_coef"):
         assert math.isfinite(logged[-1][key]), key
+    assert logged[-1]["rollout_tokens_per_s"] > 0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert [h for h in state["log_history"] if "reward" in h] == logged

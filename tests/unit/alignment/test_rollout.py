@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmft.alignment.ppo_trainer import Rollout
@@ -118,21 +119,38 @@ def test_generation_ignores_the_models_generation_config(tokenizer):
     assert got == expected
 
 
-def test_forward_replies_matches_unpadded_forward(tokenizer):
-    """Left-padded prompts and right-padded replies give each reply token the log-prob an unpadded
-    forward pass of that one sequence gives it (temperature-scaled)."""
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["logits", "frozen-head kernel"])
+def test_forward_replies_matches_unpadded_forward(tokenizer, frozen_head, monkeypatch):
+    """Left-padded prompts and right-padded replies give each reply token the log-prob and entropy an
+    unpadded forward pass of that one sequence gives it (temperature-scaled), and the same gradient;
+    with the output head frozen (LoRA) through `llmft.fastpath.logprob_head`, never the full logits."""
     from tiny import build_model
 
     from llmft.alignment.rollout import forward_replies
+    from llmft.fastpath import logprob_head
 
+    calls = []
+    kernel = logprob_head.linear_logprobs
+    monkeypatch.setattr(logprob_head, "linear_logprobs", lambda *a: calls.append(1) or kernel(*a))
     model = build_model(len(tokenizer)).eval()
+    model.lm_head.weight.requires_grad_(not frozen_head)
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     replies = [[20, 21, 2], [30, 31, 32, 33]]
     query, query_mask = pad(prompts, 0, "left")
     reply, mask = pad(replies, 0, "right")
-    with torch.no_grad():
-        _, logprobs, _ = forward_replies(model, query, query_mask, reply, mask, temperature=0.7)
-        for row, (prompt, answer) in enumerate(zip(prompts, replies)):
-            logits = model(torch.tensor([prompt + answer])).logits[0] / 0.7
-            expected = [torch.log_softmax(logits[len(prompt) + i - 1], -1)[tok] for i, tok in enumerate(answer)]
-            assert torch.allclose(logprobs[row, : len(answer)], torch.stack(expected), atol=1e-5)
+    entropy, logprobs, _ = forward_replies(model, query, query_mask, reply, mask, temperature=0.7)
+    (logprobs * mask).sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    total = 0
+    for row, (prompt, answer) in enumerate(zip(prompts, replies)):
+        logits = model(torch.tensor([prompt + answer])).logits[0] / 0.7
+        steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)].log_softmax(-1)
+        expected = steps.gather(1, torch.tensor(answer)[:, None]).squeeze(1)
+        total = total + expected.sum()
+        torch.testing.assert_close(logprobs[row, : len(answer)], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(entropy[row, : len(answer)], -(steps.exp() * steps).sum(-1).detach(), atol=1e-5, rtol=1e-5)
+    total.backward()
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert bool(calls) == frozen_head

@@ -63,3 +63,17 @@ def test_trainable_head_refused(inputs):
     hidden, weight, targets = inputs
     with pytest.raises(ValueError, match="frozen output head"):
         linear_logprobs(hidden, weight.requires_grad_(), targets)
+
+
+def test_temperature_divides_the_logits(inputs):
+    hidden, weight, targets = inputs
+    logp, entropy, _, _ = linear_logprobs(hidden, weight, targets, temperature=0.7)
+    logits = (hidden @ weight.t()) / 0.7
+    want = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(logp, want.detach())
+    probs = logits.detach().softmax(-1)
+    torch.testing.assert_close(entropy, -(probs * probs.log()).sum(-1))
+    logp.sum().backward()
+    got, hidden.grad = hidden.grad.clone(), None
+    want.sum().backward()
+    torch.testing.assert_close(got, hidden.grad, atol=1e-5, rtol=1e-5)

@@ -169,3 +169,20 @@ def test_consecutive_branches_stay_apart():
         for m in (_model(None), _model(True))
     ]
     torch.testing.assert_close(outs[1].log_probs, outs[0].log_probs, atol=1e-5, rtol=1e-5)
+
+
+def test_own_head_at_the_sampling_temperature():
+    """grpo's head scores at its sampling temperature: llmft's kernel takes the one TRL's head was given."""
+    ids, mask, labels = _batch(left=True)
+    models = []
+    for own in (False, True):
+        model = build_model(VOCAB, seed=3).float()
+        model.lm_head.weight.requires_grad_(False)
+        add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+        if own:
+            model.set_attn_implementation(register())
+            unpad_scoring(model, share_prefixes=True, own_head=True, temperature=0.7)
+        models.append(model)
+    outs = [m(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False) for m in models]
+    for name in ("log_probs", "entropy"):
+        torch.testing.assert_close(outs[1][name], outs[0][name], atol=1e-5, rtol=1e-5, msg=name)
