@@ -205,3 +205,14 @@ def settings_for(recipe, precision: str | None = None):
 
     resolved = resolve(recipe)
     return replace(resolved, precision=precision) if precision else resolved
+
+
+def assert_logged_alike(got: list[dict], want: list[dict], keys: tuple[str, ...], atol: float, rtol: float = 1e-4) -> None:
+    """Two runs' logged steps agree on each of `keys`, step by step."""
+    import torch
+
+    assert len(got) == len(want)
+    for key in keys:
+        torch.testing.assert_close(
+            torch.tensor([h[key] for h in got]), torch.tensor([h[key] for h in want]), atol=atol, rtol=rtol, msg=key
+        )

@@ -107,8 +107,8 @@ def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False, tem
     head then scores through `llmft.fastpath.logprob_head`. Returns the path (`FastPath`), its passes
     sized by the memory plan."""
     from llmft.fastpath.decide import apply, causal_lm, choose
+    from llmft.fastpath.logprob_head import frozen_plain_head
     from llmft.fastpath.unpadded_scoring import unpad_reward_scoring, unpad_scoring
-    from llmft.modeling.families import family
     from llmft.plan.passes import settle_passes
 
     path = choose(ctx.recipe, ctx.model, ctx.settings)
@@ -122,10 +122,7 @@ def take_fast_forward(ctx: RunContext, trainer: Any, own_head: bool = False, tem
             unpad_reward_scoring(causal_lm(model), share_prefixes=path.shares_prefixes)
         elif path.batching == "padding-free":
             lm = causal_lm(model)
-            plain = (
-                family(getattr(lm.config, "model_type", None)).plain_head
-                and getattr(lm.get_output_embeddings(), "bias", None) is None
-            )
+            plain = frozen_plain_head(lm) is not None  # a head that trains (full) keeps TRL's kernel
             unpad_scoring(lm, share_prefixes=path.shares_prefixes, own_head=own_head and plain, temperature=temperature)
     log.info("path: %s", path.describe())
     _small_head_tiles(ctx.model)

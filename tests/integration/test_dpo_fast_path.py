@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_logged_alike
 from test_dpo import dpo_recipe
 
 from llmft.builders import get_builder
@@ -123,30 +124,31 @@ def test_generation_and_plain_forward_unchanged(both):
     assert torch.equal(a, b)
 
 
+def _four_steps(model_dir, directory, data: dict | None = None, **training) -> list[dict]:
+    """The logged steps of a 4-step LoRA dpo run, micro-batches of 4 pairs."""
+    directory.mkdir()
+    recipe = dpo_recipe(
+        model_dir,
+        directory,
+        "lora",
+        evaluate=False,
+        data={"max_train_samples": 16, **(data or {})},
+        max_steps=4,
+        micro_batch_size=4,
+        logging_steps=1,
+        **training,
+    )
+    return [h for h in train(recipe).log_history if "loss" in h]
+
+
 def test_training_matches_padded_run(tiny_model_dir, tmp_path, caplog):
     """Four steps padding-free and padded: the same losses and rewards (fp32), and the run log says
     which path dpo took."""
-    runs = {}
-    for name, padding_free in (("fast", True), ("padded", False)):
-        (tmp_path / name).mkdir()
-        recipe = dpo_recipe(
-            tiny_model_dir,
-            tmp_path / name,
-            "lora",
-            evaluate=False,
-            data={"max_train_samples": 16, "padding_free": padding_free},
-            max_steps=4,
-            micro_batch_size=4,
-            logging_steps=1,
-        )
-        with caplog.at_level("INFO", logger="llmft"):
-            runs[name] = [h for h in train(recipe).log_history if "loss" in h]
-    fast, padded = runs["fast"], runs["padded"]
-    assert len(fast) == len(padded) == 4
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
-        torch.testing.assert_close(
-            torch.tensor([h[key] for h in fast]), torch.tensor([h[key] for h in padded]), atol=1e-4, rtol=1e-4, msg=key
-        )
+    with caplog.at_level("INFO", logger="llmft"):
+        fast = _four_steps(tiny_model_dir, tmp_path / "fast")
+        padded = _four_steps(tiny_model_dir, tmp_path / "padded", {"padding_free": False})
+    assert len(fast) == 4
+    assert_logged_alike(fast, padded, ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"), atol=1e-4)
     assert fast[-1]["loss"] < fast[0]["loss"]  # it learns
     paths = [r.getMessage() for r in caplog.records if r.getMessage().startswith("path:")]
     assert any("padding-free" in p and "padded rows scored as one row, shared prompts once" in p for p in paths), paths
@@ -156,28 +158,8 @@ def test_training_matches_padded_run(tiny_model_dir, tmp_path, caplog):
 def test_passes_of_whole_pairs_give_the_micro_batch_gradient(tiny_model_dir, tmp_path, caplog):
     """`training.max_tokens_per_forward` on dpo: a micro-batch of 4 pairs run one pair per pass logs
     the same losses, gradient norms and rewards as whole micro-batches (fp32)."""
-    runs = {}
-    for name, tokens in (("whole", None), ("passes", 1)):
-        (tmp_path / name).mkdir()
-        recipe = dpo_recipe(
-            tiny_model_dir,
-            tmp_path / name,
-            "lora",
-            evaluate=False,
-            data={"max_train_samples": 16},
-            max_steps=4,
-            micro_batch_size=4,
-            logging_steps=1,
-            max_tokens_per_forward=tokens,
-        )
-        with caplog.at_level("INFO", logger="llmft"):
-            runs[name] = [h for h in train(recipe).log_history if "loss" in h]
-    for key in ("loss", "grad_norm", "rewards/margins", "rewards/chosen"):
-        torch.testing.assert_close(
-            torch.tensor([h[key] for h in runs["passes"]]),
-            torch.tensor([h[key] for h in runs["whole"]]),
-            atol=1e-5,
-            rtol=1e-4,
-            msg=key,
-        )
+    with caplog.at_level("INFO", logger="llmft"):
+        whole = _four_steps(tiny_model_dir, tmp_path / "whole", max_tokens_per_forward=None)
+        passes = _four_steps(tiny_model_dir, tmp_path / "passes", max_tokens_per_forward=1)
+    assert_logged_alike(passes, whole, ("loss", "grad_norm", "rewards/margins", "rewards/chosen"), atol=1e-5)
     assert any("passes of <= 1 tokens of whole pairs" in r.getMessage() for r in caplog.records)
