@@ -1,8 +1,10 @@
-"""Preference stages' throughput and memory: TRL's `DPOTrainer` / `RewardTrainer` vs llmft on the
-same pairs, side by side.
+"""Preference stages' throughput and memory: TRL's `DPOTrainer` / `RewardTrainer` / `KTOTrainer` /
+`ORPOTrainer` vs llmft on the same pairs, side by side.
 
     python benchmarks/preference_vs_trl.py              # dpo on issue 14's job (reads ../shared/data), ~20 min on 2 cores
     python benchmarks/preference_vs_trl.py --stage rm   # the same pairs, a reward model (TRL's RewardTrainer)
+    python benchmarks/preference_vs_trl.py --stage kto  # each pair as a desirable and an undesirable reply
+    python benchmarks/preference_vs_trl.py --stage orpo
     python benchmarks/preference_vs_trl.py --quick      # small model built in code, ~1 min
     python benchmarks/preference_vs_trl.py --only llmft
 
@@ -12,16 +14,18 @@ of dpo_en_demo.json whose chosen and rejected conversations both fit in 1,000 to
 where the CPU has it (else fp32 for every tool). Rows, each tool in its own process (peak RSS is its
 own), back to back:
 
-- `trl`: TRL's DPOTrainer (rm: RewardTrainer, LoRA with the score head trained in full) at its
-  defaults (gradient checkpointing, dropout disabled), the model loaded as llmft loads it;
+- `trl`: TRL's DPOTrainer (rm: RewardTrainer, LoRA with the score head trained in full; kto:
+  KTOTrainer on the 48 replies, micro-batches of 2 replies; orpo: TRL's experimental ORPOTrainer) at
+  its defaults (gradient checkpointing, dropout disabled), the model loaded as llmft loads it;
 - `llmft`: `llmft train` as a recipe runs it (padding-free scoring, each pair's prompt once, fused
   ops; whole micro-batches, as the memory plan finds they fit);
-- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here);
+- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here; dpo and
+  rm, whose losses are means over pairs);
 - `llmft-padded`: llmft with `data.padding_free: false` and `training.fused_ops: false` (what llmft
   did before the fast path: TRL's trainer on llmft's pairs).
 
-Each row: the Trainer's train_runtime, pairs/s, the non-pad tokens/s both sides carry, peak RSS and
-the logged losses (the same batches in the same order: the losses must agree).
+Each row: the Trainer's train_runtime, pairs/s (kto: replies/s), the non-pad tokens/s both sides
+carry, peak RSS and the logged losses (the same batches in the same order: the losses must agree).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class PairJob:
     lr: float = 5e-6
     beta: float = 0.1
     rank: int = 8
-    stage: str = "dpo"  # or rm
+    stage: str = "dpo"  # or rm, kto, orpo
     precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
@@ -123,6 +127,18 @@ def quick_job(workdir: Path, precision: str) -> PairJob:
     return PairJob(job.name, job.model, rows, max_length=512, lr=1e-4, precision=precision)
 
 
+STAGES = ("dpo", "rm", "kto", "orpo")
+#: Stages whose micro-batches run in passes of whole pairs (`training.max_tokens_per_forward`).
+PASSES = ("dpo", "rm")
+
+
+def kto_rows(rows: list[dict]) -> list[dict]:
+    """Each pair as two unpaired replies: the chosen one desirable, the rejected one not."""
+    return [
+        {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"} for r in rows for side in ("chosen", "rejected")
+    ]
+
+
 def make_job(args: argparse.Namespace, workdir: Path) -> PairJob:
     from llmft.modeling.precision import cpu_has_fast_bf16
 
@@ -136,7 +152,7 @@ def run_trl(job: PairJob, out: Path) -> dict:
     import datasets
     import torch
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
 
     from llmft.config.model import ModelConfig
     from llmft.modeling.load import load_model, load_tokenizer
@@ -161,20 +177,44 @@ def run_trl(job: PairJob, out: Path) -> dict:
         metrics = trainer.train().metrics
         return {"train_s": metrics["train_runtime"], "tokens": tokens, "losses": _losses(trainer.state.log_history)}
     model = load_model(base, torch.float32)
-    config = DPOConfig(beta=job.beta, **_trl_args(job, out))
-    trainer = DPOTrainer(
+    if job.stage == "kto":
+        trainer_cls, config, rows = KTOTrainer, KTOConfig(beta=job.beta, **_trl_args(job, out)), kto_rows(job.rows)
+    elif job.stage == "orpo":
+        from llmft.builders.orpo import orpo_classes
+
+        config_cls, trainer_cls = orpo_classes()
+        config, rows = config_cls(beta=job.beta, **_trl_args(job, out)), job.rows
+    else:
+        trainer_cls, config, rows = DPOTrainer, DPOConfig(beta=job.beta, **_trl_args(job, out)), job.rows
+    trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=datasets.Dataset.from_list(job.rows),
+        train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=LoraConfig(**lora, task_type="CAUSAL_LM"),
     )
-    data = trainer.train_dataset
-    tokens = sum(
-        len(p) + len(c) + len(p) + len(r) for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])
-    )
+    tokens = chat_tokens(job) if job.stage in ("kto", "orpo") else _trl_tokens(job.stage, trainer.train_dataset)
     metrics = trainer.train().metrics
     return {"train_s": metrics["train_runtime"], "tokens": tokens, "losses": _losses(trainer.state.log_history)}
+
+
+def _trl_tokens(stage: str, data) -> int:
+    """Non-pad tokens of TRL's dpo rows (both sides of each pair)."""
+    return sum(len(p) + len(c) + len(p) + len(r) for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"]))
+
+
+def chat_tokens(job: PairJob) -> int:
+    """kto, orpo (whose TRL trainers tokenize for both tools): the tokens of each rendered
+    conversation the stage trains on (kto: each reply with its prompt; orpo: both sides of a pair)."""
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.load import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(**job.model))
+    sides = ("completion",) if job.stage == "kto" else ("chosen", "rejected")
+    rows = kto_rows(job.rows) if job.stage == "kto" else job.rows
+    return sum(
+        len(tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=True)["input_ids"]) for r in rows for side in sides
+    )
 
 
 def _trl_args(job: PairJob, out: Path) -> dict:
@@ -197,10 +237,11 @@ def _trl_args(job: PairJob, out: Path) -> dict:
 
 def llmft_recipe(job: PairJob, out: Path, variant: str) -> dict:
     jsonl = out.parent / f"{out.name}-pairs.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in job.rows))
+    rows = kto_rows(job.rows) if job.stage == "kto" else job.rows
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     raw = {
         "model": job.model,
-        "stage": {"name": "dpo", "beta": job.beta} if job.stage == "dpo" else {"name": "rm"},
+        "stage": {"name": "rm"} if job.stage == "rm" else {"name": job.stage, "beta": job.beta},
         "data": {"train": str(jsonl), "max_length": job.max_length, "cache": False},
         "finetune": {"mode": "lora", "rank": job.rank, "alpha": 2 * job.rank, "dropout": 0.0, "target_modules": "all-linear"},
         "training": {
@@ -230,8 +271,11 @@ def run_llmft(job: PairJob, out: Path, variant: str) -> dict:
     from llmft.run import train
 
     recipe = validate_recipe(llmft_recipe(job, out, variant))
-    prepared = prepare_for(recipe, prepare_tokenizer(recipe))
-    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in prepared.train)
+    if job.stage in ("dpo", "rm"):
+        prepared = prepare_for(recipe, prepare_tokenizer(recipe))
+        tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in prepared.train)
+    else:  # TRL's trainer tokenizes
+        tokens = chat_tokens(job)
     result = train(recipe)
     return {"train_s": result.metrics["train_runtime"], "tokens": tokens, "losses": _losses(result.log_history)}
 
@@ -256,7 +300,7 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
     result = run_trl(job, out) if tool == "trl" else run_llmft(job, out, tool)
     result.update(
         wall_s=time.perf_counter() - started,
-        pairs=len(job.rows),
+        pairs=len(job.rows) * (2 if job.stage == "kto" else 1),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         precision=job.precision,
         stage=job.stage,
@@ -277,10 +321,11 @@ def spawn(tool: str, args: argparse.Namespace, workdir: Path) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
+    unit = "replies" if first["stage"] == "kto" else "pairs"
     lines = [
         versions(),
-        f"{first['stage']}: {first['pairs']} pairs, {first['precision']}",
-        f"{'tool':<13} {'train s':>8} {'pairs/s':>8} {'tok/s':>7} {'RSS MB':>7}  losses",
+        f"{first['stage']}: {first['pairs']} {unit}, {first['precision']}",
+        f"{'tool':<13} {'train s':>8} {unit + '/s':>8} {'tok/s':>7} {'RSS MB':>7}  losses",
     ]
     for tool, r in results.items():
         losses = " ".join(f"{x:.4f}" for x in r["losses"])
@@ -293,7 +338,7 @@ def table(results: dict[str, dict]) -> str:
         for tool, r in results.items():
             if tool != "trl":
                 lines.append(
-                    f"{tool} / trl: pairs/s x{base['train_s'] / r['train_s']:.2f}, peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
+                    f"{tool} / trl: {unit}/s x{base['train_s'] / r['train_s']:.2f}, peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
                 )
     return "\n".join(lines)
 
@@ -302,7 +347,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "preference" / "dpo_en_demo.json"))
     parser.add_argument("--only", choices=TOOLS, help="one tool")
-    parser.add_argument("--stage", choices=("dpo", "rm"), default="dpo")
+    parser.add_argument("--stage", choices=STAGES, default="dpo")
     parser.add_argument("--quick", action="store_true", help="small model built in code")
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 where the CPU has it, else fp32")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -312,7 +357,7 @@ def main() -> int:
         child(args.child, args, Path(args.workdir))
         return 0
     workdir = Path(tempfile.mkdtemp(prefix=f"llmft-{args.stage}-bench-"))
-    tools = [args.only] if args.only else [t for t in TOOLS if args.stage == "dpo" or t != "llmft-passes"]  # rm: no passes
+    tools = [args.only] if args.only else [t for t in TOOLS if args.stage in PASSES or t != "llmft-passes"]
     print(table({tool: spawn(tool, args, workdir) for tool in tools}))
     return 0
 

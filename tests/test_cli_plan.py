@@ -128,7 +128,9 @@ def test_no_path_line_for_stages_off_the_fast_path(tiny_model_dir):
     from llmft.plan.from_recipe import planned_path
     from llmft.resolve import resolve
 
-    recipe = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "orpo"}))
+    recipe = validate_recipe(
+        minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "ppo", "reward_model": str(tiny_model_dir)})
+    )
     assert planned_path(recipe, read_config(recipe.model), resolve(recipe, "cpu")) is None
     dpo = validate_recipe(minimal_recipe(model={"path": str(tiny_model_dir)}, stage={"name": "dpo"}))
     assert planned_path(dpo, read_config(dpo.model), resolve(dpo, "cpu")).describe() == (

@@ -37,39 +37,14 @@ log = logging.getLogger("llmft")
 def trainer_class() -> type:
     from trl import DPOTrainer
 
-    from llmft.fastpath.passes import split_pairs
+    from llmft.builders.preference import PairPasses
 
-    class LlmftDPOTrainer(DPOTrainer):
+    class LlmftDPOTrainer(PairPasses, DPOTrainer):
         """TRL's DPOTrainer on pairs llmft has already tokenized (see the module docstring), a
-        micro-batch run in passes of whole pairs when `forward_tokens` is set
-        (`training.max_tokens_per_forward`): each pass's loss is its pairs' mean times their share
-        of the micro-batch, so the gradient is the micro-batch's own while one pass's activations
-        are alive at a time. TRL's metrics are then means over passes."""
-
-        forward_tokens: int | None = None
-        _loss_share = 1.0
+        micro-batch run in passes of whole pairs when `forward_tokens` is set (`PairPasses`)."""
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             return dataset
-
-        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-            pieces = split_pairs(inputs, self.forward_tokens) if self.forward_tokens else [(inputs, 1.0)]
-            if len(pieces) == 1:
-                return super().training_step(model, inputs, num_items_in_batch)
-            total = 0.0
-            try:
-                for piece, share in pieces:
-                    self._loss_share = share
-                    total = total + super().training_step(model, piece, num_items_in_batch)
-            finally:
-                self._loss_share = 1.0
-            return total
-
-        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if self._loss_share == 1.0:
-                return out
-            return (out[0] * self._loss_share, out[1]) if return_outputs else out * self._loss_share
 
     return LlmftDPOTrainer
 

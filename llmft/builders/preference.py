@@ -1,5 +1,6 @@
 """Shared by the preference builders (rm, dpo): llmft-tokenized pairs as the `datasets.Dataset`s
-TRL's trainers take, the batch layout of TRL's DPO loss, the checks and the callbacks."""
+TRL's trainers take, the batch layout of TRL's DPO loss, micro-batches in passes of whole pairs,
+the checks and the callbacks."""
 
 from __future__ import annotations
 
@@ -64,6 +65,39 @@ class PairCollator:
             if key in batch[0]:
                 out[key] = torch.tensor([b[key] for b in batch], dtype=torch.float32)
         return out
+
+
+class PairPasses:
+    """A TRL pair trainer (DPOTrainer, RewardTrainer: a batch of the chosen rows, then the rejected
+    rows, and a loss that is a mean over pairs) whose micro-batch runs in passes of whole pairs when
+    `forward_tokens` is set (`training.max_tokens_per_forward`, `llmft.fastpath.passes.split_pairs`):
+    each pass's loss is its pairs' mean times their share of the micro-batch, so the gradient is the
+    micro-batch's own while one pass's activations are alive at a time. TRL's per-batch metrics are
+    then means over passes. Listed before the TRL class in the bases."""
+
+    forward_tokens: int | None = None
+    _loss_share = 1.0
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        from llmft.fastpath.passes import split_pairs
+
+        pieces = split_pairs(inputs, self.forward_tokens) if self.forward_tokens else [(inputs, 1.0)]
+        if len(pieces) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = 0.0
+        try:
+            for piece, share in pieces:
+                self._loss_share = share
+                total = total + super().training_step(model, piece, num_items_in_batch)
+        finally:
+            self._loss_share = 1.0
+        return total
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self._loss_share == 1.0:
+            return out
+        return (out[0] * self._loss_share, out[1]) if return_outputs else out * self._loss_share
 
 
 def keep_only_adapter_dropout(model: Any) -> None:

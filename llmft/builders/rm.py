@@ -14,6 +14,8 @@ counted, the cache), each side cut after its reply's end-of-turn token, so the s
 there (see `llmft.modeling.reward`). The model comes from the run context, which loads the
 checkpoint for the reward task: the load guard lets only the new `score` head be missing, and
 LoRA trains the head in full and saves it with the adapter (`modules_to_save=["score"]`).
+`training.max_tokens_per_forward` runs a micro-batch in passes of whole pairs (`PairPasses`): the
+loss is a mean over pairs, so the gradient is unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +28,20 @@ from llmft.builders.trainer import trl_config
 from llmft.registry import register_builder
 
 
+def trainer_class() -> type:
+    from trl import RewardTrainer
+
+    from llmft.builders.preference import PairPasses
+
+    class LlmftRewardTrainer(PairPasses, RewardTrainer):
+        """TRL's RewardTrainer, a micro-batch run in passes of whole pairs when `forward_tokens` is set."""
+
+    return LlmftRewardTrainer
+
+
 @register_builder("rm", modes=("full", "freeze", "lora"))
 def build_rm(ctx: RunContext) -> TrainerLike:
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
     from llmft.builders.preference import finish, keep_only_adapter_dropout, llmft_callbacks, pair_dataset, prepared_pairs
     from llmft.builders.trl_common import take_fast_forward
@@ -53,7 +66,7 @@ def build_rm(ctx: RunContext) -> TrainerLike:
         disable_dropout=False,  # done above, keeping LoRA's dropout
         pad_to_multiple_of=8,
     )
-    trainer = RewardTrainer(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset(train),
@@ -61,5 +74,5 @@ def build_rm(ctx: RunContext) -> TrainerLike:
         processing_class=ctx.tokenizer,
         callbacks=llmft_callbacks(ctx, model),
     )
-    take_fast_forward(ctx, trainer)
+    trainer.forward_tokens = take_fast_forward(ctx, trainer).forward_tokens
     return finish(trainer, ctx)

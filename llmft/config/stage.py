@@ -84,7 +84,7 @@ class StageTraits:
     # padded batch as one padding-free row (llmft.fastpath.unpadded_scoring)
     fast_forward: bool = False
     # training.max_tokens_per_forward applies: a micro-batch runs as several forward/backward passes
-    # (pt/sft: of whole examples; dpo: of whole pairs)
+    # (pt/sft: of whole examples; dpo, rm: of whole pairs)
     forward_passes: bool = False
     next_token_loss: bool = False  # the loss contains a next-token loss (the random-init alarm applies)
     group_by_length: bool = False  # its trainer honours data.group_by_length
@@ -216,6 +216,7 @@ class RmStage(StageSection):
         group_by_length=True,
         task="reward",
         fast_forward=True,
+        forward_passes=True,
     )
 
 
@@ -313,6 +314,8 @@ class OrpoStage(StageSection):
         modes=ALL_MODES,
         next_token_loss=True,
         truncation=("truncate_right", "drop"),
+        head_adapter=False,
+        fast_forward=True,
     )
 
 

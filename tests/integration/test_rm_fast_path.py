@@ -81,3 +81,29 @@ def test_training_matches_padded_run(tiny_model_dir, tmp_path):
         runs[name] = [h for h in train(validate_recipe(raw)).log_history if "loss" in h and "accuracy" in h]
     assert len(runs["fast"]) == 4
     assert_logged_alike(runs["fast"], runs["padded"], ("loss", "accuracy", "margin", "grad_norm"), atol=1e-4)
+
+
+def test_passes_of_whole_pairs_give_the_micro_batch_gradient(tiny_model_dir, tmp_path, caplog):
+    """`training.max_tokens_per_forward` on rm: a micro-batch of 4 pairs run one pair per pass logs
+    the same losses, gradient norms, accuracies and margins as whole micro-batches (fp32)."""
+    from llmft.config import validate_recipe
+
+    runs = {}
+    for name, tokens in (("whole", None), ("passes", 1)):
+        (tmp_path / name).mkdir()
+        recipe = rm_recipe(
+            tiny_model_dir,
+            tmp_path / name,
+            "lora",
+            max_steps=3,
+            logging_steps=1,
+            micro_batch_size=4,
+            max_tokens_per_forward=tokens,
+        )
+        raw = recipe.model_dump(mode="json", exclude_unset=True)
+        raw["data"]["max_train_samples"] = 12
+        with caplog.at_level("INFO", logger="llmft"):
+            runs[name] = [h for h in train(validate_recipe(raw)).log_history if "loss" in h and "accuracy" in h]
+    assert len(runs["passes"]) == 3
+    assert_logged_alike(runs["passes"], runs["whole"], ("loss", "grad_norm", "accuracy", "margin"), atol=1e-5)
+    assert any("passes of <= 1 tokens of whole pairs" in r.getMessage() for r in caplog.records)

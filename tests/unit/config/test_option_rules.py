@@ -78,13 +78,14 @@ def test_shift_attn_refuses_flash_attention():
     "stage, section, key, value, stages",
     [
         ("dpo", "training", "chunked_loss", False, "pt and sft"),
-        ("orpo", "training", "max_tokens_per_forward", None, "pt, sft and dpo"),
-        ("orpo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto and grpo"),
-        ("orpo", "data", "padding_free", False, "pt, sft, rm, dpo, kto and grpo"),
+        ("orpo", "training", "max_tokens_per_forward", None, "pt, sft, rm and dpo"),
+        ("ppo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
+        ("ppo", "data", "padding_free", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
     ],
 )
-def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, section, key, value, stages):
-    raw = recipe(stage={"name": stage}, **{section: {key: value}})
+def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, section, key, value, stages, tmp_path):
+    extra = {"reward_model": str(tmp_path)} if stage == "ppo" else {}
+    raw = recipe(stage={"name": stage, **extra}, **{section: {key: value}})
     assert only_problem(raw) == f"{section}.{key}: applies to stages {stages} and has no effect on stage {stage!r}; remove it"
 
 
@@ -93,7 +94,8 @@ def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere()
     validate_recipe(recipe(stage={"name": "dpo"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
     validate_recipe(recipe(stage={"name": "rm"}, training={"fused_ops": False}, data={"padding_free": False}))
-    validate_recipe(recipe(stage={"name": "dpo"}, training={"max_tokens_per_forward": 1024}))
+    for stage in ("dpo", "rm"):
+        validate_recipe(recipe(stage={"name": stage}, training={"max_tokens_per_forward": 1024}))
 
 
 def test_dpo_passes_refused_for_losses_that_couple_pairs():
