@@ -19,8 +19,8 @@ own), back to back:
   its defaults (gradient checkpointing, dropout disabled), the model loaded as llmft loads it;
 - `llmft`: `llmft train` as a recipe runs it (padding-free scoring, each pair's prompt once, fused
   ops; whole micro-batches, as the memory plan finds they fit);
-- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here; dpo and
-  rm, whose losses are means over pairs);
+- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here; dpo, rm
+  and orpo);
 - `llmft-padded`: llmft with `data.padding_free: false` and `training.fused_ops: false` (what llmft
   did before the fast path: TRL's trainer on llmft's pairs).
 
@@ -129,7 +129,7 @@ def quick_job(workdir: Path, precision: str) -> PairJob:
 
 STAGES = ("dpo", "rm", "kto", "orpo")
 #: Stages whose micro-batches run in passes of whole pairs (`training.max_tokens_per_forward`).
-PASSES = ("dpo", "rm")
+PASSES = ("dpo", "rm", "orpo")
 
 
 def kto_rows(rows: list[dict]) -> list[dict]:

@@ -10,6 +10,10 @@ where the head does not train. From the per-token log-probs of every real token:
 mean next-token loss (TRL's, over prompt and reply), and each row's mean log-prob over its reply
 (TRL's `average_log_prob`). The `logits/chosen|rejected` metrics are the mean logit over real tokens
 (TRL's also averaged the pad positions' logits).
+
+`training.max_tokens_per_forward` runs a micro-batch in passes of whole pairs (`PairPasses`): the
+odds-ratio term is a mean over pairs (weighed by each pass's share), and the next-token loss a mean
+over the micro-batch's chosen tokens, so each pass's sum is divided by the whole micro-batch's count.
 """
 
 from __future__ import annotations
@@ -49,10 +53,23 @@ def orpo_config(ctx: RunContext) -> Any:
 
 
 def trainer_class() -> type:
+    from llmft.builders.preference import PairPasses
+    from llmft.fastpath.passes import split_sided_pairs
+
     _, ORPOTrainer = orpo_classes()
 
-    class LlmftORPOTrainer(ORPOTrainer):
-        """TRL's ORPOTrainer scoring through the fused log-prob head (module docstring)."""
+    class LlmftORPOTrainer(PairPasses, ORPOTrainer):
+        """TRL's ORPOTrainer scoring through the fused log-prob head, in passes of whole pairs (module docstring)."""
+
+        _nll_scale = 1.0
+
+        def pieces(self, inputs: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+            return split_sided_pairs(inputs, self.forward_tokens)
+
+        def start_pass(self, whole: dict[str, Any], piece: dict[str, Any], share: float) -> None:
+            """The pass's next-token mean times its tokens' share of the micro-batch's, over its pairs'
+            share (the loss is multiplied by that): the micro-batch's token mean, summed over passes."""
+            self._nll_scale = chosen_tokens(piece) / chosen_tokens(whole) / share
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             from trl.trainer.utils import add_fused_lm_head
@@ -70,9 +87,15 @@ def trainer_class() -> type:
             )
             ids, mask = rows["concatenated_input_ids"], rows["concatenated_attention_mask"]
             out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), fused_lm_head=True)
-            return orpo_scores(out.log_probs, out.mean_logits, mask, rows["concatenated_labels"], len(batch["chosen_labels"]))
+            scores = orpo_scores(out.log_probs, out.mean_logits, mask, rows["concatenated_labels"], len(batch["chosen_labels"]))
+            return (*scores[:4], scores[4] * self._nll_scale)
 
     return LlmftORPOTrainer
+
+
+def chosen_tokens(batch: dict[str, Any]) -> int:
+    """Chosen tokens the next-token loss scores (each real token after the row's first)."""
+    return int((batch["chosen_attention_mask"].sum(1) - 1).clamp(min=0).sum())
 
 
 def orpo_scores(log_probs: Any, mean_logits: Any, mask: Any, labels: Any, chosen: int) -> tuple:
@@ -97,5 +120,5 @@ def build_orpo(ctx: RunContext) -> TrainerLike:
     config = orpo_config(ctx)
     train, evaluation = trl_datasets(ctx, lambda items: pair_rows(items, ctx.tokenizer, data.max_length, data.truncation))
     trainer = trl_trainer(ctx, trainer_class(), config, train, evaluation)
-    take_fast_forward(ctx, trainer, own_head=True)
+    trainer.forward_tokens = take_fast_forward(ctx, trainer, own_head=True).forward_tokens
     return trainer

@@ -68,29 +68,38 @@ class PairCollator:
 
 
 class PairPasses:
-    """A TRL pair trainer (DPOTrainer, RewardTrainer: a batch of the chosen rows, then the rejected
-    rows, and a loss that is a mean over pairs) whose micro-batch runs in passes of whole pairs when
-    `forward_tokens` is set (`training.max_tokens_per_forward`, `llmft.fastpath.passes.split_pairs`):
-    each pass's loss is its pairs' mean times their share of the micro-batch, so the gradient is the
-    micro-batch's own while one pass's activations are alive at a time. TRL's per-batch metrics are
-    then means over passes. Listed before the TRL class in the bases."""
+    """A TRL pair trainer (DPOTrainer, RewardTrainer, ORPOTrainer: a loss that is a mean over pairs)
+    whose micro-batch runs in passes of whole pairs when `forward_tokens` is set
+    (`training.max_tokens_per_forward`, `llmft.fastpath.passes`): each pass's loss is its pairs' mean
+    times their share of the micro-batch, so the gradient is the micro-batch's own while one pass's
+    activations are alive at a time. TRL's per-batch metrics are then means over passes. Listed
+    before the TRL class in the bases; `pieces` says how the trainer's batch layout is cut."""
 
     forward_tokens: int | None = None
     _loss_share = 1.0
 
-    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+    def pieces(self, inputs: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+        """(piece, share of the micro-batch's pairs): the chosen rows, then the rejected rows."""
         from llmft.fastpath.passes import split_pairs
 
-        pieces = split_pairs(inputs, self.forward_tokens) if self.forward_tokens else [(inputs, 1.0)]
+        return split_pairs(inputs, self.forward_tokens)
+
+    def start_pass(self, whole: dict[str, Any], piece: dict[str, Any], share: float) -> None:
+        """Called before each pass of a micro-batch run in several."""
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        pieces = self.pieces(inputs) if self.forward_tokens else [(inputs, 1.0)]
         if len(pieces) == 1:
             return super().training_step(model, inputs, num_items_in_batch)
         total = 0.0
         try:
             for piece, share in pieces:
                 self._loss_share = share
+                self.start_pass(inputs, piece, share)
                 total = total + super().training_step(model, piece, num_items_in_batch)
         finally:
             self._loss_share = 1.0
+            self.start_pass(inputs, inputs, 1.0)
         return total
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:

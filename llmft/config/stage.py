@@ -84,7 +84,7 @@ class StageTraits:
     # padded batch as one padding-free row (llmft.fastpath.unpadded_scoring)
     fast_forward: bool = False
     # training.max_tokens_per_forward applies: a micro-batch runs as several forward/backward passes
-    # (pt/sft: of whole examples; dpo, rm: of whole pairs)
+    # (pt/sft: of whole examples; dpo, rm, orpo: of whole pairs)
     forward_passes: bool = False
     next_token_loss: bool = False  # the loss contains a next-token loss (the random-init alarm applies)
     group_by_length: bool = False  # its trainer honours data.group_by_length
@@ -316,6 +316,7 @@ class OrpoStage(StageSection):
         truncation=("truncate_right", "drop"),
         head_adapter=False,
         fast_forward=True,
+        forward_passes=True,
     )
 
 

@@ -66,9 +66,9 @@ class TrainingConfig(Section):
     )
     max_tokens_per_forward: int | Literal["auto"] | None = Field(
         default="auto",
-        description="pt/sft with the chunked loss, dpo and rm: run a micro-batch with more tokens than this as "
-        "several forward/backward passes, cut at example boundaries (dpo, rm: whole pairs; never within one). The gradient is the "
-        "micro-batch's own (every pass divides by the same supervised-token count; dpo, rm: each pass's pair mean is weighed by its share of the pairs); only one pass's "
+        description="pt/sft with the chunked loss, dpo, rm and orpo: run a micro-batch with more tokens than this as "
+        "several forward/backward passes, cut at example boundaries (dpo, rm, orpo: whole pairs; never within one). The gradient is the "
+        "micro-batch's own (every pass divides by the same supervised-token count; dpo, rm, orpo: each pass's pair mean is weighed by its share of the pairs); only one pass's "
         "activations are alive at a time, but every pass streams all weights again (on the SmolLM2-135M "
         "LoRA benchmark, passes of 512: peak RSS -18%, training time +11%). `auto`: whole micro-batches "
         "unless the memory plan (`llmft plan`) says micro_batch_size x data.max_length tokens do not fit "

@@ -73,3 +73,32 @@ def split_pairs(batch: dict[str, Any], max_tokens: int) -> list[tuple[dict[str, 
                 piece[key] = value
         pieces.append((piece, (b - a) / pairs))
     return pieces
+
+
+def split_sided_pairs(batch: dict[str, Any], max_tokens: int) -> list[tuple[dict[str, Any], float]]:
+    """`split_pairs` for a pair batch that keeps each side under its own keys (TRL's ORPO collator:
+    `chosen_*` and `rejected_*` right-padded, `prompt_*` left-padded; per-pair lists alongside):
+    whole pairs in order, each piece's sides cut to their longest real row, each with its share."""
+    chosen, rejected = batch["chosen_attention_mask"], batch["rejected_attention_mask"]
+    pairs = chosen.shape[0]
+    ranges = _greedy((chosen.sum(1) + rejected.sum(1)).tolist(), max_tokens)
+    if len(ranges) == 1:
+        return [(batch, 1.0)]
+    pieces = []
+    for a, b in ranges:
+        piece = {
+            k: (
+                v[a:b]
+                if (torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == pairs) or (isinstance(v, list) and len(v) == pairs)
+                else v
+            )
+            for k, v in batch.items()
+        }
+        for side in ("chosen", "rejected"):
+            mask = piece[f"{side}_attention_mask"]
+            width = int(mask.any(0).nonzero().max()) + 1
+            for key, value in piece.items():
+                if key.startswith(f"{side}_") and torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == mask.shape[1]:
+                    piece[key] = value[:, :width]
+        pieces.append((piece, (b - a) / pairs))
+    return pieces

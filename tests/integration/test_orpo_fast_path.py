@@ -96,3 +96,45 @@ def test_training_matches_padded_run(tiny_model_dir, data, tmp_path, caplog):  #
     assert_logged_alike(runs["fast"], runs["padded"], ("loss", "nll_loss", "log_odds_ratio", "rewards/margins"), atol=1e-4)
     paths = [r.getMessage() for r in caplog.records if r.getMessage().startswith("path:")]
     assert any("padded rows scored as one row, shared prompts once" in p for p in paths), paths
+
+
+def test_passes_of_whole_pairs_give_the_micro_batch_gradient(tiny_model_dir, data, tmp_path, caplog):  # noqa: F811
+    """`training.max_tokens_per_forward` on orpo: a micro-batch of 4 pairs run one pair per pass logs
+    the same losses, gradient norms and metrics as whole micro-batches (fp32): the next-token loss
+    of each pass is divided by the whole micro-batch's chosen tokens."""
+    runs = {}
+    with caplog.at_level("INFO", logger="llmft"):
+        for name, tokens in (("whole", None), ("passes", 1)):
+            raw = _recipe("orpo", "lora", tiny_model_dir, data, tmp_path / name, training={"max_tokens_per_forward": tokens})
+            runs[name] = [h for h in train(validate_recipe(raw)).log_history if "loss" in h]
+    assert len(runs["passes"]) == 3
+    keys = ("loss", "grad_norm", "nll_loss", "log_odds_ratio", "rewards/margins")
+    assert_logged_alike(runs["passes"], runs["whole"], keys, atol=1e-5)
+    assert any("passes of <= 1 tokens of whole pairs" in r.getMessage() for r in caplog.records)
+
+
+def test_sided_pairs_split_into_whole_pairs_each_side_trimmed():
+    from llmft.fastpath.passes import split_sided_pairs
+
+    def side(lengths, width):
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+        return mask * torch.arange(1, width + 1), mask
+
+    chosen_ids, chosen_mask = side([3, 5, 2], 6)
+    rejected_ids, rejected_mask = side([4, 1, 2], 5)
+    batch = {
+        "chosen_input_ids": chosen_ids,
+        "chosen_attention_mask": chosen_mask,
+        "rejected_input_ids": rejected_ids,
+        "rejected_attention_mask": rejected_mask,
+        "prompt": ["a", "b", "c"],
+        "beta": 0.1,
+    }
+    pieces = split_sided_pairs(batch, 10)  # pair tokens 7, 6, 4: [0], [1, 2]
+    assert [share for _, share in pieces] == [1 / 3, 2 / 3]
+    first, second = (piece for piece, _ in pieces)
+    assert first["chosen_input_ids"].tolist() == [[1, 2, 3]] and first["rejected_input_ids"].tolist() == [[1, 2, 3, 4]]
+    assert second["chosen_input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 0, 0, 0]]
+    assert second["rejected_attention_mask"].tolist() == [[1, 0], [1, 1]]
+    assert second["prompt"] == ["b", "c"] and second["beta"] == 0.1
+    assert split_sided_pairs(batch, 100) == [(batch, 1.0)]

@@ -78,7 +78,7 @@ def test_shift_attn_refuses_flash_attention():
     "stage, section, key, value, stages",
     [
         ("dpo", "training", "chunked_loss", False, "pt and sft"),
-        ("orpo", "training", "max_tokens_per_forward", None, "pt, sft, rm and dpo"),
+        ("ppo", "training", "max_tokens_per_forward", None, "pt, sft, rm, dpo and orpo"),
         ("ppo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
         ("ppo", "data", "padding_free", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
     ],
@@ -94,7 +94,7 @@ def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere()
     validate_recipe(recipe(stage={"name": "dpo"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
     validate_recipe(recipe(stage={"name": "rm"}, training={"fused_ops": False}, data={"padding_free": False}))
-    for stage in ("dpo", "rm"):
+    for stage in ("dpo", "rm", "orpo"):
         validate_recipe(recipe(stage={"name": stage}, training={"max_tokens_per_forward": 1024}))
 
 
