@@ -207,6 +207,18 @@ def settings_for(recipe, precision: str | None = None):
     return replace(resolved, precision=precision) if precision else resolved
 
 
+def perturb_adapter(model) -> None:
+    """A trained-looking LoRA adapter, the same for every model of one architecture (lora_B starts at
+    zero, so the policy would equal the reference and a score head's gradient path be trivial)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
 def assert_logged_alike(got: list[dict], want: list[dict], keys: tuple[str, ...], atol: float, rtol: float = 1e-4) -> None:
     """Two runs' logged steps agree on each of `keys`, step by step."""
     import torch

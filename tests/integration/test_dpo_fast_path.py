@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_logged_alike
+from conftest import assert_logged_alike, perturb_adapter
 from test_dpo import dpo_recipe
 
 from llmft.builders import get_builder
@@ -24,15 +24,6 @@ def _trainer(model_dir, tmp_path, mode="lora", **data):
     recipe = dpo_recipe(model_dir, tmp_path, mode, evaluate=False, data={"max_train_samples": 8, **data})
     ctx = prepare(recipe)
     return get_builder("dpo", mode)(ctx)
-
-
-def _perturb_adapter(model) -> None:
-    """A trained-looking adapter (lora_B is zero at the start, so the policy would equal the reference)."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
 def _scores(trainer, batch, disabled: bool = False) -> dict[str, torch.Tensor]:
@@ -63,7 +54,7 @@ def both(tiny_model_dir, tmp_path_factory):
     padded = _trainer(tiny_model_dir, tmp_path_factory.mktemp("padded"), padding_free=False)
     for trainer in (fast, padded):
         torch.manual_seed(0)
-        _perturb_adapter(trainer.model)
+        perturb_adapter(trainer.model)
     batch = fast.data_collator([fast.train_dataset[i] for i in range(4)])
     assert bool((batch["attention_mask"] == 0).any()), "the pairs must need padding for the comparison to mean anything"
     return fast, padded, batch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_logged_alike
+from conftest import assert_logged_alike, perturb_adapter
 from test_kto_orpo_grpo import _recipe, data  # noqa: F401 - the data fixture
 
 from llmft.builders import get_builder
@@ -28,14 +28,6 @@ def _trainer(model_dir, data, out, mode="lora"):  # noqa: F811
     return get_builder("orpo", mode)(prepare(_orpo_recipe(model_dir, data, out, mode)))
 
 
-def _perturb_adapter(model) -> None:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-
-
 def _loss_and_grads(trainer, forward, batch):
     model = trainer.model.train()
     model.zero_grad()
@@ -53,7 +45,7 @@ def test_scores_and_gradients_equal_trl(tiny_model_dir, data, tmp_path, mode):  
     agree with TRL's taken over real tokens only."""
     trainer = _trainer(tiny_model_dir, data, tmp_path / "run", mode)
     if mode == "lora":
-        _perturb_adapter(trainer.model)
+        perturb_adapter(trainer.model)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     seen = []
     handle = causal_lm(trainer.model).model.register_forward_pre_hook(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_logged_alike
+from conftest import assert_logged_alike, perturb_adapter
 from test_rm import rm_recipe
 
 from llmft.builders import get_builder
@@ -31,13 +31,8 @@ def _trainer(model_dir, tmp_path, **data):
 def both(tiny_model_dir, tmp_path_factory):
     fast = _trainer(tiny_model_dir, tmp_path_factory.mktemp("fast"))
     padded = _trainer(tiny_model_dir, tmp_path_factory.mktemp("padded"), padding_free=False)
-    gen = torch.Generator().manual_seed(0)
     for trainer in (fast, padded):
-        gen.manual_seed(0)
-        with torch.no_grad():
-            for name, p in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        perturb_adapter(trainer.model)
     batch = fast.data_collator([fast.train_dataset[i] for i in range(4)])
     assert bool((batch["attention_mask"] == 0).any())
     return fast, padded, batch
