@@ -12,7 +12,8 @@ bit. Tensors that change after they are registered (in-place ops), or whose sour
 kept as usual. Measured in docs/performance.md.
 
 Not used where the sources may be absent in backward (ZeRO-3 gathers a norm's weight only for its
-own module) nor under gradient checkpointing (it recomputes everything already).
+own module), under gradient checkpointing (it recomputes everything already), nor while
+`torch.compile` traces the model.
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def apply_rebuilding(lm: torch.nn.Module) -> bool:
 
     @functools.wraps(forward)
     def rebuilt(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled() or any(getattr(m, "gradient_checkpointing", False) for m in self.modules()):
+        if (
+            not torch.is_grad_enabled()
+            or torch.compiler.is_compiling()  # a traced graph keeps its own saved tensors
+            or any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+        ):
             return forward(self, *args, **kwargs)
         with rebuilding():
             return forward(self, *args, **kwargs)

@@ -1,7 +1,7 @@
 """Norm and SwiGLU outputs rebuilt in backward (`llmft.fastpath.recompute`): with LoRA on every
 linear layer of the tiny Llama, the inputs the q/k/v, gate/up and down adapters would keep are
 packed as notes and the loss and every gradient are bit for bit those of keeping them;
-nothing is packed without gradients, under gradient checkpointing, or for a tensor changed in place."""
+nothing is packed without gradients, while compiling, under gradient checkpointing, or for a tensor changed in place."""
 
 from __future__ import annotations
 
@@ -39,12 +39,16 @@ def test_rebuilt_inputs_give_the_same_bits():
         assert torch.equal(grads_kept[name], grads_rebuilt[name]), name
 
 
-def test_nothing_packed_without_gradients_or_under_checkpointing():
+def test_nothing_packed_without_gradients_while_compiling_or_under_checkpointing(monkeypatch):
     ids = torch.randint(0, 64, (2, 12))
     model = lora_model()
     apply_fused_ops(model)
     with torch.no_grad():
         assert _notes(lambda: model(input_ids=ids)) == 0
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert _notes(lambda: model(input_ids=ids, labels=ids).loss.backward()) == 0
+    assert _notes(lambda: model(input_ids=ids, labels=ids).loss.backward()) > 0
     model.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
     model.train()
     assert _notes(lambda: model(input_ids=ids, labels=ids).loss.backward()) == 0
