@@ -532,7 +532,10 @@ def test_bitsandbytes_kernel_loading_is_quiet_but_errors_are_not():
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     plain = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import peft"], capture_output=True, text=True, env=env)
-    assert "kernels-community" in plain.stderr  # the noise this test is about, without llmft
+    assert plain.returncode == 0, plain.stderr
+    # the noise this test is about, without llmft: peft 0.21 imports bitsandbytes on import and it logs;
+    # peft 0.22 no longer does (then there is no noise to quiet, and errors must still show), so its
+    # stderr is not asserted here
     quiet = subprocess.run([sys.executable, "-c", AVX512_BF16 + after_setup], capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert "kernels-community" not in quiet.stderr and "gemm_4bit" not in quiet.stderr
