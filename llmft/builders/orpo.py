@@ -63,14 +63,6 @@ def trainer_class() -> type:
 
         _nll_scale = 1.0
 
-        def pieces(self, inputs: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
-            return split_sided_pairs(inputs, self.forward_tokens)
-
-        def start_pass(self, whole: dict[str, Any], piece: dict[str, Any], share: float) -> None:
-            """The pass's next-token mean times its tokens' share of the micro-batch's, over its pairs'
-            share (the loss is multiplied by that): the micro-batch's token mean, summed over passes."""
-            self._nll_scale = chosen_tokens(piece) / chosen_tokens(whole) / share
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             from trl.trainer.utils import add_fused_lm_head
 
@@ -78,6 +70,14 @@ def trainer_class() -> type:
 
             super().__init__(*args, **kwargs)
             add_fused_lm_head(causal_lm(self.model), outputs=("log_probs", "mean_logits"))
+
+        def pieces(self, inputs: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+            return split_sided_pairs(inputs, self.forward_tokens)
+
+        def start_pass(self, whole: dict[str, Any], piece: dict[str, Any], share: float) -> None:
+            """The pass's next-token mean times its tokens' share of the micro-batch's, over its pairs'
+            share (the loss is multiplied by that): the micro-batch's token mean, summed over passes."""
+            self._nll_scale = chosen_tokens(piece) / chosen_tokens(whole) / share
 
         def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:
             if self.aux_loss_enabled or self.is_encoder_decoder:  # router losses need the model's own forward

@@ -85,7 +85,8 @@ class PairPasses:
         return split_pairs(inputs, self.forward_tokens)
 
     def start_pass(self, whole: dict[str, Any], piece: dict[str, Any], share: float) -> None:
-        """Called before each pass of a micro-batch run in several."""
+        """Called before each pass of a micro-batch run in several, and once more with the whole
+        micro-batch as its piece (share 1) after them."""
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         pieces = self.pieces(inputs) if self.forward_tokens else [(inputs, 1.0)]

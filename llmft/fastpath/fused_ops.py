@@ -30,14 +30,26 @@ GATED_MLP_CLASSES = frozenset(f.gated_mlp for f in FAMILIES.values() if f.gated_
 SILU_CLASSES = frozenset({"SiLU", "SiLUActivation"})
 
 
+def _rstd(xf: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _rms_norm_values(x: torch.Tensor, weight: torch.Tensor, eps: float, rstd: torch.Tensor | None = None) -> torch.Tensor:
+    """weight * x / rms(x), the normalisation in fp32: the forward, and its rebuild in backward (same ops, same bits)."""
+    xf = x.float()
+    return weight * (xf * (_rstd(xf, eps) if rstd is None else rstd)).to(x.dtype)
+
+
+def _swiglu_values(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(gate) * up
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        normed = (xf * rstd).to(x.dtype)
+        rstd = _rstd(x.float(), eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * normed
+        return _rms_norm_values(x, weight, eps, rstd)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -55,7 +67,7 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return torch.nn.functional.silu(gate) * up
+        return _swiglu_values(gate, up)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -67,16 +79,6 @@ class _SwiGLU(torch.autograd.Function):
         grad_up = (gf * silu).to(up.dtype)
         grad_gate = (gf * up.float() * sig * (1 + g * (1 - sig))).to(gate.dtype)
         return grad_gate, grad_up
-
-
-def _rms_norm_values(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """_RMSNorm's forward values, by the same ops."""
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def _swiglu_values(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.silu(gate) * up
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

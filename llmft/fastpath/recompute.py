@@ -110,7 +110,7 @@ def apply_rebuilding(lm: torch.nn.Module) -> bool:
         if (
             not torch.is_grad_enabled()
             or torch.compiler.is_compiling()  # a traced graph keeps its own saved tensors
-            or any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+            or getattr(self, "gradient_checkpointing", False)  # transformers sets it on the decoder
         ):
             return forward(self, *args, **kwargs)
         with rebuilding():
