@@ -65,13 +65,15 @@ def _members(annotation: Any) -> list[type[BaseModel]]:
     return list(model_classes(annotation))
 
 
-def _entries(model: type[BaseModel], section: str) -> list[str]:
-    """The variants of each list-of-tagged-union field of `model` (`stage.rewards`), one heading each."""
+def _entries(model: type[BaseModel], section: str, written: set[str]) -> list[str]:
+    """The variants of each list-of-tagged-union field of `model` (`stage.rewards`), one heading each;
+    once per key (grpo and ppo share `stage.rewards`): `written` holds the keys already documented."""
     lines: list[str] = []
     for name, field in model.model_fields.items():
         members = _members(field.annotation)
-        if len(members) < 2 or not tag_field(members[0]):
+        if len(members) < 2 or not tag_field(members[0]) or f"{section}.{name}" in written:
             continue
+        written.add(f"{section}.{name}")
         tag = tag_field(members[0])
         lines.append(f"#### `{section}.{name}` entries\n")
         for member in members:
@@ -85,6 +87,7 @@ def _entries(model: type[BaseModel], section: str) -> list[str]:
 
 def config_reference() -> str:
     lines = [HEADER]
+    written: set[str] = set()
     for section, field in Recipe.model_fields.items():
         lines.append(f"## `{section}`\n")
         lines.append(f"{field.description}\n")
@@ -98,7 +101,7 @@ def config_reference() -> str:
                 if len(member.model_fields) > 1:
                     lines.extend(_table(member, skip=(tag,)))
                     lines.append("")
-                lines.extend(_entries(member, section))
+                lines.extend(_entries(member, section, written))
             continue
         model = members[0]
         lines.extend(_table(model))

@@ -1,9 +1,9 @@
-"""PPO against a reward model (Ziegler et al. 2019; Ouyang et al. 2022), llmft's own trainer.
+"""PPO against a reward model or rule rewards (Ziegler et al. 2019; Ouyang et al. 2022), llmft's own trainer.
 
 One iteration:
   1. take `rollout_batch_size` prompts; sample one reply each from the policy (stopping at the
      template's end-of-turn tokens);
-  2. score each (prompt, reply) with the reward model;
+  2. score each (prompt, reply) with the reward model or the rule rewards (`llmft.alignment.scorers`);
   3. with no gradient: log-probs of the reply tokens under the policy and the reference, and the
      value head's predictions;
   4. per-token rewards: -kl_coef * (logp - ref_logp) on every reply token, plus the score on the
@@ -41,12 +41,12 @@ from llmft.alignment.kl import kl_controller, kl_penalised_rewards
 from llmft.alignment.losses import policy_loss, value_loss
 from llmft.alignment.rollout import (
     Prompt,
-    RewardScorer,
     Sampling,
     forward_replies,
     generate,
     pad_width,
 )
+from llmft.alignment.scorers import Scorer
 from llmft.alignment.stats import masked_mean, whiten
 from llmft.alignment.value_head import ValueHead, hidden_size
 from llmft.checkpoint import checkpoint_guard, drop_manifest
@@ -127,8 +127,7 @@ class PpoTrainer:
         *,
         model: Any,
         tokenizer: Any,
-        reward_model: Any,
-        reward_tokenizer: Any,
+        scorer: Scorer,
         stage: Any,  # llmft.config.stage.PpoStage
         args: Any,  # transformers.TrainingArguments (optimizer, schedule, cadence, seed, output_dir)
         train_prompts: Sequence[Prompt],
@@ -167,8 +166,7 @@ class PpoTrainer:
         if ref_model is not None:
             self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(model)).to(self.device)
-        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False)
-        self.scorer = RewardScorer(self.reward_model, reward_tokenizer, stage.mini_batch_size, self.device)
+        self.scorer = scorer
         self.train_prompts = list(train_prompts)
         self.eval_prompts = list(eval_prompts) if eval_prompts else None
         self.stop_ids = list(stop_ids)
@@ -242,12 +240,19 @@ class PpoTrainer:
 
     # --- rollouts -----------------------------------------------------------------------
 
-    def _decode(self, reply: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        texts = []
+    def _decode(self, reply: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
+        """Each reply's text (without its stop token) and its tokens (with it)."""
+        texts, ids = [], []
         for row, row_mask in zip(reply.tolist(), mask.tolist()):
-            tokens = [t for t, m in zip(row, row_mask) if m and t not in self.stop_ids]
-            texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
-        return texts
+            tokens = [t for t, m in zip(row, row_mask) if m]
+            ids.append(tokens)
+            text = self.tokenizer.decode([t for t in tokens if t not in self.stop_ids], skip_special_tokens=True)
+            texts.append(text.strip())
+        return texts, ids
+
+    def _score(self, prompts: Sequence[Prompt], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+        texts, ids = self._decode(batch["reply"], batch["reply_mask"])
+        return self.scorer(prompts, texts, ids).float().to(self.device), texts
 
     def _sample(self, prompts: Sequence[Prompt], sampling: Sampling) -> dict[str, torch.Tensor]:
         """Replies for `prompts`, generated in chunks of mini_batch_size, joined into one batch."""
@@ -293,8 +298,7 @@ class PpoTrainer:
         fmask = mask.float()
         logprobs, ref_logprobs = torch.cat(logprobs) * fmask, torch.cat(ref_logprobs) * fmask
         values = torch.cat(values) * fmask
-        texts = self._decode(batch["reply"], mask)
-        scores = self.scorer(prompts, texts).to(self.device)
+        scores, texts = self._score(prompts, batch)
         rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
         if self.stage.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
@@ -383,6 +387,7 @@ class PpoTrainer:
             rollout_tokens_per_s=float(mask.sum()) / max(self.generation_seconds, 1e-9),
             stopped=float(torch.isin(last, torch.as_tensor(self.stop_ids, device=last.device)).float().mean()),
             kl_coef=kl_coef,
+            **self.scorer.metrics(),
         )
         self.kl_ctl.update(stats["kl"], len(prompts))
         # prompt and reply tokens of the rollout: what the progress bar's tokens/s counts
@@ -443,7 +448,7 @@ class PpoTrainer:
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
 
     def _summarise(self, window: list[dict[str, float]]) -> dict[str, float]:
-        keys = [k for k in LOG_KEYS if k in window[-1]]
+        keys = [k for k in LOG_KEYS if k in window[-1]] + sorted(k for k in window[-1] if k.startswith("rewards/"))
         out = {k: sum(s[k] for s in window) / len(window) for k in keys}
         out["kl_coef"] = window[-1]["kl_coef"]  # the coefficient of the latest rollout
         out["learning_rate"] = self.scheduler.get_last_lr()[0]
@@ -479,15 +484,16 @@ class PpoTrainer:
 
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[Prompt] | None = None) -> dict[str, float]:
-        """Mean reward-model score of greedy replies to the eval prompts (or `prompts`)."""
+        """Mean score of greedy replies to the eval prompts (or `prompts`)."""
         prompts = list(prompts) if prompts is not None else self.eval_prompts
         if not prompts:
             raise ValueError("no eval prompts: set data.eval or data.eval_split")
         batch = self._sample(prompts, Sampling(self.stage.max_new_tokens, greedy=True))
-        scores = self.scorer(prompts, self._decode(batch["reply"], batch["reply_mask"]))
+        scores, _ = self._score(prompts, batch)
         metrics = {
             "eval_reward": float(scores.mean()),
             "eval_reply_length": float(batch["reply_mask"].sum(1).float().mean()),
+            **{f"eval_{k}": v for k, v in self.scorer.metrics().items()},
         }
         self._log(metrics)
         return metrics

@@ -1,5 +1,5 @@
-"""Rollouts (prompts come from `llmft.data.prompts`): padding, sampling replies, log-probs/values of replies,
-and scoring replies with a reward model."""
+"""Rollouts (prompts come from `llmft.data.prompts`): padding, sampling replies, log-probs/values of
+replies (`llmft.alignment.scorers` scores them)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def reply_mask(replies: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
     return (stops_before == 0).long()
 
 
-# --- sampling and scoring ------------------------------------------------------------------
+# --- sampling and log-probs ------------------------------------------------------------------
 
 
 #: Generation settings pinned to "off", so that a model's generation_config.json (many chat models
@@ -156,33 +156,3 @@ def _keeps_logits(model: Any) -> bool:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-class RewardScorer:
-    """Scores (prompt, reply) with a reward model: the reply becomes the assistant turn after the
-    prompt, rendered with the reward model's chat template exactly as `rm` training renders pairs
-    and cut right after its end-of-turn token (`llmft.modeling.reward.reward_input_ids`);
-    `model(input_ids, attention_mask).logits[:, 0]` is the score, read at the last token."""
-
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int, device: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.device = device
-        pad_id = tokenizer.pad_token_id
-        self.pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
-
-    def input_ids(self, prompt: Prompt, reply: str) -> list[int]:
-        from llmft.modeling.reward import reward_input_ids
-
-        return reward_input_ids(self.tokenizer, prompt.messages, [{"role": "assistant", "content": reply}])
-
-    def __call__(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> torch.Tensor:
-        encoded = [self.input_ids(p, r) for p, r in zip(prompts, replies)]
-        scores = []
-        with torch.no_grad():
-            for start in range(0, len(encoded), self.batch_size):
-                ids, mask = pad(encoded[start : start + self.batch_size], self.pad_id, "right")
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-                scores.append(out.logits[:, 0].float())
-        return torch.cat(scores)

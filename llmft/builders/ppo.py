@@ -1,6 +1,6 @@
 """ppo: proximal policy optimisation of the recipe's model (usually an SFT output) against a
-reward model (`stage.reward_model`, an `rm` stage output), with llmft's own trainer
-(llmft/alignment/ppo_trainer.py)."""
+reward model (`stage.reward_model`, an `rm` stage output) or rule rewards (`stage.rewards`, the
+entries grpo takes), with llmft's own trainer (llmft/alignment/ppo_trainer.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ log = logging.getLogger("llmft")
 
 
 def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
-    """Train (and eval) prompts (`llmft.data.prompts`: the rule grpo and `llmft data` share)."""
+    """Train (and eval) prompts (`llmft.data.prompts`: the rule grpo and `llmft data` share); every
+    record holds the columns the rewards read."""
     from llmft.data.dataset import load_items
     from llmft.data.prompts import build_prompts, prompt_budget
+    from llmft.data.trl_rows import check_columns
 
     recipe = ctx.recipe
     budget, limit = prompt_budget(recipe.stage, recipe.data.max_length)
@@ -32,12 +34,34 @@ def read_prompts(ctx: RunContext) -> tuple[list[Any], list[Any] | None]:
     for name, records in (("train", items.train), ("eval", items.eval if recipe.evaluates else None)):
         if records is None:
             continue
+        check_columns(records, recipe.stage.record_columns())
         prompts, report = build_prompts(ctx.tokenizer, records, budget, limit)
         log.info(report.summary(f"data.{name}"))
         if not prompts:
             raise UserError(f"data.{name}: no usable prompts remain. {report.summary('data.' + name)}")
         splits[name] = prompts
     return splits["train"], splits.get("eval")
+
+
+def reply_scorer(ctx: RunContext) -> Any:
+    """`stage.reward_model`'s raw score, or the weighted sum of `stage.rewards`."""
+    from llmft.alignment.scorers import RewardScorer, RuleScorer
+    from llmft.data.tokenize import end_of_turn_ids
+    from llmft.rewards import load_rewards
+
+    stage = ctx.recipe.stage
+    if stage.reward_model:
+        model, tokenizer = load_reward_model(stage.reward_model, dtype=ctx.settings.frozen_dtype)
+        log.info("reward model: %s", stage.reward_model)
+        return RewardScorer(model, tokenizer, stage.mini_batch_size, ctx.settings.device)
+    loaded = load_rewards(
+        stage.rewards,
+        end_ids=end_of_turn_ids(ctx.tokenizer),  # where rollouts stop
+        allow_python=stage.allow_python_rewards,
+        dtype=ctx.settings.frozen_dtype,
+    )
+    log.info("ppo: rewards %s", ", ".join(f"{r.name} x {r.weight:g}" for r in loaded))
+    return RuleScorer(loaded)
 
 
 @register_builder("ppo", modes=("full", "freeze", "lora", "qlora"))
@@ -70,8 +94,7 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
             recipe.finetune.dropout,
         )
     train_prompts, eval_prompts = read_prompts(ctx)
-    reward_model, reward_tokenizer = load_reward_model(stage.reward_model, dtype=ctx.settings.frozen_dtype)
-    log.info("reward model: %s", stage.reward_model)
+    scorer = reply_scorer(ctx)
 
     policy = ctx.model
     reference = stage.reference_source(recipe.finetune)
@@ -83,8 +106,7 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
     return PpoTrainer(
         model=policy,
         tokenizer=ctx.tokenizer,
-        reward_model=reward_model,
-        reward_tokenizer=reward_tokenizer,
+        scorer=scorer,
         stage=stage,
         args=training_arguments(recipe, ctx.settings, ctx.output_dir),
         train_prompts=train_prompts,

@@ -1,4 +1,4 @@
-"""`stage.rewards` entries: what GRPO rewards a completion for. A tagged union on `type`; a bare
+"""`stage.rewards` entries: what GRPO and PPO reward a completion for. A tagged union on `type`; a bare
 name (`ends_cleanly`) stands for `{type: ends_cleanly}`. Each entry has a `weight` (TRL's
 `reward_weights`: the completion's reward is the weighted sum). The scoring code is `llmft.rewards`.
 """
@@ -116,7 +116,7 @@ class NoRepeatReward(RewardEntry):
 
 class EndsCleanlyReward(RewardEntry):
     type: Literal["ends_cleanly"] = Field(
-        description="1 if generation stopped at an end-of-turn token, 0 if `max_completion_length` cut it off."
+        description="1 if generation stopped at an end-of-turn token, 0 if the length limit cut it off (grpo: `max_completion_length`; ppo: `max_new_tokens`)."
     )
 
 

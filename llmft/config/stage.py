@@ -320,7 +320,57 @@ class OrpoStage(StageSection):
     )
 
 
-class GrpoStage(StageSection):
+class RewardedStage(StageSection):
+    """A sampling stage that scores its replies with `stage.rewards` entries (`llmft.rewards`): grpo,
+    and ppo without a reward model. The reply's reward is the weighted sum of the entries."""
+
+    rewards: list[RewardSpec] = Field(
+        default_factory=list,
+        description="What a reply is rewarded for: a list of entries tagged on `type` (a bare name such as "
+        "`ends_cleanly` is `{type: ends_cleanly}`), each with a `weight`; see "
+        "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md.",
+    )
+    allow_python_rewards: bool = Field(
+        default=False,
+        description="Allow `python` rewards, which import and run your own code (like trust_remote_code).",
+    )
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        return bare_names(value)
+
+    def own_problems(self) -> list[tuple[str, str]]:
+        if self.allow_python_rewards:
+            return []
+        return [
+            (
+                "stage.allow_python_rewards",
+                f"stage.rewards.{i} is a python reward ({entry.function}), which imports and runs your own code; "
+                "set stage.allow_python_rewards: true to allow it",
+            )
+            for i, entry in enumerate(self.rewards)
+            if isinstance(entry, PythonReward)
+        ]
+
+    def reward_entries(self) -> list[tuple[str, Any]]:
+        return [(f"stage.rewards.{i}", entry) for i, entry in enumerate(self.rewards)]
+
+    def record_columns(self) -> list[tuple[str, str]]:
+        """(dotted.key, column) of the record columns the rewards read: every prompt's record must have them."""
+        found = []
+        for i, entry in enumerate(self.rewards):
+            if isinstance(entry, AccuracyReward):
+                found.append((f"stage.rewards.{i}.column", entry.column))
+            elif isinstance(entry, PythonReward):
+                found += [(f"stage.rewards.{i}.columns", c) for c in entry.columns]
+        return found
+
+    def input_dirs(self) -> list[tuple[str, str]]:
+        return [(f"stage.rewards.{i}.path", e.path) for i, e in enumerate(self.rewards) if isinstance(e, RewardModelReward)]
+
+
+class GrpoStage(RewardedStage):
     name: Literal["grpo"] = Field(
         description="Group relative policy optimisation (TRL's GRPOTrainer) on rewards chosen and weighted in `rewards`."
     )
@@ -340,10 +390,6 @@ class GrpoStage(StageSection):
         "such as `ends_cleanly` is `{type: ends_cleanly}`), each with a `weight`; see "
         "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md.",
     )
-    allow_python_rewards: bool = Field(
-        default=False,
-        description="Allow `python` rewards, which import and run your own code (like trust_remote_code).",
-    )
     traits = StageTraits(
         formats=CONVERSATION_FORMATS,
         objective="rollout",
@@ -355,11 +401,6 @@ class GrpoStage(StageSection):
         fast_forward=True,
     )
 
-    @field_validator("rewards", mode="before")
-    @classmethod
-    def _bare_names(cls, value: Any) -> Any:
-        return bare_names(value)
-
     @field_validator("rewards")
     @classmethod
     def _some_reward(cls, value: list[Any]) -> list[Any]:
@@ -367,37 +408,8 @@ class GrpoStage(StageSection):
             raise ValueError("give at least one reward, e.g. [{type: accuracy, match: math}, format]")
         return value
 
-    def own_problems(self) -> list[tuple[str, str]]:
-        if self.allow_python_rewards:
-            return []
-        return [
-            (
-                "stage.allow_python_rewards",
-                f"stage.rewards.{i} is a python reward ({entry.function}), which imports and runs your own code; "
-                "set stage.allow_python_rewards: true to allow it",
-            )
-            for i, entry in enumerate(self.rewards)
-            if isinstance(entry, PythonReward)
-        ]
-
-    def reward_entries(self) -> list[tuple[str, Any]]:
-        return [(f"stage.rewards.{i}", entry) for i, entry in enumerate(self.rewards)]
-
-    def record_columns(self) -> list[tuple[str, str]]:
-        """(dotted.key, column) of the record columns the rewards read: GRPO's rows carry them."""
-        found = []
-        for i, entry in enumerate(self.rewards):
-            if isinstance(entry, AccuracyReward):
-                found.append((f"stage.rewards.{i}.column", entry.column))
-            elif isinstance(entry, PythonReward):
-                found += [(f"stage.rewards.{i}.columns", c) for c in entry.columns]
-        return found
-
     def reference_source(self, finetune: Any) -> Reference:
         return Reference.NONE if self.beta == 0 else policy_at_start(finetune, full=Reference.RELOADED)
-
-    def input_dirs(self) -> list[tuple[str, str]]:
-        return [(f"stage.rewards.{i}.path", e.path) for i, e in enumerate(self.rewards) if isinstance(e, RewardModelReward)]
 
     def generated_tokens(self) -> tuple[str, int]:
         return "max_completion_length", self.max_completion_length
@@ -423,9 +435,15 @@ class GrpoStage(StageSection):
         return []
 
 
-class PpoStage(StageSection):
-    name: Literal["ppo"] = Field(description="Proximal policy optimisation against a reward model (llmft's own trainer).")
-    reward_model: str = Field(description="Directory of an `rm` stage output (adapter or full) that scores replies.")
+class PpoStage(RewardedStage):
+    name: Literal["ppo"] = Field(
+        description="Proximal policy optimisation (llmft's own trainer) against a reward model or rule rewards."
+    )
+    reward_model: str | None = Field(
+        default=None,
+        description="Directory of an `rm` stage output (adapter or full) whose raw score rewards a reply. "
+        "Give this or `rewards`.",
+    )
     rollout_batch_size: int = Field(default=8, gt=0, description="Prompts per rollout (one PPO iteration).")
     mini_batch_size: int = Field(default=4, gt=0, description="Rollouts per PPO optimisation step.")
     ppo_epochs: int = Field(default=4, gt=0, description="Passes over each rollout batch.")
@@ -464,13 +482,22 @@ class PpoStage(StageSection):
             raise ValueError("rollout_batch_size must be a multiple of mini_batch_size")
         return self
 
+    @model_validator(mode="after")
+    def _one_scorer(self) -> PpoStage:
+        if (self.reward_model is None) == (not self.rewards):
+            raise ValueError(
+                "give either reward_model (an rm run's directory: its raw score is the reward) or rewards "
+                "(rule rewards, e.g. [{type: accuracy, match: numeric}]), " + ("not both" if self.rewards else "one of them")
+            )
+        return self
+
     def reference_source(self, finetune: Any) -> Reference:
         # the PPO loop's LoRA reference is always the policy with its adapter disabled (a continued
         # adapter included: the builder warns that the KL then pulls towards the model before it)
         return policy_at_start(finetune, continued=Reference.ADAPTER_DISABLED)
 
     def input_dirs(self) -> list[tuple[str, str]]:
-        return [("stage.reward_model", self.reward_model)]
+        return ([("stage.reward_model", self.reward_model)] if self.reward_model else []) + super().input_dirs()
 
     def generated_tokens(self) -> tuple[str, int]:
         return "max_new_tokens", self.max_new_tokens

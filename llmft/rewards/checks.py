@@ -13,7 +13,7 @@
   Words are lowercased runs of letters/digits; each CJK character counts as a word. Completions of
   fewer than 3 words score 1.
 - `ends_cleanly`: 1 if generation stopped at an end-of-turn token, 0 if it was cut off at
-  `max_completion_length`.
+  the length limit (`max_completion_length`, ppo's `max_new_tokens`).
 """
 
 from __future__ import annotations

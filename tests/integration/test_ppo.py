@@ -1,7 +1,9 @@
 """PPO on the tiny model: against a reward model that prefers a learnable pattern (BPE merges over
 raw bytes), the mean reward rises while the KL to the reference stays finite (full and LoRA); LoRA
 keeps the base weights and one model in memory; a run through `llmft train`'s pipeline with an
-rm-style reward model directory writes the documented outputs."""
+rm-style reward model directory writes the documented outputs. With rule rewards (`stage.rewards`)
+instead of a reward model, the reward rises too, and question/answer records reach the accuracy rule
+in training and in the final evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_recipe
+from conftest import make_recipe, write_jsonl
 from safetensors.torch import load_file
 from tiny import TINY_SIZES, build_tokenizer
 
@@ -59,7 +61,7 @@ ITERATIONS = 8
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def ppo_recipe(model_dir: Path, data: Path, out: Path, mode: str, reward_model: Path, training=None, **stage) -> dict:
+def ppo_recipe(model_dir: Path, data: Path, out: Path, mode: str, reward_model: Path | None, training=None, **stage) -> dict:
     raw = make_recipe(
         model_dir,
         data,
@@ -70,7 +72,7 @@ def ppo_recipe(model_dir: Path, data: Path, out: Path, mode: str, reward_model: 
     )
     raw["stage"].update(
         {
-            "reward_model": str(reward_model),
+            **({"reward_model": str(reward_model)} if reward_model else {}),
             "max_new_tokens": 8,
             "rollout_batch_size": 16,
             "mini_batch_size": 8,
@@ -304,3 +306,74 @@ def test_ppo_logs_to_mlflow_with_the_final_evaluation(tiny_model_dir, sft_file, 
     for key, values in logged.items():
         assert values == pytest.approx([h[key] for h in result.log_history if key in h]) and values, key
     assert run.data.params["recipe.stage.name"] == "ppo"
+
+
+def test_ppo_with_rule_rewards_raises_reward(tiny_model_dir, sft_file, tmp_path):
+    """`stage.rewards` instead of a reward model: replies close to 40 characters are rewarded, which
+    (8 tokens) the tiny model reaches by sampling BPE merges rather than raw bytes, as above."""
+    raw = ppo_recipe(
+        tiny_model_dir,
+        sft_file,
+        tmp_path / "out",
+        "full",
+        None,
+        training={"max_steps": ITERATIONS, "learning_rate": 1e-2},
+        ppo_epochs=4,
+        rewards=[{"type": "length", "target_chars": 40, "weight": 8.0}],
+        kl_control="adaptive",
+        target_kl=1.0,
+        kl_horizon=200,
+    )
+    result = train(validate_recipe(raw))
+    history = [h for h in result.log_history if "reward" in h]
+    rewards = [h["reward"] for h in history]
+    assert [8 * h["rewards/length/mean"] for h in history] == pytest.approx(rewards)  # the one entry, weighted
+    early, late = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert late > early + 0.8, f"mean reward did not rise: {rewards}"
+
+
+QA = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 2)]]
+
+
+def test_ppo_rule_rewards_read_question_answer_records(tiny_model_dir, tmp_path, caplog):
+    """MedicalGPT's `{question, answer}` records: each prompt's `answer` reaches the accuracy rule in
+    training (logged per entry, weighted in the reward) and in output.eval's verify measure, which
+    scores the answers with the same rules."""
+    import logging
+
+    data = write_jsonl(tmp_path / "qa.jsonl", QA)
+    out = tmp_path / "run"
+    rewards = [{"type": "accuracy", "match": "numeric", "weight": 2.0}, "ends_cleanly"]
+    raw = ppo_recipe(
+        tiny_model_dir,
+        data,
+        out,
+        "lora",
+        None,
+        training={"max_steps": 2},
+        rewards=rewards,
+        rollout_batch_size=4,
+        mini_batch_size=2,
+    )
+    raw["data"]["eval_split"] = 1
+    raw["training"]["eval_strategy"] = "no"
+    raw["output"]["eval"] = {"max_new_tokens": 4}
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        result = train(validate_recipe(raw))
+    assert "ppo: rewards accuracy x 2, ends_cleanly x 1" in caplog.messages
+    history = [h for h in result.log_history if "reward" in h]
+    for h in history:
+        assert 0 <= h["rewards/accuracy/mean"] <= 1 and 0 <= h["rewards/ends_cleanly/mean"] <= 1
+        assert h["reward"] == pytest.approx(2 * h["rewards/accuracy/mean"] + h["rewards/ends_cleanly/mean"])
+    # before (the base) and after, each answer scored by the same rules
+    results = json.loads((out / "eval" / "eval.json").read_text())["results"]
+    assert len(results) == 2 and all({"accuracy", "ends_cleanly"} <= set(r["metrics"]["verify"]) for r in results), results
+
+
+def test_ppo_rule_rewards_refuse_records_without_their_column(tiny_model_dir, tmp_path):
+    from llmft.errors import UserError
+
+    data = write_jsonl(tmp_path / "qa.jsonl", [*QA[:2], {**QA[2], "solution": "4"}])
+    raw = ppo_recipe(tiny_model_dir, data, tmp_path / "run", "lora", None, rewards=[{"type": "accuracy", "column": "solution"}])
+    with pytest.raises(UserError, match=r"qa.jsonl:1: no column 'solution' \(stage.rewards.0.column reads it\)"):
+        train(validate_recipe(raw))
