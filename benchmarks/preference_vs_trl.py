@@ -6,7 +6,8 @@
     python benchmarks/preference_vs_trl.py --stage kto  # each pair as a desirable and an undesirable reply
     python benchmarks/preference_vs_trl.py --stage orpo
     python benchmarks/preference_vs_trl.py --quick      # small model built in code, ~1 min
-    python benchmarks/preference_vs_trl.py --only llmft
+    python benchmarks/preference_vs_trl.py --only trl,llmft
+    python benchmarks/preference_vs_trl.py --long-prompts   # dpo with long shared prompts (below)
 
 The job (issue 14): SmolLM2-135M-Instruct, LoRA r=8 alpha 16 on all linear layers, the first 24 pairs
 of dpo_en_demo.json whose chosen and rejected conversations both fit in 1,000 tokens, max_length
@@ -23,6 +24,11 @@ own), back to back:
   and orpo);
 - `llmft-padded`: llmft with `data.padding_free: false` and `training.fused_ops: false` (what llmft
   did before the fast path: TRL's trainer on llmft's pairs).
+
+`--long-prompts`: the same pairs' questions asked at the end of a conversation: each pair's prompt
+is preceded by the earlier pairs' exchanges (question and chosen reply, nearest first) as long as both
+sides fit in 1,000 tokens, and a pair is taken when its prompt is at least 60% of its longer side —
+where a pair's prompt computed once (instead of once per side) shows.
 
 Each row: the Trainer's train_runtime, pairs/s (kto: replies/s), the non-pad tokens/s both sides
 carry, peak RSS and the logged losses (the same batches in the same order: the losses must agree).
@@ -103,6 +109,43 @@ def full_job(data: Path, precision: str, pairs: int = 24, fit: int = 1000) -> Pa
     return PairJob("smollm2-135m", model, rows, precision=precision)
 
 
+def long_prompt_job(data: Path, precision: str, pairs: int = 24, fit: int = 1000, prompt_share: float = 0.6) -> PairJob:
+    """Pairs whose prompt is a long conversation: the earlier pairs' exchanges, nearest first, before
+    the pair's own question, as many as let both sides fit in `fit` tokens (module docstring)."""
+    from llmft.config import load_raw
+    from llmft.config.model import ModelConfig
+    from llmft.modeling.load import load_tokenizer
+
+    model = load_raw(ROOT / "recipes" / "quickstart.yaml")["model"]
+    tokenizer = load_tokenizer(ModelConfig(**model))
+
+    def length(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"])
+
+    records = json.loads(data.read_text())
+    exchanges = [_messages(r["conversations"]) + _messages(r["chosen"])[:1] for r in records]
+    rows = []
+    for i, record in enumerate(records):
+        question, chosen, rejected = (
+            _messages(record["conversations"]),
+            _messages(record["chosen"]),
+            _messages(record["rejected"]),
+        )
+        history: list[dict] = []
+        for earlier in reversed(exchanges[:i]):
+            longer = earlier + history + question
+            if max(length(longer + chosen), length(longer + rejected)) > fit:
+                break
+            history = earlier + history
+        prompt = history + question
+        longest = max(length(prompt + chosen), length(prompt + rejected))
+        if longest <= fit and length(prompt) >= prompt_share * longest:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        if len(rows) == pairs:
+            break
+    return PairJob("smollm2-135m-long-prompts", model, rows, precision=precision)
+
+
 def quick_job(workdir: Path, precision: str) -> PairJob:
     """A 2-layer Llama (hidden 256) and 16 pairs of 20-200 tokens: 2 steps of 2 x 4."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -143,7 +186,12 @@ def make_job(args: argparse.Namespace, workdir: Path) -> PairJob:
     from llmft.modeling.precision import cpu_has_fast_bf16
 
     precision = args.precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
-    job = quick_job(workdir, precision) if args.quick else full_job(Path(args.data), precision)
+    if args.quick:
+        job = quick_job(workdir, precision)
+    elif args.long_prompts:
+        job = long_prompt_job(Path(args.data), precision)
+    else:
+        job = full_job(Path(args.data), precision)
     job.stage = args.stage
     return job
 
@@ -304,6 +352,7 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         precision=job.precision,
         stage=job.stage,
+        job=job.name,
     )
     (workdir / f"{tool}.json").write_text(json.dumps(result))
 
@@ -311,6 +360,7 @@ def child(tool: str, args: argparse.Namespace, workdir: Path) -> None:
 def spawn(tool: str, args: argparse.Namespace, workdir: Path) -> dict:
     argv = [sys.executable, __file__, f"--child={tool}", "--workdir", str(workdir), "--data", args.data, "--stage", args.stage]
     argv += ["--precision", args.precision] if args.precision else []
+    argv += ["--long-prompts"] if args.long_prompts else []
     subprocess.run(
         argv + (["--quick"] if args.quick else []),
         check=True,
@@ -324,7 +374,7 @@ def table(results: dict[str, dict]) -> str:
     unit = "replies" if first["stage"] == "kto" else "pairs"
     lines = [
         versions(),
-        f"{first['stage']}: {first['pairs']} {unit}, {first['precision']}",
+        f"{first['stage']} ({first.get('job', '')}): {first['pairs']} {unit}, {first['precision']}",
         f"{'tool':<13} {'train s':>8} {unit + '/s':>8} {'tok/s':>7} {'RSS MB':>7}  losses",
     ]
     for tool, r in results.items():
@@ -346,7 +396,8 @@ def table(results: dict[str, dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "preference" / "dpo_en_demo.json"))
-    parser.add_argument("--only", choices=TOOLS, help="one tool")
+    parser.add_argument("--only", help=f"comma-separated tools among {', '.join(TOOLS)} (default: all)")
+    parser.add_argument("--long-prompts", action="store_true", help="pairs with long shared prompts (module docstring)")
     parser.add_argument("--stage", choices=STAGES, default="dpo")
     parser.add_argument("--quick", action="store_true", help="small model built in code")
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 where the CPU has it, else fp32")
@@ -357,7 +408,10 @@ def main() -> int:
         child(args.child, args, Path(args.workdir))
         return 0
     workdir = Path(tempfile.mkdtemp(prefix=f"llmft-{args.stage}-bench-"))
-    tools = [args.only] if args.only else [t for t in TOOLS if args.stage in PASSES or t != "llmft-passes"]
+    tools = args.only.split(",") if args.only else [t for t in TOOLS if args.stage in PASSES or t != "llmft-passes"]
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"--only: unknown tool(s) {', '.join(unknown)}; choose among {', '.join(TOOLS)}")
     print(table({tool: spawn(tool, args, workdir) for tool in tools}))
     return 0
 

@@ -30,7 +30,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,11 @@ from llmft.alignment.kl import kl_controller, kl_penalised_rewards
 from llmft.alignment.losses import policy_loss, value_loss
 from llmft.alignment.rollout import (
     Prompt,
+    Rollout,
     Sampling,
+    cat_padded,
     forward_replies,
     generate,
-    pad_width,
 )
 from llmft.alignment.scorers import Scorer
 from llmft.alignment.stats import masked_mean, whiten
@@ -73,45 +73,6 @@ LOG_KEYS = (
     "rollout_tokens_per_s",
     "learning_rate",
 )
-
-
-@dataclass
-class Rollout:
-    """One iteration's samples. query/query_mask are left-padded; every other (batch, T) tensor is
-    aligned with the right-padded reply tokens and 0 where reply_mask is 0."""
-
-    query: torch.Tensor
-    query_mask: torch.Tensor
-    reply: torch.Tensor
-    reply_mask: torch.Tensor
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    scores: torch.Tensor
-    rewards: torch.Tensor
-    kl: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-
-    def select(self, rows: torch.Tensor) -> Rollout:
-        """The given rows, without the padding columns none of them uses."""
-        query_mask, reply_mask = self.query_mask[rows], self.reply_mask[rows]
-        first = int((query_mask.sum(0) > 0).nonzero().min())
-        last = int((reply_mask.sum(0) > 0).nonzero().max()) + 1
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)[rows]
-            if f.name.startswith("query"):
-                value = value[:, first:]
-            elif value.dim() == 2:
-                value = value[:, :last]
-            out[f.name] = value
-        return Rollout(**out)
-
-
-def _cat(parts: Sequence[torch.Tensor], side: str, value: float = 0) -> torch.Tensor:
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([pad_width(p, width, side, value) for p in parts])
 
 
 def new_state(max_steps: int, logging_steps: int) -> Any:
@@ -271,10 +232,10 @@ class PpoTrainer:
             for key, value in out.items():
                 parts[key].append(value)
         return {
-            "query": _cat(parts["query"], "left", self.pad_id),
-            "query_mask": _cat(parts["query_mask"], "left"),
-            "reply": _cat(parts["reply"], "right", self.pad_id),
-            "reply_mask": _cat(parts["reply_mask"], "right"),
+            "query": cat_padded(parts["query"], "left", self.pad_id),
+            "query_mask": cat_padded(parts["query_mask"], "left"),
+            "reply": cat_padded(parts["reply"], "right", self.pad_id),
+            "reply_mask": cat_padded(parts["reply_mask"], "right"),
         }
 
     @torch.no_grad()

@@ -1,10 +1,10 @@
 """Rollouts (prompts come from `llmft.data.prompts`): padding, sampling replies, log-probs/values of
-replies (`llmft.alignment.scorers` scores them)."""
+replies (`llmft.alignment.scorers` scores them), and `Rollout`, one PPO iteration's samples."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -156,3 +156,46 @@ def _keeps_logits(model: Any) -> bool:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+# --- a PPO iteration's samples ----------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One iteration's samples. query/query_mask are left-padded; every other (batch, T) tensor is
+    aligned with the right-padded reply tokens and 0 where reply_mask is 0."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    reply: torch.Tensor
+    reply_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    rewards: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The given rows, without the padding columns none of them uses."""
+        query_mask, reply_mask = self.query_mask[rows], self.reply_mask[rows]
+        first = int((query_mask.sum(0) > 0).nonzero().min())
+        last = int((reply_mask.sum(0) > 0).nonzero().max()) + 1
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)[rows]
+            if f.name.startswith("query"):
+                value = value[:, first:]
+            elif value.dim() == 2:
+                value = value[:, :last]
+            out[f.name] = value
+        return Rollout(**out)
+
+
+def cat_padded(parts: Sequence[torch.Tensor], side: str, value: float = 0) -> torch.Tensor:
+    """The parts, each padded on `side` to the widest, stacked."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([pad_width(p, width, side, value) for p in parts])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmft.alignment.ppo_trainer import Rollout
-from llmft.alignment.rollout import pad, pad_width, reply_mask
+from llmft.alignment.rollout import Rollout, pad, pad_width, reply_mask
 from llmft.data.formats import Conversation
 from llmft.data.prompts import build_prompts, prompt_messages
 
