@@ -8,6 +8,7 @@ which data and training keys mean something for it. Builders, validation, `llmft
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import typing
 from dataclasses import dataclass
@@ -320,15 +321,29 @@ class OrpoStage(StageSection):
     )
 
 
+#: What the sampling stages (grpo, ppo) share: they generate replies to prompts and train on them.
+ROLLOUT_TRAITS = StageTraits(
+    formats=CONVERSATION_FORMATS,
+    objective="rollout",
+    examples="prompt",
+    modes=ALL_MODES,
+    truncation=(),
+    samples=True,
+)
+REWARDS_DOC = (
+    "What a reply is rewarded for: a list of entries tagged on `type` (a bare name such as `ends_cleanly` is "
+    "`{type: ends_cleanly}`), each with a `weight`; its reward is their weighted sum. See "
+    "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md."
+)
+
+
 class RewardedStage(StageSection):
     """A sampling stage that scores its replies with `stage.rewards` entries (`llmft.rewards`): grpo,
     and ppo without a reward model. The reply's reward is the weighted sum of the entries."""
 
     rewards: list[RewardSpec] = Field(
         default_factory=list,
-        description="What a reply is rewarded for: a list of entries tagged on `type` (a bare name such as "
-        "`ends_cleanly` is `{type: ends_cleanly}`), each with a `weight`; see "
-        "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md.",
+        description=REWARDS_DOC,
     )
     allow_python_rewards: bool = Field(
         default=False,
@@ -386,20 +401,9 @@ class GrpoStage(RewardedStage):
         "run with importance_sampling_level sequence), `vespo` (sequence-level soft weighting).",
     )
     rewards: list[RewardSpec] = Field(
-        description="What a completion is rewarded for: a list of entries tagged on `type` (a bare name "
-        "such as `ends_cleanly` is `{type: ends_cleanly}`), each with a `weight`; see "
-        "[`stage.rewards` entries](#stagerewards-entries) and docs/alignment.md.",
+        description=REWARDS_DOC,
     )
-    traits = StageTraits(
-        formats=CONVERSATION_FORMATS,
-        objective="rollout",
-        examples="prompt",
-        modes=ALL_MODES,
-        truncation=(),
-        samples=True,
-        head_adapter=False,
-        fast_forward=True,
-    )
+    traits = dataclasses.replace(ROLLOUT_TRAITS, head_adapter=False, fast_forward=True)
 
     @field_validator("rewards")
     @classmethod
@@ -464,13 +468,8 @@ class PpoStage(RewardedStage):
     vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss.")
     whiten_rewards: bool = Field(default=False, description="Whiten rewards before GAE (advantages are always whitened).")
     # llmft's own PPO loop keeps policy, value head and reference together in one process
-    traits = StageTraits(
-        formats=CONVERSATION_FORMATS,
-        objective="rollout",
-        examples="prompt",
-        modes=ALL_MODES,
-        truncation=(),
-        samples=True,
+    traits = dataclasses.replace(
+        ROLLOUT_TRAITS,
         multi_process=False,
         torch_compile=False,
         resumes=False,  # its checkpoints hold the weights, value head and state, not the optimizer
