@@ -3,43 +3,35 @@
 SFT formats (alpaca, messages, sharegpt, csv, qa) become `Conversation`s, `text` becomes `Text`,
 `preference` becomes `Pair`s and `kto` becomes `Completion`s. A message is
 `{"role": system|user|assistant|tool, "content": str}` plus `"loss": bool` when the input had one;
-an assistant message also keeps its `reasoning_content` (or `thinking`) and `tool_calls`.
+an assistant message also keeps its `reasoning_content` (or `thinking`) and `tool_calls`
+(`llmft.data.record_fields` reads the fields and messages of one record).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmft.data.record_fields import (
+    BadRecord,
+    Message,
+    Messages,
+    check_conversation,
+    history_messages,
+    history_origins,
+    message_list,
+    parse_message,
+    require_dict,
+    string_field,
+    tools_field,
+    with_system,
+)
 from llmft.data.render import supervised_turns
 from llmft.data.sources import RawRecord
 from llmft.errors import UserError
 
-ROLES = ("system", "user", "assistant", "tool")
-#: ShareGPT `from` tags and the role each becomes (a function call is the assistant's turn).
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "function_call": "assistant",
-    "observation": "tool",
-    "tool": "tool",
-}
-#: message layouts: (role key, content key, role names -> llmft role)
-MESSAGE_STYLES = {
-    "openai": ("role", "content", {role: role for role in ROLES}),
-    "sharegpt": ("from", "value", SHAREGPT_ROLES),
-}
 MAX_REPORTED = 5
-#: where an assistant message may carry its reasoning (both become `reasoning_content`)
-REASONING_KEYS = ("reasoning_content", "thinking")
-
-Message = dict[str, Any]
-Messages = tuple[Message, ...]
 
 
 @dataclass(frozen=True)
@@ -114,10 +106,6 @@ SKIP_HINT = (
 )
 
 
-class BadRecord(ValueError):
-    """One record does not fit its format; the message names the field."""
-
-
 def detect_format(record: RawRecord) -> str:
     value = record.value
     if isinstance(value, dict):
@@ -190,133 +178,6 @@ def normalise(
     return out, bad
 
 
-# --- fields and messages -----------------------------------------------------------------
-
-
-def _require_dict(record: RawRecord) -> dict[str, Any]:
-    if not isinstance(record.value, dict):
-        raise BadRecord(f"a record is a JSON object (got {type(record.value).__name__})")
-    return record.value
-
-
-def _field(value: dict[str, Any], name: str, required: bool = True) -> str:
-    if name not in value or value[name] is None:
-        if required:
-            raise BadRecord(f"missing field {name!r}")
-        return ""
-    if not isinstance(value[name], str):
-        raise BadRecord(f"field {name!r} should be a string (got {type(value[name]).__name__})")
-    return value[name]
-
-
-def _message(raw: Any, path: str, style: str) -> Message:
-    """One message; `style` is `openai` (role/content), `sharegpt` (from/value) or `either`."""
-    if style == "either" and isinstance(raw, dict) and "role" not in raw and "from" in raw:
-        style = "sharegpt"
-    role_key, content_key, roles = MESSAGE_STYLES["sharegpt" if style == "sharegpt" else "openai"]
-    if not isinstance(raw, dict):
-        raise BadRecord(f"{path} should be an object with {role_key} and {content_key}")
-    tag, content = raw.get(role_key), raw.get(content_key)
-    if tag not in roles:
-        raise BadRecord(f"{path}.{role_key} should be one of {', '.join(roles)} (got {tag!r})")
-    extras = _assistant_extras(raw, path) if roles[tag] == "assistant" else {}
-    if content is None and "tool_calls" in extras:
-        content = ""  # OpenAI's shape: a message that only calls tools has no content
-    if not isinstance(content, str):
-        raise BadRecord(f"{path}.{content_key} should be a string (got {type(content).__name__})")
-    if tag == "function_call":
-        _parse_json(content, f"{path}.value (a function_call)")
-    message = {"role": roles[tag], "content": content, **extras}
-    loss = raw.get("loss")
-    if loss is not None:  # absent (or null, as Arrow stores a missing key) means the default
-        if not isinstance(loss, bool):
-            raise BadRecord(f"{path}.loss should be true or false (got {type(loss).__name__})")
-        message["loss"] = loss
-    return message
-
-
-def _assistant_extras(raw: dict, path: str) -> dict[str, Any]:
-    """An assistant message's reasoning (`reasoning_content`, or `thinking`, kept as
-    `reasoning_content`, the key reasoning templates read) and OpenAI `tool_calls`, when present."""
-    extras: dict[str, Any] = {}
-    given = [key for key in REASONING_KEYS if raw.get(key) is not None]
-    if len(given) > 1:
-        raise BadRecord(f"{path} has both {given[0]!r} and {given[1]!r}; keep one")
-    if given:
-        if not isinstance(raw[given[0]], str):
-            raise BadRecord(f"{path}.{given[0]} should be a string (got {type(raw[given[0]]).__name__})")
-        extras["reasoning_content"] = raw[given[0]]
-    calls = raw.get("tool_calls")
-    if calls:
-        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-            raise BadRecord(f"{path}.tool_calls should be a list of tool calls (objects)")
-        extras["tool_calls"] = calls
-    return extras
-
-
-def _message_list(raw: Any, name: str, style: str) -> list[Message]:
-    if not isinstance(raw, list) or not raw:
-        raise BadRecord(f"field {name!r} should be a non-empty list")
-    return [_message(m, f"{name}[{i}]", style) for i, m in enumerate(raw)]
-
-
-def _parse_json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRecord(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
-
-
-def _tools(value: dict[str, Any]) -> str | None:
-    """`tools` as a JSON string or a list (or one object) -> a JSON array string; empty -> None."""
-    tools = value.get("tools")
-    if tools is None or (isinstance(tools, str) and not tools.strip()):
-        return None
-    if isinstance(tools, str):
-        tools = _parse_json(tools, "field 'tools'")
-    if isinstance(tools, dict):
-        tools = [tools]
-    if not isinstance(tools, list):
-        raise BadRecord(f"field 'tools' should be a list of tool definitions (got {type(tools).__name__})")
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise BadRecord(f"tools[{i}] should be an object (a tool definition), got {type(tool).__name__}")
-    return json.dumps(tools, ensure_ascii=False) if tools else None
-
-
-def _history(value: dict[str, Any]) -> list[Message]:
-    history = value.get("history") or []
-    if not isinstance(history, list):
-        raise BadRecord("field 'history' should be a list of [user, assistant] pairs")
-    messages: list[Message] = []
-    for i, turn in enumerate(history):
-        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-            raise BadRecord(f"history[{i}] should be a [user, assistant] pair of strings")
-        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    return messages
-
-
-def _history_origins(value: dict[str, Any]) -> list[str]:
-    """Where `_history`'s messages sit in the record."""
-    return [f"history[{i}][{j}]" for i in range(len(value.get("history") or [])) for j in (0, 1)]
-
-
-def _with_system(messages: list[Message], system: str, name: str) -> list[Message]:
-    if not system:
-        return messages
-    if messages and messages[0]["role"] == "system":
-        raise BadRecord(f"both field 'system' and a system message at {name}[0]; keep one")
-    return [{"role": "system", "content": system}, *messages]
-
-
-def _check_conversation(messages: list[Message], opening: str) -> None:
-    if not any(m["role"] == "assistant" for m in messages):
-        raise BadRecord("no assistant message: nothing to train on")
-    if messages[0]["role"] not in ("system", "user"):
-        # the prompt before a first reply cannot be told apart from it, so it would be trained on
-        raise BadRecord(f"{opening}: a conversation cannot open with the {messages[0]['role']}")
-
-
 def check_supervised(conversation: Conversation, supervision: str) -> None:
     """The rules of a stage that trains on a conversation's replies (sft; `supervision` is
     `data.supervision`), beyond the format's: an empty assistant message that is trained on would
@@ -343,69 +204,69 @@ def check_supervised(conversation: Conversation, supervision: str) -> None:
 
 
 def _alpaca(record: RawRecord) -> Conversation:
-    value = _require_dict(record)
-    instruction, extra = _field(value, "instruction"), _field(value, "input", required=False)
-    output, system = _field(value, "output"), _field(value, "system", required=False)
+    value = require_dict(record)
+    instruction, extra = string_field(value, "instruction"), string_field(value, "input", required=False)
+    output, system = string_field(value, "output"), string_field(value, "system", required=False)
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    messages += _history(value)
+    messages += history_messages(value)
     prompt = f"{instruction}\n{extra}" if extra else instruction
     if not prompt.strip() or not output.strip():
         raise BadRecord("empty instruction or output")
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    origins = ["system"] * bool(system) + _history_origins(value) + ["instruction", "output"]
+    origins = ["system"] * bool(system) + history_origins(value) + ["instruction", "output"]
     return Conversation(tuple(messages), record.where, record=value, origins=tuple(origins))
 
 
 def _messages(record: RawRecord) -> Conversation:
-    value = _require_dict(record)
-    messages = _message_list(value.get("messages"), "messages", "openai")
-    _check_conversation(messages, "messages[0].role should be system or user")
+    value = require_dict(record)
+    messages = message_list(value.get("messages"), "messages", "openai")
+    check_conversation(messages, "messages[0].role should be system or user")
     origins = tuple(f"messages[{i}]" for i in range(len(messages)))
-    return Conversation(tuple(messages), record.where, _tools(value), value, origins)
+    return Conversation(tuple(messages), record.where, tools_field(value), value, origins)
 
 
 def _sharegpt(record: RawRecord) -> Conversation:
-    value = _require_dict(record)
-    turns = _message_list(value.get("conversations"), "conversations", "sharegpt")
-    messages = _with_system(turns, _field(value, "system", required=False), "conversations")
-    _check_conversation(messages, "conversations[0].from should be system or human")
+    value = require_dict(record)
+    turns = message_list(value.get("conversations"), "conversations", "sharegpt")
+    messages = with_system(turns, string_field(value, "system", required=False), "conversations")
+    check_conversation(messages, "conversations[0].from should be system or human")
     origins = ["system"] * (len(messages) - len(turns)) + [f"conversations[{i}]" for i in range(len(turns))]
-    return Conversation(tuple(messages), record.where, _tools(value), value, tuple(origins))
+    return Conversation(tuple(messages), record.where, tools_field(value), value, tuple(origins))
 
 
 def _csv(record: RawRecord) -> Conversation:
-    value = _require_dict(record)
-    human, assistant = _field(value, "human"), _field(value, "assistant")
-    system = _field(value, "system", required=False)
+    value = require_dict(record)
+    human, assistant = string_field(value, "human"), string_field(value, "assistant")
+    system = string_field(value, "system", required=False)
     if not human.strip() or not assistant.strip():
         raise BadRecord("empty human or assistant")
     messages = [{"role": "user", "content": human}, {"role": "assistant", "content": assistant}]
     origins = ("system",) * bool(system) + ("human", "assistant")
-    return Conversation(tuple(_with_system(messages, system, "messages")), record.where, record=value, origins=origins)
+    return Conversation(tuple(with_system(messages, system, "messages")), record.where, record=value, origins=origins)
 
 
 def _qa(record: RawRecord) -> Conversation:
     """MedicalGPT's GRPO shape: `question` (user) and `answer` (assistant), optional `system` and
     `history`. A number as the answer (`"answer": 72`) is its text."""
-    value = _require_dict(record)
-    question, system = _field(value, "question"), _field(value, "system", required=False)
+    value = require_dict(record)
+    question, system = string_field(value, "question"), string_field(value, "system", required=False)
     answer = value.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     elif answer is None or not isinstance(answer, str):
-        answer = _field(value, "answer")  # raises, naming the field
+        answer = string_field(value, "answer")  # raises, naming the field
     if not question.strip() or not answer.strip():
         raise BadRecord("empty question or answer")
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    messages += _history(value)
+    messages += history_messages(value)
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    origins = ["system"] * bool(system) + _history_origins(value) + ["question", "answer"]
+    origins = ["system"] * bool(system) + history_origins(value) + ["question", "answer"]
     return Conversation(tuple(messages), record.where, record=value, origins=tuple(origins))
 
 
 def _text(record: RawRecord) -> Text:
-    value = _require_dict(record)
-    text = _field(value, "text")
+    value = require_dict(record)
+    text = string_field(value, "text")
     if not text.strip():
         raise BadRecord("empty text")
     return Text(text, record.where)
@@ -417,16 +278,16 @@ PROMPT_FIELDS = ("prompt", "conversations", "question", "instruction")
 
 
 def _preference(record: RawRecord) -> Pair:
-    value = _require_dict(record)
+    value = require_dict(record)
     keys = [_alias(value, "chosen", "response_chosen"), _alias(value, "rejected", "response_rejected")]
     prompt, (chosen, rejected) = _prompt_and_replies(value, keys)
     if _plain(chosen) == _plain(rejected):
         raise BadRecord(f"{keys[0]!r} and {keys[1]!r} are the same reply: nothing to prefer")
-    return Pair(tuple(prompt), tuple(chosen), tuple(rejected), record.where, _tools(value))
+    return Pair(tuple(prompt), tuple(chosen), tuple(rejected), record.where, tools_field(value))
 
 
 def _kto(record: RawRecord) -> Completion:
-    value = _require_dict(record)
+    value = require_dict(record)
     label = value.get("label")
     if label is None:
         raise BadRecord("missing field 'label'")
@@ -434,14 +295,14 @@ def _kto(record: RawRecord) -> Completion:
         raise BadRecord(f"field 'label' should be true or false (got {type(label).__name__} {label!r})")
     if value.get("completion") is not None:
         prompt, (completion,) = _prompt_and_replies(value, ["completion"])
-        return Completion(tuple(prompt), tuple(completion), label, record.where, _tools(value))
+        return Completion(tuple(prompt), tuple(completion), label, record.where, tools_field(value))
     key = "messages" if value.get("messages") is not None else "conversations"
     if value.get(key) is None:
         raise BadRecord("missing field 'messages' (or 'completion' with a prompt)")
-    messages = _message_list(value[key], key, "either" if key == "messages" else "sharegpt")
+    messages = message_list(value[key], key, "either" if key == "messages" else "sharegpt")
     before, completion = _split_reply(messages, key)
-    prompt = _check_prompt(_with_system(before, _field(value, "system", required=False), key))
-    return Completion(tuple(prompt), tuple(completion), label, record.where, _tools(value))
+    prompt = _check_prompt(with_system(before, string_field(value, "system", required=False), key))
+    return Completion(tuple(prompt), tuple(completion), label, record.where, tools_field(value))
 
 
 def _alias(value: dict[str, Any], name: str, alias: str) -> str:
@@ -455,7 +316,7 @@ def _prompt_and_replies(value: dict[str, Any], keys: list[str]) -> tuple[list[Me
     for key, (other, _) in zip(keys[1:], split[1:]):
         if _plain(other) != _plain(before):
             raise BadRecord(f"{keys[0]!r} and {key!r} hold different conversations before the reply")
-    system = _field(value, "system", required=False)
+    system = string_field(value, "system", required=False)
     found = _prompt(value)
     if found is None:
         if not before:
@@ -463,9 +324,9 @@ def _prompt_and_replies(value: dict[str, Any], keys: list[str]) -> tuple[list[Me
                 f"no prompt: give one of the fields {', '.join(PROMPT_FIELDS)}, "
                 f"or whole conversations (ending with the reply) in {' and '.join(map(repr, keys))}"
             )
-        prompt = _with_system(before, system, keys[0])
+        prompt = with_system(before, system, keys[0])
     else:
-        prompt = _with_system(found[1], system, found[0])
+        prompt = with_system(found[1], system, found[0])
         if before and _plain(before) != _plain(prompt):
             raise BadRecord(f"the conversation before the reply in {keys[0]!r} differs from the prompt")
     return _check_prompt(prompt), [reply for _, reply in split]
@@ -482,15 +343,15 @@ def _prompt(value: dict[str, Any]) -> tuple[str, list[Message]] | None:
     if name == "conversations" or isinstance(value[name], list):
         if value.get("history"):
             raise BadRecord(f"field 'history' goes with a string prompt; put the turns in {name!r}")
-        return name, _message_list(value[name], name, "sharegpt" if name == "conversations" else "either")
+        return name, message_list(value[name], name, "sharegpt" if name == "conversations" else "either")
     if isinstance(value[name], dict):
-        return name, [_message(value[name], name, "either")]
-    text = _field(value, name)
-    if name == "instruction" and _field(value, "input", required=False):
+        return name, [parse_message(value[name], name, "either")]
+    text = string_field(value, name)
+    if name == "instruction" and string_field(value, "input", required=False):
         text = f"{text}\n{value['input']}"
     if not text.strip():
         raise BadRecord(f"empty {name}")
-    return name, [*_history(value), {"role": "user", "content": text}]
+    return name, [*history_messages(value), {"role": "user", "content": text}]
 
 
 def _reply(value: dict[str, Any], key: str) -> tuple[list[Message], list[Message]]:
@@ -503,9 +364,9 @@ def _reply(value: dict[str, Any], key: str) -> tuple[list[Message], list[Message
             raise BadRecord(f"empty {key}")
         return [], [{"role": "assistant", "content": raw}]
     if isinstance(raw, dict):
-        return _split_reply([_message(raw, key, "either")], key)
+        return _split_reply([parse_message(raw, key, "either")], key)
     if isinstance(raw, list):
-        return _split_reply(_message_list(raw, key, "either"), key)
+        return _split_reply(message_list(raw, key, "either"), key)
     raise BadRecord(f"field {key!r} should be a string, a message or a list of messages (got {type(raw).__name__})")
 
 
