@@ -9,8 +9,9 @@ from typing import Any, Protocol
 
 import torch
 
-from llmft.alignment.rollout import pad
 from llmft.data.prompts import Prompt
+from llmft.rewards import Sample
+from llmft.rewards.reward_model import RewardModelScore
 
 
 class Scorer(Protocol):
@@ -24,36 +25,24 @@ class Scorer(Protocol):
 
 
 class RewardScorer:
-    """Scores (prompt, reply) with a reward model: the reply becomes the assistant turn after the
-    prompt, rendered with the reward model's chat template exactly as `rm` training renders pairs
-    and cut right after its end-of-turn token (`llmft.modeling.reward.reward_input_ids`);
-    `model(input_ids, attention_mask).logits[:, 0]` is the score (raw, not squashed), read at the
-    last token."""
+    """Scores (prompt, reply) with a reward model (`llmft.rewards.reward_model.RewardModelScore`: the
+    reply rendered after the prompt with the reward model's template exactly as `rm` training renders
+    pairs, the score read at its end-of-turn token), `batch_size` replies at a time; the raw score,
+    not squashed."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int, device: Any):
-        self.model = model.to(device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        self.score = RewardModelScore(model.to(device).eval().requires_grad_(False), tokenizer, device)
         self.batch_size = batch_size
-        self.device = device
-        pad_id = tokenizer.pad_token_id
-        self.pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
-
-    def input_ids(self, prompt: Prompt, reply: str) -> list[int]:
-        from llmft.modeling.reward import reward_input_ids
-
-        return reward_input_ids(self.tokenizer, prompt.messages, [{"role": "assistant", "content": reply}])
 
     def __call__(
         self, prompts: Sequence[Prompt], replies: Sequence[str], reply_ids: Sequence[Sequence[int]] = ()
     ) -> torch.Tensor:
-        encoded = [self.input_ids(p, r) for p, r in zip(prompts, replies)]
-        scores = []
-        with torch.no_grad():
-            for start in range(0, len(encoded), self.batch_size):
-                ids, mask = pad(encoded[start : start + self.batch_size], self.pad_id, "right")
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-                scores.append(out.logits[:, 0].float())
-        return torch.cat(scores)
+        conversations = [p.messages for p in prompts]
+        scores: list[float] = []
+        for start in range(0, len(conversations), self.batch_size):
+            end = start + self.batch_size
+            scores += self.score.scores(conversations[start:end], replies[start:end])
+        return torch.tensor(scores)
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -71,8 +60,6 @@ class RuleScorer:
         self._last: dict[str, float] = {}
 
     def __call__(self, prompts: Sequence[Prompt], replies: Sequence[str], reply_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        from llmft.rewards import Sample
-
         samples = [
             Sample(reply, prompt.record, list(ids), prompt.messages, prompt.reference, prompt.where)
             for prompt, reply, ids in zip(prompts, replies, reply_ids)

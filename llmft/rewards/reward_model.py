@@ -18,21 +18,24 @@ log = logging.getLogger("llmft")
 
 
 class RewardModelScore:
-    """A loaded reward model and its tokenizer: (prompt, completion) pairs -> sigmoid(score)."""
+    """A loaded reward model and its tokenizer: (prompt, completion) pairs -> sigmoid(score).
+    `scores` gives the raw scores (PPO's `stage.reward_model` rewards with those)."""
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, device: Any = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.device = device if device is not None else next(model.parameters()).device
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
     def scores(self, prompts: Sequence[Sequence[dict]], completions: Sequence[str]) -> list[float]:
-        """The raw scores (the head's logit) of each prompt (a conversation) + completion (text)."""
+        """The raw scores (the head's logit) of each prompt (a conversation) + completion (text), in
+        one right-padded batch, read at each sequence's last token."""
         replies = [[{"role": "assistant", "content": c}] for c in completions]
         sequences = [reward_input_ids(self.tokenizer, list(p), r) for p, r in zip(prompts, replies)]
         width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
-        attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+        input_ids = torch.tensor([s + [self.pad_id] * (width - len(s)) for s in sequences], device=self.device)
+        attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
         return logits.float().tolist()
