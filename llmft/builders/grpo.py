@@ -156,4 +156,8 @@ def build_grpo(ctx: RunContext) -> TrainerLike:
     # TRL's head scores at the sampling temperature; llmft's does the same unless asked for an fp32 head
     own_head = not getattr(trainer.args, "cast_lm_head_to_fp32", False)
     take_fast_forward(ctx, trainer, own_head=own_head, temperature=trainer.temperature)
+    if recipe.training.fused_ops:
+        from llmft.fastpath.sampling import fast_sampling
+
+        log.info(fast_sampling(ctx.model))
     return trainer

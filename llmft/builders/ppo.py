@@ -102,6 +102,10 @@ def build_ppo(ctx: RunContext) -> TrainerLike:
     if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
     log.info(reference.describe())
+    if recipe.training.fused_ops:
+        from llmft.fastpath.sampling import fast_sampling
+
+        log.info(fast_sampling(policy))
     callbacks = callbacks_for(recipe, ctx.output_dir, vocab_size=policy.config.vocab_size)
     return PpoTrainer(
         model=policy,

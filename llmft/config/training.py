@@ -93,13 +93,15 @@ class TrainingConfig(Section):
     )
     fused_ops: bool = Field(
         default=True,
-        description="pt/sft/rm/dpo/kto/orpo/grpo: RMSNorm and SwiGLU that keep only their inputs for backward and recompute the "
+        description="pt/sft/rm/dpo/kto/orpo/grpo/ppo: RMSNorm and SwiGLU that keep only their inputs for backward and recompute the "
         "rest (same values; about a quarter less activation memory on Llama-family models), their outputs rebuilt in "
         "backward instead of kept as the next linear layers' inputs (bit for bit; the longest pair of the rm "
         "benchmark: -415 MB), and each LoRA "
         "linear layer as one autograd function (on the CPU benchmark: -155 MB peak, same speed). Applied to Llama, "
         "Mistral, Qwen2/3 and Phi-3 norms and gated MLPs and to plain LoRA layers (no dropout, no DoRA); "
-        "other modules run as they are.",
+        "other modules run as they are. grpo/ppo rollouts: plain LoRA layers sample as one product with a merged "
+        "copy of their weights (the base never written; not under autocast or over a bf16 base) and a prompt "
+        "repeated across rows is prefilled once (same tokens from the same seed).",
     )
     allocator: Literal["auto", "tcmalloc", "system"] = Field(
         default="auto",

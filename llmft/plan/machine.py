@@ -29,3 +29,15 @@ def available_memory() -> tuple[int, str]:
     except (OSError, KeyError, ValueError):  # not Linux
         return machine_memory()
     return min(free, machine_memory()[0]), "this machine's available RAM (no GPU)"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can be allocated now on `device`: a GPU's free memory, or the RAM the kernel
+    reports available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -361,6 +361,7 @@ def test_ppo_rule_rewards_read_question_answer_records(tiny_model_dir, tmp_path,
     with caplog.at_level(logging.INFO, logger="llmft"):
         result = train(validate_recipe(raw))
     assert "ppo: rewards accuracy x 2, ends_cleanly x 1" in caplog.messages
+    assert any(m.startswith("sampling: LoRA layers merged") for m in caplog.messages)
     history = [h for h in result.log_history if "reward" in h]
     for h in history:
         assert 0 <= h["rewards/accuracy/mean"] <= 1 and 0 <= h["rewards/ends_cleanly/mean"] <= 1
