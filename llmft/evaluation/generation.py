@@ -6,7 +6,7 @@ prompt the same way, with top-p, stop strings and each new token handed to a cal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 
 from llmft.data.render import parse_tools, render
 from llmft.data.tokenize import end_of_turn_ids
+from llmft.fastpath.sampling import merged_lora
 from llmft.progress import progress
 
 
@@ -55,7 +56,9 @@ def generate_with_ids(
     adapter_off: bool = False,
     desc: str = "generate",
 ) -> list[tuple[str, list[int]]]:
-    """(answer text, its token ids through the end-of-turn token that stopped it, if any) per prompt."""
+    """(answer text, its token ids through the end-of-turn token that stopped it, if any) per prompt.
+    An adapter's plain LoRA layers answer as one product with merged copies of their weights
+    (`llmft.fastpath.sampling.merged_lora`: the same answers, the base weights untouched)."""
     from transformers import set_seed
 
     set_seed(seed)
@@ -66,7 +69,7 @@ def generate_with_ids(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     sampling = sampling_options(temperature)
     answers: list[tuple[str, list[int]]] = [("", [])] * len(prompts)
-    context: AbstractContextManager = model.disable_adapter() if adapter_off else nullcontext()
+    context: AbstractContextManager = model.disable_adapter() if adapter_off else merged_lora(model)
     with context, torch.no_grad():
         for batch in progress(batches, len(batches), desc):
             width = max(len(prompts[i]) for i in batch)

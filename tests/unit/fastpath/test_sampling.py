@@ -5,6 +5,8 @@ it does not cover runs peft's layers or plain `generate`."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -167,3 +169,38 @@ def test_free_memory_reads_what_the_kernel_reports():
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     reported = int(meminfo["MemAvailable"].split()[0]) * 1024
     assert abs(free_memory(torch.device("cpu")) - reported) < 256 * 2**20  # read moments apart
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_eval_answers_through_merged_layers_are_peft_answers(temperature, tokenizer, monkeypatch):
+    """`llmft eval`'s batched answers: an adapter's layers run merged, the answers are peft's own;
+    with the adapter off (the base's answers) nothing is merged."""
+    from llmft.evaluation import generation
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        build_model(len(tokenizer)), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    )
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    model.eval()
+    prompts = [tokenizer(text)["input_ids"] for text in ["hello there", "a b", "the sea is wide and blue"]]
+    merged = []
+    real = sampling.merged_lora
+
+    @contextlib.contextmanager
+    def counted(m):
+        with real(m) as count:
+            merged.append(count)
+            yield count
+
+    monkeypatch.setattr(generation, "merged_lora", counted)
+    got = generation.generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
+    monkeypatch.setattr(generation, "merged_lora", lambda m: contextlib.nullcontext(0))
+    want = generation.generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
+    assert got == want and merged == [14]
+    merged.clear()
+    monkeypatch.setattr(generation, "merged_lora", counted)
+    generation.generate_with_ids(model, tokenizer, prompts, 5, adapter_off=True)
+    assert merged == []
