@@ -228,3 +228,23 @@ def assert_logged_alike(got: list[dict], want: list[dict], keys: tuple[str, ...]
         torch.testing.assert_close(
             torch.tensor([h[key] for h in got]), torch.tensor([h[key] for h in want]), atol=atol, rtol=rtol, msg=key
         )
+
+
+@pytest.fixture
+def merge_counts(monkeypatch) -> list[int]:
+    """How many LoRA layers each entry into `llmft.fastpath.sampling.merged_lora` ran merged, in order."""
+    import contextlib
+
+    from llmft.fastpath import sampling
+
+    counts: list[int] = []
+    real = sampling.merged_lora
+
+    @contextlib.contextmanager
+    def counted(model):
+        with real(model) as count:
+            counts.append(count)
+            yield count
+
+    monkeypatch.setattr(sampling, "merged_lora", counted)
+    return counts

@@ -14,7 +14,7 @@ import torch
 
 from llmft.data.render import parse_tools, render
 from llmft.data.tokenize import end_of_turn_ids
-from llmft.fastpath.sampling import merged_lora
+from llmft.fastpath import sampling as fastpath_sampling
 from llmft.progress import progress
 
 
@@ -69,7 +69,7 @@ def generate_with_ids(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     sampling = sampling_options(temperature)
     answers: list[tuple[str, list[int]]] = [("", [])] * len(prompts)
-    context: AbstractContextManager = model.disable_adapter() if adapter_off else merged_lora(model)
+    context: AbstractContextManager = model.disable_adapter() if adapter_off else fastpath_sampling.merged_lora(model)
     with context, torch.no_grad():
         for batch in progress(batches, len(batches), desc):
             width = max(len(prompts[i]) for i in batch)

@@ -47,26 +47,39 @@ class _LoRALinear(torch.autograd.Function):
         return grad_x, None, grad_a, grad_b, None
 
 
-def _plain_adapter(module: Any, x: torch.Tensor) -> str | None:
-    """The active adapter's name when this call is exactly W x + s B A x; else None."""
+def plain_adapter(module: Any) -> str | None:
+    """The active adapter's name when the peft `lora.Linear` `module` computes W x (+ bias) + s B A x
+    with one active adapter, not merged, no DoRA, no LoRA bias, over a plain `nn.Linear` whose weight
+    is materialised (not a ZeRO-3 placeholder); else None. What its dropout, bias and dtypes allow is
+    each caller's own rule (here and `llmft.fastpath.sampling`)."""
     names = module.active_adapters
-    if module.merged or module.disable_adapters or len(names) != 1:
+    if module.merged or module.disable_adapters or len(names) != 1 or names[0] not in module.lora_A:
         return None
-    name = names[0]
-    base = module.base_layer
+    name, base = names[0], module.base_layer
     weight = getattr(base, "weight", None)
     if (
-        name not in module.lora_A
-        or not isinstance(module.lora_dropout[name], torch.nn.Identity)
-        or module.use_dora.get(name, False)
+        module.use_dora.get(name, False)
+        or getattr(module, "lora_bias", {}).get(name, False)
         or type(base) is not torch.nn.Linear
-        or base.bias is not None
         or weight is None
-        or weight.requires_grad
-        or weight.dtype != x.dtype
         or weight.dim() != 2
         or weight.numel() == 0
-        or getattr(module, "lora_bias", {}).get(name, False)
+    ):
+        return None
+    return name
+
+
+def _plain_adapter(module: Any, x: torch.Tensor) -> str | None:
+    """The active adapter's name when this call is exactly W x + s B A x; else None."""
+    name = plain_adapter(module)
+    if name is None:
+        return None
+    weight = module.base_layer.weight
+    if (
+        not isinstance(module.lora_dropout[name], torch.nn.Identity)
+        or module.base_layer.bias is not None
+        or weight.requires_grad
+        or weight.dtype != x.dtype
     ):
         return None
     return name

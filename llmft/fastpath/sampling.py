@@ -33,28 +33,19 @@ from typing import Any
 
 import torch
 
+from llmft.fastpath.fused_lora import plain_adapter
+from llmft.plan.machine import free_memory
+
 
 def _plain_lora(module: Any) -> str | None:
     """The active adapter's name when `module` (a peft `lora.Linear`) computes exactly W x + s B A x
-    (+ bias) with W and the adapter of one dtype; else None."""
-    names = module.active_adapters
-    if module.merged or module.disable_adapters or len(names) != 1 or names[0] not in module.lora_A:
+    (+ bias) in this call's mode, with W and the adapter of one dtype; else None."""
+    name = plain_adapter(module)
+    if name is None:
         return None
-    name = names[0]
-    base, dropout = module.base_layer, module.lora_dropout[name]
-    weight = getattr(base, "weight", None)
+    dropout = module.lora_dropout[name]
     dropout_on = not isinstance(dropout, torch.nn.Identity) and dropout.training and dropout.p > 0
-    if (
-        dropout_on
-        or module.use_dora.get(name, False)
-        or getattr(module, "lora_bias", {}).get(name, False)
-        or getattr(module, "fan_in_fan_out", False)
-        or type(base) is not torch.nn.Linear
-        or weight is None
-        or weight.dim() != 2
-        or weight.numel() == 0  # a ZeRO-3 placeholder
-        or weight.dtype != module.lora_A[name].weight.dtype
-    ):
+    if dropout_on or module.fan_in_fan_out or module.base_layer.weight.dtype != module.lora_A[name].weight.dtype:
         return None
     return name
 
@@ -73,8 +64,6 @@ def _lora_layers(model: torch.nn.Module) -> list[tuple[Any, str]]:
 
 def _fits(layers: list[tuple[Any, str]]) -> bool:
     """The merged copies fit in half of the memory free now on their device."""
-    from llmft.plan.machine import free_memory
-
     if not layers:
         return True
     weight = layers[0][0].base_layer.weight

@@ -23,9 +23,7 @@ def available_memory() -> tuple[int, str]:
     if torch.cuda.is_available():
         return machine_memory()
     try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        free = int(meminfo["MemAvailable"].split()[0]) * 1024 + int(status["VmRSS"].split()[0]) * 1024
+        free = _proc_bytes("/proc/meminfo", "MemAvailable") + _proc_bytes("/proc/self/status", "VmRSS")
     except (OSError, KeyError, ValueError):  # not Linux
         return machine_memory()
     return min(free, machine_memory()[0]), "this machine's available RAM (no GPU)"
@@ -37,7 +35,12 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        return int(meminfo["MemAvailable"].split()[0]) * 1024
+        return _proc_bytes("/proc/meminfo", "MemAvailable")
     except (OSError, KeyError, ValueError):  # not Linux
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _proc_bytes(path: str, key: str) -> int:
+    """A `key: N kB` line of a /proc file, in bytes."""
+    fields = dict(line.split(":", 1) for line in Path(path).read_text().splitlines() if ":" in line)
+    return int(fields[key].split()[0]) * 1024

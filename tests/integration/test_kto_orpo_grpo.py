@@ -5,7 +5,6 @@ rm run's reward model; every record is accounted for."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -168,22 +167,10 @@ QA = [
 ]
 
 
-def test_grpo_with_an_accuracy_reward_on_question_answer_records(tiny_model_dir, tmp_path, caplog, monkeypatch):
+def test_grpo_with_an_accuracy_reward_on_question_answer_records(tiny_model_dir, tmp_path, caplog, merge_counts):
     """MedicalGPT's `{question, answer}` records, no `columns`: detected as qa conversations, and
     the raw `answer` reaches the accuracy reward, weighted, next to a length reward. Without LoRA
     dropout the rollouts sample through merged LoRA layers (`llmft.fastpath.sampling`)."""
-    from llmft.fastpath import sampling
-
-    merged = []
-    real = sampling.merged_lora
-
-    @contextlib.contextmanager
-    def counted(model):
-        with real(model) as count:
-            merged.append(count)
-            yield count
-
-    monkeypatch.setattr(sampling, "merged_lora", counted)
     path = write_jsonl(tmp_path / "qa.jsonl", QA)
     rewards = [{"type": "accuracy", "match": "numeric", "weight": 2.0}, "length"]
     raw = _recipe("grpo", "lora", tiny_model_dir, {"grpo": path}, tmp_path / "run", finetune={"dropout": 0.0})
@@ -191,7 +178,7 @@ def test_grpo_with_an_accuracy_reward_on_question_answer_records(tiny_model_dir,
     with caplog.at_level(logging.INFO, logger="llmft"):
         result = train(validate_recipe(raw))
     lines = [r.getMessage() for r in caplog.records]
-    assert merged and all(count > 0 for count in merged), merged  # every generation round
+    assert merge_counts and all(count > 0 for count in merge_counts), merge_counts  # every generation round
     assert any(f"{path} (qa, detected): 4 records" in line for line in lines), lines
     assert "grpo: loss_type dr_grpo, 2 completions per prompt, rewards accuracy x 2, length x 1" in lines
     logged = [h for h in result.log_history if "rewards/accuracy/mean" in h]

@@ -84,7 +84,7 @@ def test_what_is_not_plain_lora_runs_peft_layers(case, monkeypatch):
     if case == "dropout in training":
         model.train()
     if case == "no room":
-        monkeypatch.setattr("llmft.plan.machine.free_memory", lambda device: 1000)
+        monkeypatch.setattr(sampling, "free_memory", lambda device: 1000)
     context = {
         "autocast": torch.autocast("cpu", dtype=torch.bfloat16),
         "adapter disabled": model.disable_adapter(),
@@ -144,7 +144,7 @@ def test_rows_without_repeats_go_to_generate_as_they_are():
     assert len(calls) == 1 and "past_key_values" not in calls[0]
 
 
-def test_fast_sampling_samples_what_peft_samples(monkeypatch):
+def test_fast_sampling_samples_what_peft_samples(merge_counts):
     model, plain = lora_model(), lora_model()
     description = fast_sampling(model)
     assert "merged" in description
@@ -152,13 +152,10 @@ def test_fast_sampling_samples_what_peft_samples(monkeypatch):
     config = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=0.9, top_k=0, pad_token_id=PAD, eos_token_id=1)
     torch.manual_seed(5)
     want = plain.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    merged_calls = []
-    real = sampling.merged_lora
-    monkeypatch.setattr(sampling, "merged_lora", lambda m: merged_calls.append(m) or real(m))
     torch.manual_seed(5)
     got = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     assert torch.equal(got, want)
-    assert merged_calls == [model]
+    assert merge_counts == [14]
 
 
 def test_free_memory_reads_what_the_kernel_reports():
@@ -172,10 +169,10 @@ def test_free_memory_reads_what_the_kernel_reports():
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_eval_answers_through_merged_layers_are_peft_answers(temperature, tokenizer, monkeypatch):
+def test_eval_answers_through_merged_layers_are_peft_answers(temperature, tokenizer, merge_counts, monkeypatch):
     """`llmft eval`'s batched answers: an adapter's layers run merged, the answers are peft's own;
     with the adapter off (the base's answers) nothing is merged."""
-    from llmft.evaluation import generation
+    from llmft.evaluation.generation import generate_with_ids
 
     torch.manual_seed(0)
     model = get_peft_model(
@@ -186,21 +183,9 @@ def test_eval_answers_through_merged_layers_are_peft_answers(temperature, tokeni
             torch.nn.init.normal_(p, std=0.1)
     model.eval()
     prompts = [tokenizer(text)["input_ids"] for text in ["hello there", "a b", "the sea is wide and blue"]]
-    merged = []
-    real = sampling.merged_lora
-
-    @contextlib.contextmanager
-    def counted(m):
-        with real(m) as count:
-            merged.append(count)
-            yield count
-
-    monkeypatch.setattr(generation, "merged_lora", counted)
-    got = generation.generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
-    monkeypatch.setattr(generation, "merged_lora", lambda m: contextlib.nullcontext(0))
-    want = generation.generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
-    assert got == want and merged == [14]
-    merged.clear()
-    monkeypatch.setattr(generation, "merged_lora", counted)
-    generation.generate_with_ids(model, tokenizer, prompts, 5, adapter_off=True)
-    assert merged == []
+    got = generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
+    generate_with_ids(model, tokenizer, prompts, 5, adapter_off=True)
+    assert merge_counts == [14]  # the adapter's answers only
+    monkeypatch.setattr(sampling, "merged_lora", lambda m: contextlib.nullcontext(0))
+    want = generate_with_ids(model, tokenizer, prompts, 5, temperature=temperature, batch_size=2)
+    assert got == want
