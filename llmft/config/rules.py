@@ -35,7 +35,9 @@ def keys_without_effect(stage: StageSection) -> list[str]:
     traits = stage.traits
     keys = []
     if not traits.fast_forward:
-        keys += ["data.padding_free", "training.fused_ops"]
+        keys.append("data.padding_free")
+    if not traits.fuses_ops:
+        keys.append("training.fused_ops")
     if not traits.fast_path:
         keys.append("training.chunked_loss")
     if not traits.forward_passes:
@@ -248,7 +250,7 @@ def training_for_stage(
         )
     for key, trait in (
         ("chunked_loss", "fast_path"),
-        ("fused_ops", "fast_forward"),
+        ("fused_ops", "fuses_ops"),
         ("max_tokens_per_forward", "forward_passes"),
     ):
         if _set(t, key) and not getattr(traits, trait):  # defaults stay quiet; a key someone set must not be ignored

@@ -103,6 +103,12 @@ class StageTraits:
     resumes: bool = True  # its trainer continues from a checkpoint-N/ (training.resume_from_checkpoint)
 
     @property
+    def fuses_ops(self) -> bool:
+        """training.fused_ops applies: to its forward (fast_forward), or to its rollouts, sampled through
+        merged LoRA layers (samples; `llmft.fastpath.sampling`)."""
+        return self.fast_forward or self.samples
+
+    @property
     def sequences_per_example(self) -> int:
         """Sequences through the model per example: chosen and rejected (or KTO's reply and its
         mismatched KL reply) go through together."""

@@ -371,6 +371,33 @@ def test_ppo_rule_rewards_read_question_answer_records(tiny_model_dir, tmp_path,
     assert len(results) == 2 and all({"accuracy", "ends_cleanly"} <= set(r["metrics"]["verify"]) for r in results), results
 
 
+@pytest.mark.parametrize("fused_ops", [True, False])
+def test_ppo_rollouts_sample_merged_unless_fused_ops_is_off(fused_ops, tiny_model_dir, tmp_path, merge_counts, caplog):
+    """`training.fused_ops` (default true) puts ppo's rollouts through merged LoRA layers
+    (`llmft.fastpath.sampling`); false leaves the policy's `generate` as peft has it."""
+    import logging
+
+    data = write_jsonl(tmp_path / "qa.jsonl", QA)
+    raw = ppo_recipe(
+        tiny_model_dir,
+        data,
+        tmp_path / "run",
+        "lora",
+        None,
+        training={"max_steps": 1, "fused_ops": fused_ops},
+        rewards=["length"],
+        rollout_batch_size=4,
+        mini_batch_size=2,
+    )
+    with caplog.at_level(logging.INFO, logger="llmft"):
+        train(validate_recipe(raw))
+    logged = any(m.startswith("sampling: LoRA layers merged") for m in caplog.messages)
+    if fused_ops:
+        assert logged and merge_counts and all(count > 0 for count in merge_counts), merge_counts
+    else:
+        assert not logged and merge_counts == []
+
+
 def test_ppo_rule_rewards_refuse_records_without_their_column(tiny_model_dir, tmp_path):
     from llmft.errors import UserError
 

@@ -79,7 +79,6 @@ def test_shift_attn_refuses_flash_attention():
     [
         ("dpo", "training", "chunked_loss", False, "pt and sft"),
         ("ppo", "training", "max_tokens_per_forward", None, "pt, sft, rm, dpo and orpo"),
-        ("ppo", "training", "fused_ops", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
         ("ppo", "data", "padding_free", False, "pt, sft, rm, dpo, kto, orpo and grpo"),
     ],
 )
@@ -89,11 +88,12 @@ def test_fast_path_keys_set_for_other_stages_are_refused_not_ignored(stage, sect
     assert only_problem(raw) == f"{section}.{key}: applies to stages {stages} and has no effect on stage {stage!r}; remove it"
 
 
-def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere():
+def test_fast_path_keys_accepted_where_they_apply_and_defaults_quiet_elsewhere(tmp_path):
     validate_recipe(recipe(training={"chunked_loss": False, "fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}, training={"fused_ops": False}, data={"padding_free": False}))
     validate_recipe(recipe(stage={"name": "dpo"}))
     validate_recipe(recipe(stage={"name": "rm"}, training={"fused_ops": False}, data={"padding_free": False}))
+    validate_recipe(recipe(stage={"name": "ppo", "reward_model": str(tmp_path)}, training={"fused_ops": False}))  # its rollouts
     for stage in ("dpo", "rm", "orpo"):
         validate_recipe(recipe(stage={"name": stage}, training={"max_tokens_per_forward": 1024}))
 
