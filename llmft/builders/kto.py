@@ -47,6 +47,7 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     from trl import KTOTrainer
 
     from llmft.data.trl_rows import kto_rows
+    from llmft.fastpath.kl_replies import KLAfterReplies
 
     recipe = ctx.recipe
     data = recipe.data
@@ -66,8 +67,12 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     ref_model = None  # LoRA: the base with the adapter disabled (or TRL's frozen copy of a continued adapter)
     if reference is Reference.FROZEN_COPY:
         ref_model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
-    trainer = trl_trainer(ctx, KTOTrainer, config, train, evaluation, ref_model=ref_model)
+    trainer_cls = type("KTOTrainer", (KLAfterReplies, KTOTrainer), {})
+    trainer = trl_trainer(ctx, trainer_cls, config, train, evaluation, ref_model=ref_model)
     settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe())
-    take_fast_forward(ctx, trainer, own_head=True)
+    path = take_fast_forward(ctx, trainer, own_head=True)
+    if path.shares_prefixes and trainer.calculate_KL:
+        trainer.llmft_kl_after_replies = True
+        log.info("kto: each KL reply scored after its prompt's keys and values kept from the reply pass")
     return trainer

@@ -42,14 +42,18 @@ class _LinearLogProbs(torch.autograd.Function):
                 logits = (hidden[start:end].to(dtype) @ w.t()).float()
                 if temperature != 1.0:
                     logits.div_(temperature)
-                target_logit = logits.gather(1, t[:, None]).squeeze(1)
-                lse = torch.logsumexp(logits, dim=-1)
-                logp[start:end] = target_logit - lse
                 mean_logits[start:end] = logits.mean(-1)
-                is_top1[start:end] = target_logit >= logits.amax(-1)
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                entropy[start:end] = _entropy(probs)
+                shifted = logits.sub_(logits.amax(-1, keepdim=True))  # logit - max, in place
+                target = shifted.gather(1, t[:, None]).squeeze(1)
+                is_top1[start:end] = target >= 0
+                exp = shifted.exp()
+                total = exp.sum(-1)
+                log_total = total.log()  # log-sum-exp - max
+                logp[start:end] = target - log_total
+                # -sum p log p with p = exp / total, log p = shifted - log_total
+                entropy[start:end] = log_total - torch.linalg.vecdot(exp, shifted) / total
                 if need_grad:
+                    probs = exp.div_(total[:, None])  # softmax, in place
                     probs[torch.arange(end - start, device=t.device), t] -= 1.0  # softmax - onehot
                     grad_hidden[start:end] = probs.to(dtype).neg_() @ w / temperature  # (onehot - softmax) W / T
         ctx.mark_non_differentiable(entropy, mean_logits, is_top1)
@@ -63,11 +67,6 @@ class _LinearLogProbs(torch.autograd.Function):
         if grad_logp is None:
             return None, None, None, None, None
         return (grad_hidden * grad_logp[:, None].to(grad_hidden.dtype)).to(ctx.hidden_dtype), None, None, None, None
-
-
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    """-sum p log p of each row of probabilities (zeros contribute nothing)."""
-    return -(probs * probs.clamp_min(1e-45).log()).sum(-1)
 
 
 def frozen_plain_head(lm: Any) -> Any | None:

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from llmft.fastpath import prompt_cache
+
 #: The per-token fields of TRL's FusedCausalLMOutput, shaped [rows, tokens - 1].
 PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 #: Fewest shared tokens worth a branch (each branch costs an attention call with a mask).
@@ -132,6 +134,9 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
     @functools.wraps(type(model).forward)  # generate() checks its kwargs against this signature
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         mask, ids, labels = kwargs.get("attention_mask"), kwargs.get("input_ids"), kwargs.get("labels")
+        held = prompt_cache.take_held(self, ids, mask, labels)
+        if held is not None:  # run ahead of this call (`llmft.fastpath.kl_replies`)
+            return held
         plain = (
             args
             or not kwargs.get("fused_lm_head")
@@ -147,6 +152,9 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
             return fused(*args, **kwargs)
         rest = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "input_ids", "labels")}
         flat = flatten(ids, mask, labels, share_prefixes)
+        kept = prompt_cache.active()
+        if isinstance(kept, prompt_cache.Capture):
+            kept.note_flat(flat)
         head = self.get_output_embeddings()
         if own_head and not head.weight.requires_grad and not rest.get("output_router_logits"):
             out = _score_with_own_head(self, flat, head, rest, temperature)

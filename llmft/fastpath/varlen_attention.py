@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from llmft.fastpath import prompt_cache
+
 NAME = "llmft_sdpa_varlen"
 
 
@@ -67,6 +69,11 @@ def varlen_sdpa_forward(
     """query [batch, heads, seq, dim]; key/value [batch, kv_heads, seq, dim]; returns [batch, seq, heads, dim]."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    kept = prompt_cache.active()
+    if isinstance(kept, prompt_cache.Capture):
+        kept.record(module, key, value, dropout)
+    elif isinstance(kept, prompt_cache.Extension):
+        return _after_kept_prompts(module, query, key, value, kept, dropout, scaling), None
     q_len, kv_len = query.shape[2], key.shape[2]
     if attention_mask is not None or q_len != kv_len or not getattr(module, "is_causal", True):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -106,11 +113,39 @@ def _span(q, k, v, span: tuple[int, int, int, int], dropout: float, scaling: flo
             scale=scaling,
             enable_gqa=gqa,
         )
-    n = end - start
-    keys = torch.cat([k[:, :, root : root + shared], k[:, :, start:end]], dim=2)
-    values = torch.cat([v[:, :, root : root + shared], v[:, :, start:end]], dim=2)
+    prefix = (k[:, :, root : root + shared], v[:, :, root : root + shared])
+    return _after_prefix(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], *prefix, dropout, scaling, gqa)
+
+
+def _after_prefix(q, k, v, prefix_k, prefix_v, dropout: float, scaling: float | None, gqa: bool) -> torch.Tensor:
+    """Attention of a sequence that continues a prefix: each query sees the whole prefix, then its
+    own sequence causally."""
+    n, shared = q.shape[2], prefix_k.shape[2]
+    keys, values = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
     mask = torch.ones(n, shared + n, dtype=torch.bool, device=q.device).tril_(shared)  # query i sees keys <= shared + i
-    return sdpa(q[:, :, start:end], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return sdpa(q, keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+
+
+def _after_kept_prompts(module, query, key, value, kept: prompt_cache.Extension, dropout: float, scaling: float | None):
+    """A flat row of sequences that each continue a prompt an earlier call kept (`prompt_cache`)."""
+    layer = module.layer_idx
+    prefix_k, prefix_v = kept.capture.keys[layer], kept.capture.values[layer]
+    gqa = query.shape[1] != key.shape[1]
+    outs = [
+        _after_prefix(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            prefix_k[:, :, at],
+            prefix_v[:, :, at],
+            dropout,
+            scaling,
+            gqa,
+        )
+        for (start, end), at in zip(kept.spans, kept.prefixes)
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
 def varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:

@@ -127,6 +127,51 @@ def test_lora_reference_is_the_adapter_disabled(tiny_model_dir, data, tmp_path):
     assert not torch.allclose(reference, _completion_logps(trainer.model, batch), atol=1e-2), "the adapter did not train"
 
 
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_kto_kl_replies_after_kept_prompts_equal_trls_passes(mode, tiny_model_dir, data, tmp_path):
+    """One step trained (the policy and its reference apart), then the same batch's loss, metrics
+    and gradients with the KL replies scored after their prompts' kept keys and values and with
+    TRL's own passes: equal (fp32), with each prompt run once per model instead of twice."""
+    from llmft.builders import get_builder
+    from llmft.fastpath.decide import causal_lm
+    from llmft.fastpath.unpadded_scoring import flatten
+    from llmft.run import prepare
+
+    raw = _recipe("kto", mode, tiny_model_dir, data, tmp_path / "run", training={"max_steps": 1, "learning_rate": 1e-2})
+    trainer = get_builder("kto", mode)(prepare(validate_recipe(raw)))
+    assert trainer.llmft_kl_after_replies
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    tokens: list[int] = []
+    for model in {id(m): m for m in (trainer.model, trainer.ref_model) if m is not None}.values():
+        causal_lm(model).model.register_forward_pre_hook(lambda m, a, k: tokens.append(k["input_ids"].numel()), with_kwargs=True)
+    results = []
+    for after_replies in (False, True):
+        trainer.llmft_kl_after_replies = after_replies
+        trainer.model.zero_grad()
+        trainer._metrics["train"].clear()
+        tokens.clear()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), {k: v[-1] for k, v in trainer._metrics["train"].items()}, grads, sum(tokens)))
+    (trl_loss, trl_metrics, trl_grads, trl_tokens), (loss, metrics, grads, fast_tokens) = results
+    torch.testing.assert_close(loss, trl_loss, atol=1e-6, rtol=1e-5)
+    assert metrics.keys() == trl_metrics.keys() and metrics["kl"] > 0
+    for name, value in trl_metrics.items():
+        if name != "num_tokens":  # a running total
+            assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert grads.keys() == trl_grads.keys() and grads
+    for name, grad in trl_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    kl_mask, kl_completion = batch["KL_attention_mask"], batch["KL_completion_mask"]
+    kl_labels = batch["KL_input_ids"].masked_fill(kl_completion == 0, -100)
+    trl_kl_pass = flatten(batch["KL_input_ids"], kl_mask, kl_labels, share_prefixes=True).input_ids.shape[1]
+    after_prompts = int(kl_completion.sum()) + 8  # each KL completion and its prompt's last token
+    assert after_prompts < trl_kl_pass
+    assert trl_tokens - fast_tokens == 2 * (trl_kl_pass - after_prompts)  # policy and reference
+
+
 def test_kto_full_reference_is_a_frozen_copy(tiny_model_dir, data, tmp_path):
     from llmft.builders import get_builder
     from llmft.run import prepare
