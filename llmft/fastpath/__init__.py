@@ -19,6 +19,8 @@ was not taken:
   boundaries (`llmft.fastpath.passes`): the same gradient with one pass's activations alive at a time.
   `auto` cuts only when the memory plan says whole micro-batches do not fit the machine: each pass
   streams every weight from memory again (~0.15 s for SmolLM2-135M on 2 CPU cores).
+- kto's KL replies scored after their prompts' keys and values kept from the reply pass, not with
+  the prompt again (`llmft.fastpath.kl_replies`, `llmft.fastpath.prompt_cache`).
 - rollout sampling (grpo, ppo; `training.fused_ops`): LoRA layers merged into a copy for each
   `generate` call, a prompt repeated across rows prefilled once (`llmft.fastpath.sampling`).
 """

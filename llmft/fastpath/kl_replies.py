@@ -83,13 +83,14 @@ def kl_logps(model: Any, lm: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
         if not torch.equal(ids[b, offsets[b] : offsets[b] + p], kl_ids[b, kl_offsets[b] : kl_offsets[b] + p]):
             return None
     labels = ids.masked_fill(completion == 0, -100)
-    with prompt_cache.capturing() as capture:  # the call TRL makes next, made now
+    wanted = [(b, offsets[b], p - 1) for b, p in enumerate(prompts)]  # each prompt but its last token
+    with prompt_cache.capturing(wanted) as capture:  # the call TRL makes next, made now
         reply = model(input_ids=ids, attention_mask=mask, use_cache=False, labels=labels, fused_lm_head=True)
     if not capture.complete(lm.config.get_text_config().num_hidden_layers):
         return None
     kl_labels = kl_ids.masked_fill(kl_completion == 0, -100)
     lengths = kl_mask.sum(1).tolist()
-    tokens, positions, targets, spans, prefixes, owners, start = [], [], [], [], [], [], 0
+    tokens, positions, targets, spans, owners, start = [], [], [], [], [], 0
     for b, p in enumerate(prompts):
         o, n = kl_offsets[b], lengths[b]
         tokens.append(kl_ids[b, o + p - 1 : o + n])
@@ -99,10 +100,9 @@ def kl_logps(model: Any, lm: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
         targets.append(row_targets)
         spans.append((start, start + n - p + 1))
         owners.append(torch.full((n - p + 1,), b, device=ids.device))
-        prefixes.append(capture.flat.index[b, offsets[b] : offsets[b] + p - 1])
         start += n - p + 1
     flat_targets = torch.cat(targets)[None]
-    with torch.no_grad(), prompt_cache.extending(capture, spans, prefixes):
+    with torch.no_grad(), prompt_cache.extending(capture, spans):
         out = model(
             input_ids=torch.cat(tokens)[None],
             position_ids=torch.cat(positions)[None],

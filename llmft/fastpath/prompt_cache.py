@@ -1,13 +1,12 @@
 """Keys and values kept from one scoring pass for a later pass that continues the same prompts
 (kto's KL replies: `llmft.fastpath.kl_replies`).
 
-`capturing()` around a padding-free scoring call keeps what each attention layer computed for the
-flat row (`Capture`: keys and values after the rotary embedding, detached: under autograd they are
-the tensors attention saved for backward anyway) and the row's layout (`FlatRow.index`: where each
-padded position went). `extending(capture, spans, prefixes)` around a second call makes each span of
-its flat row attend to the kept keys and values at `prefixes` (flat indices of the first call)
-before itself, causally: a sequence that continues a prompt the first call ran, computed from the
-token before its continuation on (`llmft.fastpath.varlen_attention` reads both).
+`capturing(wanted)` around a padding-free scoring call keeps what each attention layer computed for
+the wanted prompts (`Capture`: keys and values after the rotary embedding, found in the flat row
+through `FlatRow.index`, copied out without gradient). `extending(capture, spans)` around a second
+call makes span i of its flat row attend to prompt i's kept keys and values before itself,
+causally: a sequence that continues a prompt the first call ran, computed from the token before its
+continuation on (`llmft.fastpath.varlen_attention` reads both).
 
 `hold`/`take_held`: the output of a scoring call run ahead of time (to capture its prompts), handed
 to the caller's own identical call once, then forgotten.
@@ -27,35 +26,46 @@ import torch
 
 @dataclass
 class Capture:
-    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer index -> [1, kv_heads, tokens, dim]
+    """The keys and values of the prompts `wanted` ((row, start, length) in the padded batch) as one
+    flat run each layer: prompt i at [starts[i], starts[i] + length)."""
+
+    wanted: list[tuple[int, int, int]]
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer index -> [1, kv_heads, prompt tokens, dim]
     values: dict[int, torch.Tensor] = field(default_factory=dict)
-    flat: Any = None  # the FlatRow the call scored (`llmft.fastpath.unpadded_scoring`)
+    keep: torch.Tensor | None = None  # the flat row's indices of the wanted tokens
+    starts: list[int] = field(default_factory=list)
     valid: bool = True
 
-    def record(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor, dropout: float) -> None:
-        """One attention layer's keys and values; anything but one flat row without dropout, each
-        layer once, spoils the capture."""
-        layer = getattr(module, "layer_idx", None)
-        if layer is None or key.shape[0] != 1 or dropout or layer in self.keys:
+    def note_flat(self, flat: Any) -> None:
+        """Where the wanted tokens went in the flat row the call scores (`FlatRow.index`)."""
+        if self.keep is not None:
             self.valid = False
             return
-        self.keys[layer], self.values[layer] = key.detach(), value.detach()
+        runs = [flat.index[row, start : start + n] for row, start, n in self.wanted]
+        self.keep = torch.cat(runs)
+        self.starts = [0]
+        for run in runs[:-1]:
+            self.starts.append(self.starts[-1] + run.numel())
+        self.valid = self.valid and bool((self.keep >= 0).all())
 
-    def note_flat(self, flat: Any) -> None:
-        if self.flat is not None:
+    def record(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor, dropout: float) -> None:
+        """One attention layer's keys and values of the wanted tokens (copied: the rest is not kept
+        alive); anything but one flat row without dropout, each layer once, spoils the capture."""
+        layer = getattr(module, "layer_idx", None)
+        if layer is None or self.keep is None or key.shape[0] != 1 or dropout or layer in self.keys:
             self.valid = False
-        self.flat = flat
+            return
+        self.keys[layer], self.values[layer] = key.detach()[:, :, self.keep], value.detach()[:, :, self.keep]
 
     def complete(self, layers: int) -> bool:
         """Every one of `layers` attention layers kept, for one flat row."""
-        return self.valid and self.flat is not None and sorted(self.keys) == list(range(layers))
+        return self.valid and self.keep is not None and sorted(self.keys) == list(range(layers))
 
 
 @dataclass
 class Extension:
     capture: Capture
-    spans: list[tuple[int, int]]  # [start, end) of each sequence in the new flat row
-    prefixes: list[torch.Tensor]  # the flat indices (in the captured row) each sequence continues
+    spans: list[tuple[int, int]]  # [start, end) of each sequence in the new flat row, continuing prompt i of the capture
 
 
 _STATE: ContextVar[Capture | Extension | None] = ContextVar("llmft_prompt_cache", default=None)
@@ -66,8 +76,8 @@ def active() -> Capture | Extension | None:
 
 
 @contextmanager
-def capturing() -> Iterator[Capture]:
-    capture = Capture()
+def capturing(wanted: list[tuple[int, int, int]]) -> Iterator[Capture]:
+    capture = Capture(wanted)
     token = _STATE.set(capture)
     try:
         yield capture
@@ -76,8 +86,8 @@ def capturing() -> Iterator[Capture]:
 
 
 @contextmanager
-def extending(capture: Capture, spans: list[tuple[int, int]], prefixes: list[torch.Tensor]) -> Iterator[None]:
-    token = _STATE.set(Extension(capture, spans, prefixes))
+def extending(capture: Capture, spans: list[tuple[int, int]]) -> Iterator[None]:
+    token = _STATE.set(Extension(capture, spans))
     try:
         yield
     finally:

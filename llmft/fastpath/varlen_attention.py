@@ -129,22 +129,13 @@ def _after_prefix(q, k, v, prefix_k, prefix_v, dropout: float, scaling: float | 
 
 def _after_kept_prompts(module, query, key, value, kept: prompt_cache.Extension, dropout: float, scaling: float | None):
     """A flat row of sequences that each continue a prompt an earlier call kept (`prompt_cache`)."""
-    layer = module.layer_idx
-    prefix_k, prefix_v = kept.capture.keys[layer], kept.capture.values[layer]
+    capture = kept.capture
+    prefix_k, prefix_v = capture.keys[module.layer_idx], capture.values[module.layer_idx]
     gqa = query.shape[1] != key.shape[1]
-    outs = [
-        _after_prefix(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            prefix_k[:, :, at],
-            prefix_v[:, :, at],
-            dropout,
-            scaling,
-            gqa,
-        )
-        for (start, end), at in zip(kept.spans, kept.prefixes)
-    ]
+    outs = []
+    for (start, end), at, (_, _, n) in zip(kept.spans, capture.starts, capture.wanted):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        outs.append(_after_prefix(q, k, v, prefix_k[:, :, at : at + n], prefix_v[:, :, at : at + n], dropout, scaling, gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
