@@ -72,7 +72,8 @@ def build_kto(ctx: RunContext) -> TrainerLike:
     settle_lora_reference(trainer.accelerator.unwrap_model(trainer.model), keep_copy=not recipe.finetune.starts_at_base)
     log.info(reference.describe())
     path = take_fast_forward(ctx, trainer, own_head=True)
-    if path.shares_prefixes and trainer.calculate_KL:
+    # a compiled model would trace the attention once, without the kept prompts it reads at run time
+    if path.shares_prefixes and trainer.calculate_KL and not recipe.training.torch_compile:
         trainer.llmft_kl_after_replies = True
         log.info("kto: each KL reply scored after its prompt's keys and values kept from the reply pass")
     return trainer

@@ -172,6 +172,15 @@ def test_kto_kl_replies_after_kept_prompts_equal_trls_passes(mode, tiny_model_di
     assert trl_tokens - fast_tokens == 2 * (trl_kl_pass - after_prompts)  # policy and reference
 
 
+def test_kto_compiled_keeps_trls_kl_passes(tiny_model_dir, data, tmp_path):
+    """A compiled model would trace the attention without the kept prompts: TRL's KL passes then."""
+    from llmft.builders import get_builder
+    from llmft.run import prepare
+
+    raw = _recipe("kto", "lora", tiny_model_dir, data, tmp_path / "run", training={"torch_compile": True})
+    assert not get_builder("kto", "lora")(prepare(validate_recipe(raw))).llmft_kl_after_replies
+
+
 def test_kto_full_reference_is_a_frozen_copy(tiny_model_dir, data, tmp_path):
     from llmft.builders import get_builder
     from llmft.run import prepare
