@@ -12,8 +12,9 @@ runs first, under the same gradient mode and adapters, keeping each layer's keys
 replies then run only from each prompt's last token on, positions going on from the prompt, each
 attending to its prompt's kept keys and values: log-probs of the whole sequence (the same weights,
 the same prompt tokens), as TRL sums them. Batches it cannot do so (no KL term, other model
-inputs than text, a prompt that differs between a reply and its KL reply, dropout in effect, an
-incomplete capture) go to TRL's method.
+inputs than text, a prompt that differs between a reply and its KL reply, dropout in effect) go to
+TRL's method; so does one whose capture came out incomplete (a model whose attention layers lack
+`layer_idx`), after which TRL's reply call computes the reply again.
 """
 
 from __future__ import annotations
@@ -95,9 +96,7 @@ def kl_logps(model: Any, lm: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
         o, n = kl_offsets[b], lengths[b]
         tokens.append(kl_ids[b, o + p - 1 : o + n])
         positions.append(torch.arange(p - 1, n, device=ids.device))
-        row_targets = kl_labels[b, o + p - 1 : o + n].clone()
-        row_targets[0] = -100  # the prompt's last token: computed again, scored in the reply pass
-        targets.append(row_targets)
+        targets.append(kl_labels[b, o + p - 1 : o + n])  # starts at a prompt token: never a target
         spans.append((start, start + n - p + 1))
         owners.append(torch.full((n - p + 1,), b, device=ids.device))
         start += n - p + 1
