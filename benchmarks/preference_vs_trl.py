@@ -19,9 +19,9 @@ own), back to back:
   KTOTrainer on the 48 replies, micro-batches of 2 replies; orpo: TRL's experimental ORPOTrainer) at
   its defaults (gradient checkpointing, dropout disabled), the model loaded as llmft loads it;
 - `llmft`: `llmft train` as a recipe runs it (padding-free scoring, each pair's prompt once, fused
-  ops; whole micro-batches, as the memory plan finds they fit);
-- `llmft-passes`: llmft with `training.max_tokens_per_forward: 2048` (a pass per pair here; dpo, rm
-  and orpo);
+  ops; on a CPU dpo, rm and orpo micro-batches a pair per pass, kto's whole);
+- `llmft-whole`: llmft with `training.max_tokens_per_forward: null` (dpo, rm and orpo: each
+  micro-batch of pairs in one pass, where `auto` on a CPU runs it a pair at a time);
 - `llmft-padded`: llmft with `data.padding_free: false` and `training.fused_ops: false` (what llmft
   did before the fast path: TRL's trainer on llmft's pairs).
 
@@ -53,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jobs import ROOT  # noqa: E402
 from sft_vs_trl import versions  # noqa: E402
 
-TOOLS = ("trl", "llmft", "llmft-passes", "llmft-padded")
+TOOLS = ("trl", "llmft", "llmft-whole", "llmft-padded")
 VARIANTS = {
     "llmft": {},
-    "llmft-passes": {"training": {"max_tokens_per_forward": 2048}},
+    "llmft-whole": {"training": {"max_tokens_per_forward": None}},
     "llmft-padded": {"data": {"padding_free": False}, "training": {"fused_ops": False}},
 }
 
@@ -408,7 +408,7 @@ def main() -> int:
         child(args.child, args, Path(args.workdir))
         return 0
     workdir = Path(tempfile.mkdtemp(prefix=f"llmft-{args.stage}-bench-"))
-    tools = args.only.split(",") if args.only else [t for t in TOOLS if args.stage in PASSES or t != "llmft-passes"]
+    tools = args.only.split(",") if args.only else [t for t in TOOLS if args.stage in PASSES or t != "llmft-whole"]
     unknown = sorted(set(tools) - set(TOOLS))
     if unknown:
         parser.error(f"--only: unknown tool(s) {', '.join(unknown)}; choose among {', '.join(TOOLS)}")

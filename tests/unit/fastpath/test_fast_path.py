@@ -155,3 +155,31 @@ def test_zero3_is_read_from_the_users_deepspeed_json(tmp_path):
     assert r.distributed.zero_stage == 0 and resolve(r).zero3
     path = choose(r, build_model(64))
     assert not path.chunked_loss and "chunked loss off: ZeRO-3 shards the output head's weight" in path.describe()
+
+
+@pytest.mark.parametrize("stage", ["dpo", "rm", "orpo"])
+def test_auto_runs_pair_stages_a_pair_per_pass_on_a_cpu(stage, monkeypatch):
+    """On a CPU, `auto` runs a micro-batch of several pairs a full-length pair (2 x data.max_length) per
+    pass, the memory plan permitting; one pair per micro-batch, a GPU, or a stage of single sequences
+    run whole."""
+    import dataclasses
+
+    import llmft.plan.passes as passes
+
+    def path(name=stage, micro=2, settings=None):
+        r = recipe(stage={"name": name}, training={"micro_batch_size": micro}, data={"max_length": 256})
+        return choose(r, build_model(64), settings or resolve(r))
+
+    pairs = path()
+    assert pairs.forward_tokens == 512
+    assert pairs.describe().endswith(
+        "passes of <= 512 tokens of whole pairs (passes: a pair at a time, up to 2 x data.max_length tokens "
+        "(on a CPU no slower, and less memory))"
+    )
+    assert path(micro=1).forward_tokens is None  # a pass is already one pair
+    assert path(name="kto").forward_tokens is None  # no passes: replies and their KL replies go together
+    monkeypatch.setattr(passes, "available_memory", lambda: (1 << 20, "this machine's available RAM (no GPU)"))
+    assert path().forward_tokens == 256  # a pair does not fit either: the plan's size
+    monkeypatch.setattr(passes, "available_memory", lambda: (80 << 30, "GPU 0 (test)"))
+    gpu = dataclasses.replace(resolve(recipe(stage={"name": stage})), device="cuda")
+    assert path(settings=gpu).forward_tokens is None  # a pair may not fill a GPU: whole micro-batches
