@@ -80,14 +80,11 @@ def varlen_sdpa_forward(
     from llmft.fastpath import causal_spans
 
     spans = [tree_spans(position_ids, row, q_len) for row in range(query.shape[0])]
-    branched = any(shared for row in spans for *_, shared in row)
-    if not branched and causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
+    if causal_spans.applies(query, dropout):  # bf16 training on CPU: see llmft.fastpath.causal_spans
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         outs = [
-            causal_spans.CausalSpans.apply(
-                query[row : row + 1], key[row : row + 1], value[row : row + 1], segments(position_ids, row, q_len), scale
-            )
-            for row in range(query.shape[0])
+            causal_spans.CausalSpans.apply(query[row : row + 1], key[row : row + 1], value[row : row + 1], row_spans, scale)
+            for row, row_spans in enumerate(spans)
         ]
         return (torch.cat(outs) if len(outs) > 1 else outs[0]), None
     gqa = query.shape[1] != key.shape[1]
