@@ -149,6 +149,12 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
             or not contiguous_rows(mask)
         )
         if plain:
+            if own_head and _flat_call(args, kwargs):  # a row llmft flattened itself (kto's KL replies)
+                rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "position_ids", "labels")}
+                head = self.get_output_embeddings()
+                if not head.weight.requires_grad and not rest.get("output_router_logits"):
+                    flat = FlatRow(ids, kwargs["position_ids"], labels, index=torch.empty(0), shared_tokens=0)
+                    return _score_with_own_head(self, flat, head, rest, temperature)
             return fused(*args, **kwargs)
         rest = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "input_ids", "labels")}
         flat = flatten(ids, mask, labels, share_prefixes)
@@ -170,6 +176,23 @@ def unpad_scoring(model: Any, share_prefixes: bool = False, own_head: bool = Fal
         return out
 
     model.forward = types.MethodType(forward, model)
+
+
+def _flat_call(args: tuple, kwargs: dict[str, Any]) -> bool:
+    """A fused-head call on one padding-free row with its own positions and labels, nothing else."""
+    ids, positions, labels = kwargs.get("input_ids"), kwargs.get("position_ids"), kwargs.get("labels")
+    return (
+        not args
+        and bool(kwargs.get("fused_lm_head"))
+        and kwargs.get("attention_mask") is None
+        and ids is not None
+        and ids.shape[0] == 1
+        and positions is not None
+        and labels is not None
+        and positions.shape == ids.shape == labels.shape
+        and kwargs.get("shift_labels") is None
+        and kwargs.get("inputs_embeds") is None
+    )
 
 
 def _score_with_own_head(model: Any, flat: FlatRow, head: Any, rest: dict[str, Any], temperature: float) -> Any:

@@ -94,14 +94,19 @@ def test_prompt_lengths_worked_by_hand():
 
 @pytest.mark.parametrize("own_head", [True, False], ids=["own-head", "trl-head"])
 @pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
-def test_kl_logps_and_the_held_reply_equal_trls(left, own_head):
+def test_kl_logps_and_the_held_reply_equal_trls(left, own_head, monkeypatch):
+    from llmft.fastpath import logprob_head
+
     batch = _batch(left)
     reference, fast = _model(False, own_head), _model(True, own_head)
-    seen = []
+    seen, heads = [], []
     fast.model.register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[1]), with_kwargs=True)
+    original = logprob_head.linear_logprobs
+    monkeypatch.setattr(logprob_head, "linear_logprobs", lambda *a, **k: heads.append(a[0].shape[0]) or original(*a, **k))
 
     got = kl_logps(fast, fast, batch)
     torch.testing.assert_close(got, _trl_kl_logps(reference, batch), atol=1e-5, rtol=1e-5)
+    assert len(heads) == (2 if own_head else 0)  # the reply pass and the KL pass, through llmft's head
     prompts = prompt_lengths(batch["KL_attention_mask"], batch["KL_completion_mask"])
     kl_tokens = int(batch["KL_attention_mask"].sum()) - sum(prompts) + len(prompts)
     assert seen[1] == kl_tokens  # the second pass: each KL completion and the prompt token before it
