@@ -3,6 +3,7 @@ B) in fp32 and bf16, through a whole model; and every case it does not cover goe
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tiny import build_model
@@ -69,12 +70,40 @@ def test_it_is_really_used(monkeypatch):
 
 
 def _fused_calls(model, monkeypatch, ids):
+    """(fused layer calls, logits) of a no-gradient forward: the fused product without an autograd node."""
     calls = []
-    original = fused_lora._LoRALinear.apply
-    monkeypatch.setattr(fused_lora._LoRALinear, "apply", lambda *a: calls.append(1) or original(*a))
+    original = fused_lora._no_grad_product
+    monkeypatch.setattr(fused_lora, "_no_grad_product", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(fused_lora._LoRALinear, "apply", lambda *a: pytest.fail("an autograd node without gradient"))
     with torch.no_grad():
         out = model(input_ids=ids).logits
     return len(calls), out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_gradient_forward_equals_the_autograd_function_and_follows_updates(dtype):
+    """Without gradient (rollouts, kto's KL pass) the layer skips the autograd node and keeps A and B
+    cast to the input's dtype until an update: the same values, bit for bit, before and after one."""
+    model = lora_model(dtype)
+    apply_fused_lora(model)
+    ids = torch.randint(0, 64, (2, 9))
+
+    def logits(grad):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return model(input_ids=ids).logits.detach()
+
+    before = logits(False)
+    assert torch.equal(before, logits(True))
+    layer = next(m for m in model.modules() if hasattr(m, "_llmft_adapter_copies"))
+    held = layer._llmft_adapter_copies
+    assert torch.equal(logits(False), before) and layer._llmft_adapter_copies is held  # kept while unchanged
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # what an optimizer step does: in place, the version bumped
+    updated = logits(False)
+    assert layer._llmft_adapter_copies is not held
+    assert torch.equal(updated, logits(True)) and not torch.equal(updated, before)
 
 
 def test_dropout_merged_and_disabled_adapters_go_to_peft(monkeypatch):
