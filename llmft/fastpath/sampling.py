@@ -8,10 +8,11 @@ logit tips a draw):
   base weight is never written (merging in place and unmerging after would leave it off by a
   rounding step every round, compounding over a run), and the copies are freed when the call
   returns. A decoding step of a small batch costs what reading the weights costs, and peft's layer
-  adds two small products, a scaling and an add per layer to it. Skipped (peft's layers run) where
-  the copies would not fit in half the free memory, under autocast or where the base weight's dtype
-  is not the adapter's (a bf16 copy would round the adapter's update away), and for any layer that
-  is not plain LoRA (DoRA, dropout in effect, quantized or sharded base, several adapters).
+  adds two small products, a scaling and an add per layer to it. Skipped (the layers' own forward
+  runs: with `training.fused_ops`, `llmft.fastpath.fused_lora`'s product without an autograd node)
+  where the copies would not fit in half the free memory, under autocast or where the base weight's
+  dtype is not the adapter's (a bf16 copy would round the adapter's update away), and for any layer
+  that is not plain LoRA (DoRA, dropout in effect, quantized or sharded base, several adapters).
 - identical prompts prefilled once (`generate_sharing_prompts`): grpo asks for each prompt
   `num_generations` times; the prompt's tokens (all but the last) run once per distinct prompt,
   each row gets a copy of its prompt's KV cache, and `generate` goes on from the last prompt token.
