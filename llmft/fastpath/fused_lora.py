@@ -34,8 +34,7 @@ class _LoRALinear(torch.autograd.Function):
     def forward(ctx, x, weight, lora_a, lora_b, scaling):
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         flat = x.reshape(-1, x.shape[-1])
-        xa = flat @ a.t()
-        out = torch.nn.functional.linear(flat, weight).addmm_(xa, b.t(), alpha=scaling)
+        out, xa = _products(flat, weight, a, b, scaling)
         ctx.save_for_backward(flat, weight, a, b, xa)
         ctx.scaling, ctx.input_shape, ctx.adapter_dtype = scaling, x.shape, lora_a.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -108,9 +107,16 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
 def _no_grad_product(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
     """`_LoRALinear.forward`'s products without an autograd node (rollouts, kto's KL pass, eval): the
     same values. Decoding 8 rows, the node and the adapter casts cost more than the products."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.nn.functional.linear(flat, weight).addmm_(flat @ a.t(), b.t(), alpha=scaling)
+    out, _ = _products(x.reshape(-1, x.shape[-1]), weight, a, b, scaling)
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _products(
+    flat: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x W^T + s (x A^T) B^T, x A^T) for x [tokens, in]: the sum by one in-place `addmm`."""
+    xa = flat @ a.t()
+    return torch.nn.functional.linear(flat, weight).addmm_(xa, b.t(), alpha=scaling), xa
 
 
 def _adapter_copies(
